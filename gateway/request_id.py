@@ -1,0 +1,22 @@
+"""The request id: the client's `x-request-id` when well-formed, else a new one."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from litestar import Request
+
+_WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def request_id(request: Request[Any, Any, Any]) -> str:
+    """Computed once per request and kept in the ASGI scope, so errors and logs agree."""
+    state = request.scope.setdefault("state", {})
+    rid: str | None = state.get("request_id")
+    if rid is None:
+        given = request.headers.get("x-request-id")
+        rid = given if given and _WELL_FORMED.fullmatch(given) else uuid.uuid4().hex
+        state["request_id"] = rid
+    return rid

@@ -1,0 +1,139 @@
+"""One settings object: embedded defaults, then an optional YAML file, then `GATEWAY_*` variables.
+
+Parsing is strict (unknown keys are errors) and the result is immutable; a bad file fails at start
+with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+ENV_PREFIX = "GATEWAY_"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Replicas the gateway starts itself (only the `sim` engine so far)."""
+
+    engine: Literal["sim"] = "sim"
+    replicas: int = 1
+    args: tuple[str, ...] = ()  # extra command-line arguments for each replica
+
+
+class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A pool of replicas serving one model: URLs of running servers and/or replicas to launch."""
+
+    name: str
+    model: str
+    replicas: tuple[str, ...] = ()
+    launch: LaunchSpec | None = None
+    api_key: str | None = None  # sent to the replicas as a bearer token (vLLM's --api-key)
+
+
+def _embedded_pools() -> tuple[PoolConfig, ...]:
+    # Two simulated engines of different speed, so `make run` works on a fresh machine.
+    return (
+        PoolConfig(
+            name="small",
+            model="demo-small",
+            launch=LaunchSpec(args=("--ttft-ms", "20", "--output-token-ms", "5")),
+        ),
+        PoolConfig(
+            name="large",
+            model="demo-large",
+            launch=LaunchSpec(args=("--ttft-ms", "60", "--output-token-ms", "15", "--max-model-len", "8192")),
+        ),
+    )
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    state_dir: str = ".gateway"  # logs of launched replicas and, later, the embedded database
+    # Model that `auto` goes to until routing policies decide; the first pool's model when unset.
+    default_model: str | None = None
+    max_body_bytes: int = 10_000_000
+    upstream_connect_timeout_s: float = 3.0
+    # Longest wait for the next bytes from a worker; a non-streaming answer arrives whole, so this
+    # bounds its whole generation time.
+    upstream_timeout_s: float = 300.0
+    upstream_max_connections: int = 1024
+    # Replicas tried for one call when a replica refuses the connection or fails before answering.
+    upstream_attempts: int = 3
+    health_interval_s: float = 2.0
+    pools: tuple[PoolConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.pools:
+            msgspec.structs.force_setattr(self, "pools", _embedded_pools())
+        names = [p.name for p in self.pools]
+        models = [p.model for p in self.pools]
+        for what, values in (("pool name", names), ("pool model", models)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise msgspec.ValidationError(f"duplicate {what}: {', '.join(dupes)}")
+        for pool in self.pools:
+            if not pool.replicas and pool.launch is None:
+                raise msgspec.ValidationError(f"pool `{pool.name}` has neither replicas nor launch")
+            if pool.launch is not None and pool.launch.replicas < 1:
+                raise msgspec.ValidationError(f"pool `{pool.name}`: launch.replicas must be >= 1")
+            for url in pool.replicas:
+                if not url.startswith(("http://", "https://")):
+                    raise msgspec.ValidationError(f"pool `{pool.name}`: replica `{url}` is not an http(s) URL")
+        if self.default_model is not None and self.default_model not in models:
+            raise msgspec.ValidationError(f"default_model `{self.default_model}` is served by no pool")
+        if self.upstream_attempts < 1:
+            raise msgspec.ValidationError("upstream_attempts must be >= 1")
+
+    @property
+    def auto_model(self) -> str:
+        return self.default_model or self.pools[0].model
+
+
+_SCALAR_FIELDS = {
+    f.name for f in msgspec.structs.fields(Settings) if f.name != "pools"
+}
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < YAML file (`config_file` or $GATEWAY_CONFIG) < GATEWAY_* variables < overrides."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = config_file or env.get(CONFIG_ENV)
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping of settings")
+        data.update(loaded or {})
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in _SCALAR_FIELDS:
+                data[name] = value
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        # strict=False lets "8081" from the environment become an int.
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f" (in {path})" if path else ""
+        raise SettingsError(f"invalid settings{where}: {exc}") from exc

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from gateway.openai_request import ChatFields, CompletionFields, parse_body, upstream_body
+from router.errors import InvalidRequest
+
+
+def test_unknown_fields_pass_through_untouched() -> None:
+    body = b'{"model":"demo-small","messages":[],"top_k":3,"guided_json":{"a":1},"vendor_x":[1,2]}'
+    parsed = parse_body(body, ChatFields)
+    out, strip = upstream_body(parsed, "demo-small", body)
+    assert out is body and not strip  # nothing to change: the original bytes go out
+
+
+def test_model_rewritten_and_usage_requested_for_streams() -> None:
+    body = b'{"model":"auto","messages":[],"stream":true,"top_k":3}'
+    parsed = parse_body(body, ChatFields)
+    out, strip = upstream_body(parsed, "demo-small", body)
+    assert strip
+    assert msgspec.json.decode(out) == {
+        "model": "demo-small", "messages": [], "stream": True, "top_k": 3,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def test_client_asking_for_usage_keeps_its_options() -> None:
+    body = b'{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":true,"extra":1}}'
+    out, strip = upstream_body(parse_body(body, CompletionFields), "m", body)
+    assert out is body and not strip
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        (b'{"messages": [', None, "invalid_json"),
+        (b"", None, "invalid_json"),
+        (b"[1,2]", None, "invalid_json"),
+        (b'{"model":"m","messages":[],"stream":"yes"}', "stream", "invalid_type"),
+        (b'{"model":7,"messages":[]}', "model", "invalid_type"),
+        (b'{"model":"m","messages":"hi"}', "messages", "invalid_type"),
+        (b'{"model":"m"}', "messages", "missing_required_parameter"),
+        (b'{"model":"m","messages":[],"stream_options":{"include_usage":"x"}}',
+         "stream_options.include_usage", "invalid_type"),
+        (b'{"model":"m","messages":[],"max_tokens":1.5}', "max_tokens", "invalid_type"),
+    ],
+)
+def test_bad_bodies_name_the_param(body: bytes, param: str | None, code: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_body(body, ChatFields)
+    assert info.value.param == param
+    assert info.value.code == code
+    assert info.value.status == 400
+    if param:
+        assert param in info.value.message

@@ -1,0 +1,36 @@
+"""Active health checks: each replica's GET /health, on an interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from workers.pool import Pools, Replica
+
+log = logging.getLogger("gateway.workers")
+
+
+async def check_replica(client: httpx.AsyncClient, replica: Replica, timeout: float) -> None:
+    try:
+        resp = await client.get(f"{replica.url}/health", timeout=timeout)
+        ok, error = resp.status_code == 200, f"/health answered {resp.status_code}"
+    except httpx.HTTPError as exc:
+        ok, error = False, f"/health failed: {type(exc).__name__}"
+    if ok != replica.healthy:
+        log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")
+    replica.healthy = ok
+    if not ok:
+        replica.last_error = error
+
+
+async def check_all(client: httpx.AsyncClient, pools: Pools, timeout: float) -> None:
+    await asyncio.gather(*(check_replica(client, r, timeout) for r in pools.replicas()))
+
+
+async def watch_health(client: httpx.AsyncClient, pools: Pools, interval: float) -> None:
+    """Runs until cancelled."""
+    while True:
+        await check_all(client, pools, timeout=max(0.5, min(interval, 5.0)))
+        await asyncio.sleep(interval)
