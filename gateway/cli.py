@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from gateway.settings import SettingsError, load_settings
@@ -22,7 +23,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
+    # uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let
+    # a requested stop end with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
     uvicorn.run(
         create_app(settings),

@@ -15,8 +15,6 @@ from gateway.relay import Outcome, finish, read_usage, relay_stream
 from gateway.request_id import request_id
 from workers.upstream import open_call
 
-_PASS_HEADERS = ("content-type",)
-
 
 async def _forward(
     request: Request[Any, Any, Any],
@@ -38,6 +36,8 @@ async def _forward(
     headers = {"x-request-id": rid, "x-gateway-model": model}
     upstream_headers = call.response.headers
     media_type = upstream_headers.get("content-type", "application/json")
+    if media_type.startswith("text/"):
+        media_type = media_type.split(";", 1)[0]  # Litestar appends "; charset=utf-8" to text types itself
     if parsed.fields.stream and call.response.status_code == 200:
         return Stream(relay_stream(call, strip_usage, outcome), media_type=media_type, headers=headers)
     try:

@@ -54,3 +54,10 @@ def test_bad_config_is_refused_with_a_reason(tmp_path: Path, text: str, needle: 
 def test_bad_env_value_is_refused() -> None:
     with pytest.raises(SettingsError, match="port"):
         load_settings(env={"GATEWAY_PORT": "eighty"})
+
+
+def test_deploy_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "gateway.example.yaml"
+    s = load_settings(example, env={})
+    assert [p.name for p in s.pools] == ["small", "large", "sim"]
+    assert s.pools[0].replicas and s.pools[2].launch is not None

