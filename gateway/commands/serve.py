@@ -1,0 +1,53 @@
+"""`gateway serve`: the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+from gateway.settings import SettingsError, load_settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API")
+    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default $GATEWAY_PORT or 8080)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    try:
+        settings = load_settings(args.config, overrides={"host": args.host, "port": args.port})
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
+    # uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let
+    # a requested stop end with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    models = ", ".join(("auto", *(p.model for p in settings.pools)))
+    print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
