@@ -108,6 +108,7 @@ async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) 
     except httpx.HTTPError as exc:
         # The worker failed mid-stream: end the client's stream cleanly, in OpenAI's shape.
         outcome.error = type(exc).__name__
+        call.broke(f"stream broke: {outcome.error}")
         log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
         is_timeout = isinstance(exc, httpx.TimeoutException)
         yield error_event(

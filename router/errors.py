@@ -78,3 +78,11 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+class PoolOverloaded(GatewayError):
+    """Admission control: the pool has as many calls in flight as it may, and the wait ran out."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "pool_overloaded"

@@ -1,4 +1,4 @@
-"""Active health checks: each replica's GET /health, on an interval."""
+"""Live state of each replica: its GET /health and the load gauges of its /metrics, on an interval."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 
 import httpx
 
+from workers.engine_metrics import parse_load
 from workers.pool import Pools, Replica
 
 log = logging.getLogger("gateway.workers")
@@ -14,8 +15,17 @@ log = logging.getLogger("gateway.workers")
 
 async def check_replica(client: httpx.AsyncClient, replica: Replica, timeout: float) -> None:
     try:
-        resp = await client.get(f"{replica.url}/health", timeout=timeout)
-        ok, error = resp.status_code == 200, f"/health answered {resp.status_code}"
+        health, metrics = await asyncio.gather(
+            client.get(f"{replica.url}/health", timeout=timeout),
+            client.get(f"{replica.url}/metrics", timeout=timeout),
+            return_exceptions=True,
+        )
+        if isinstance(health, BaseException):
+            raise health
+        ok, error = health.status_code == 200, f"/health answered {health.status_code}"
+        if isinstance(metrics, httpx.Response) and metrics.status_code == 200:
+            load = parse_load(metrics.text)
+            replica.running, replica.waiting, replica.kv_cache = load.running, load.waiting, load.kv_cache
     except httpx.HTTPError as exc:
         ok, error = False, f"/health failed: {type(exc).__name__}"
     if ok != replica.healthy:

@@ -1,10 +1,22 @@
-"""Pools of replicas and their live state, and the choice of a replica for one call."""
+"""Pools of replicas, their live state, and the choice of a replica for one call.
+
+The choice functions are pure: replicas (with the state last seen) and `now` in, a replica out.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
+
+from router.errors import PoolOverloaded
+from workers.breaker import Breaker
+
+Balance = Literal["least_load", "round_robin"]
 
 
 @dataclass(eq=False)
@@ -13,7 +25,49 @@ class Replica:
     pool: str
     healthy: bool = False  # set by health checks; a refused connection clears it at once
     in_flight: int = 0  # calls this gateway process has open on it
+    # From the replica's /metrics (vLLM's gauges), as last polled; other gateways' calls included.
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_cache: float = 0.0  # 0..1
     last_error: str | None = None
+    breaker: Breaker = field(default_factory=Breaker)
+
+    def load(self) -> float:
+        """Work queued on the replica: our own count is live, the engine's covers other gateways too."""
+        return max(float(self.in_flight), self.running + self.waiting) + self.waiting + 2.0 * self.kv_cache
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """Requests sharing the first `prefix_chars` of their prompt go to the same replica (vLLM's prefix
+    cache), unless its load exceeds the least loaded replica's by more than `max_extra_load`."""
+
+    prefix_chars: int = 2000
+    max_extra_load: float = 4.0
+
+
+def least_loaded(candidates: Sequence[Replica], turn: int) -> Replica | None:
+    best: Replica | None = None
+    n = len(candidates)
+    for i in range(n):  # start at a rotating index so equal loads spread evenly
+        r = candidates[(turn + i) % n]
+        if best is None or r.load() < best.load():
+            best = r
+    return best
+
+
+def _rendezvous(key: bytes, url: str) -> bytes:
+    return hashlib.blake2b(key + url.encode(), digest_size=8).digest()
+
+
+def by_affinity(candidates: Sequence[Replica], key: bytes, affinity: Affinity, turn: int) -> Replica | None:
+    if not candidates:
+        return None
+    # Rendezvous hashing: a key keeps its replica while other replicas come and go.
+    home = max(candidates, key=lambda r: _rendezvous(key, r.url))
+    if home.load() <= min(r.load() for r in candidates) + affinity.max_extra_load:
+        return home
+    return least_loaded(candidates, turn)
 
 
 @dataclass(eq=False)
@@ -22,25 +76,88 @@ class Pool:
     model: str
     replicas: list[Replica]
     headers: dict[str, str] = field(default_factory=dict)  # sent with every call (worker API key)
+    balance: Balance = "least_load"
+    affinity: Affinity | None = None
+    gate: Gate | None = None
     _turn: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     @property
     def healthy_count(self) -> int:
         return sum(r.healthy for r in self.replicas)
 
-    def choose(self, exclude: Iterable[Replica] = ()) -> Replica | None:
-        """The healthy replica with the fewest calls in flight; ties rotate so load spreads."""
-        return least_loaded(self.replicas, set(exclude), next(self._turn))
+    def has_candidate(self, exclude: Iterable[Replica] = ()) -> bool:
+        now = time.monotonic()
+        excluded = set(exclude)
+        return any(
+            r.healthy and r not in excluded and (r.breaker.closed or r.breaker.ready_to_probe(now))
+            for r in self.replicas
+        )
+
+    def choose(self, exclude: Iterable[Replica] = (), prefix: bytes | None = None) -> Replica | None:
+        now = time.monotonic()
+        excluded = set(exclude)
+        live = [r for r in self.replicas if r.healthy and r not in excluded]
+        for r in live:
+            # A replica whose circuit time out has passed gets exactly one call as its probe.
+            if r.breaker.ready_to_probe(now) and r.breaker.allows(now):
+                return r
+        candidates = [r for r in live if r.breaker.closed]
+        if not candidates:
+            return None
+        turn = next(self._turn)
+        if self.balance == "round_robin":
+            return candidates[turn % len(candidates)]
+        if self.affinity is not None and prefix:
+            return by_affinity(candidates, prefix[: self.affinity.prefix_chars], self.affinity, turn)
+        return least_loaded(candidates, turn)
 
 
-def least_loaded(replicas: Sequence[Replica], exclude: set[Replica], turn: int) -> Replica | None:
-    best: Replica | None = None
-    n = len(replicas)
-    for i in range(n):
-        r = replicas[(turn + i) % n]
-        if r.healthy and r not in exclude and (best is None or r.in_flight < best.in_flight):
-            best = r
-    return best
+class Gate:
+    """Admission control: at most `limit` calls in flight on a pool; others wait at most `max_wait_s`
+    in a queue of at most `max_queue`, then are refused. Never an unbounded queue."""
+
+    def __init__(self, pool: str, limit: int, max_queue: int, max_wait_s: float) -> None:
+        self.pool, self.limit, self.max_queue, self.max_wait_s = pool, limit, max_queue, max_wait_s
+        self.active = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _refuse(self, why: str) -> PoolOverloaded:
+        return PoolOverloaded(
+            f"Pool `{self.pool}` is at capacity ({why}); retry shortly.", headers={"retry-after": "1"}
+        )
+
+    async def enter(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise self._refuse(f"{self.limit} in flight, {len(self._waiters)} waiting")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.max_wait_s)
+        except TimeoutError:
+            if waiter.done():  # granted just as the wait ran out: keep the slot
+                return
+            waiter.cancel()
+            raise self._refuse(f"waited {self.max_wait_s:g}s") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # granted, but our caller went away: pass the slot on
+            else:
+                waiter.cancel()
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def leave(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next waiter
+                return
+        self.active -= 1
 
 
 @dataclass

@@ -6,13 +6,14 @@ httpx's errors are translated here, at the boundary, into the gateway's error tr
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import anyio
 import httpx
 
 from router.errors import NoHealthyReplica, UpstreamTimeout
-from workers.pool import Pool, Replica
+from workers.pool import Gate, Pool, Replica
 
 log = logging.getLogger("gateway.workers")
 
@@ -25,13 +26,21 @@ class UpstreamCall:
 
     replica: Replica
     response: httpx.Response
+    gate: Gate | None = None
     _closed: bool = False
+
+    def broke(self, why: str) -> None:
+        """The worker failed after answering (mid-stream): it counts against its circuit breaker."""
+        self.replica.last_error = why
+        self.replica.breaker.failed(time.monotonic())
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.replica.in_flight -= 1
+        if self.gate is not None:
+            self.gate.leave()
         # Shielded: closing must finish even when the client's disconnect cancelled us, or the
         # worker would go on generating for nobody.
         with anyio.CancelScope(shield=True):
@@ -48,6 +57,13 @@ def new_client(connect_timeout: float, timeout: float, max_connections: int) -> 
     )
 
 
+def _failed(replica: Replica, why: str, failures: list[str]) -> None:
+    replica.in_flight -= 1
+    replica.last_error = why
+    replica.breaker.failed(time.monotonic())
+    failures.append(f"{replica.url}: {why}")
+
+
 async def open_call(
     client: httpx.AsyncClient,
     pool: Pool,
@@ -55,12 +71,33 @@ async def open_call(
     body: bytes,
     request_id: str,
     attempts: int,
+    prefix: bytes | None = None,
 ) -> UpstreamCall:
     """Send `body` to a replica of `pool` and return once its status and headers have arrived.
 
     A refused connection or a 5xx before the first byte moves on to another replica, at most
-    `attempts` replicas in all; the last 5xx is returned as it is when none succeeds.
+    `attempts` replicas in all; the last 5xx is returned as it is when none succeeds. The pool's
+    admission gate is entered first and left when the call is closed.
     """
+    if pool.gate is not None:
+        await pool.gate.enter()
+    try:
+        return await _open(client, pool, path, body, request_id, attempts, prefix)
+    except BaseException:
+        if pool.gate is not None:
+            pool.gate.leave()
+        raise
+
+
+async def _open(
+    client: httpx.AsyncClient,
+    pool: Pool,
+    path: str,
+    body: bytes,
+    request_id: str,
+    attempts: int,
+    prefix: bytes | None,
+) -> UpstreamCall:
     headers = {
         "content-type": "application/json",
         "accept-encoding": "identity",  # passthrough streams must not be compressed
@@ -70,7 +107,7 @@ async def open_call(
     tried: list[Replica] = []
     failures: list[str] = []
     while len(tried) < attempts:
-        replica = pool.choose(exclude=tried)
+        replica = pool.choose(exclude=tried, prefix=prefix)
         if replica is None:
             break
         tried.append(replica)
@@ -79,29 +116,31 @@ async def open_call(
         try:
             response = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            replica.in_flight -= 1
+            _failed(replica, f"connect failed: {type(exc).__name__}", failures)
             replica.healthy = False  # the health checker brings it back
-            replica.last_error = f"connect failed: {type(exc).__name__}"
-            failures.append(f"{replica.url}: {replica.last_error}")
             log.warning("request %s: replica %s refused, trying another", request_id, replica.url)
             continue
         except httpx.TimeoutException as exc:
-            replica.in_flight -= 1
-            replica.last_error = "timed out"
-            raise UpstreamTimeout(
-                f"The worker for model `{pool.model}` did not answer in time.",
-            ) from exc
+            _failed(replica, "timed out", failures)
+            raise UpstreamTimeout(f"The worker for model `{pool.model}` did not answer in time.") from exc
         except httpx.HTTPError as exc:
-            replica.in_flight -= 1
-            replica.last_error = f"{type(exc).__name__}"
-            failures.append(f"{replica.url}: {replica.last_error}")
+            _failed(replica, type(exc).__name__, failures)
             log.warning("request %s: replica %s failed before answering", request_id, replica.url)
             continue
-        call = UpstreamCall(replica, response)
-        if response.status_code >= 500 and len(tried) < attempts and pool.choose(exclude=tried):
-            replica.last_error = f"answered {response.status_code}"
+        except BaseException:  # cancelled: the client left before the worker answered
+            replica.in_flight -= 1
+            replica.breaker.abandoned()
+            raise
+        call = UpstreamCall(replica, response, pool.gate)
+        if response.status_code < 500:
+            replica.breaker.succeeded()
+            return call
+        replica.last_error = f"answered {response.status_code}"
+        replica.breaker.failed(time.monotonic())
+        if len(tried) < attempts and pool.has_candidate(exclude=tried):
             log.warning("request %s: replica %s answered %d, trying another",
                         request_id, replica.url, response.status_code)
+            call.gate = None  # the gate is left once, by open_call's caller
             await call.aclose()
             continue
         return call
