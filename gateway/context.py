@@ -9,6 +9,7 @@ import httpx
 from gateway.settings import Settings
 from router.models import Catalogue
 from workers.pool import Pools
+from workers.supervisor import Supervisor
 
 
 @dataclass
@@ -18,3 +19,4 @@ class GatewayContext:
     pools: Pools
     client: httpx.AsyncClient
     started_at: int
+    supervisor: Supervisor

@@ -14,20 +14,14 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec
+
 CONFIG_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
 
 
 class SettingsError(Exception):
     """The configuration cannot be used; the message says which key and why."""
-
-
-class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Replicas the gateway starts itself (only the `sim` engine so far)."""
-
-    engine: Literal["sim"] = "sim"
-    replicas: int = 1
-    args: tuple[str, ...] = ()  # extra command-line arguments for each replica
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -38,6 +32,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     replicas: tuple[str, ...] = ()
     launch: LaunchSpec | None = None
     api_key: str | None = None  # sent to the replicas as a bearer token (vLLM's --api-key)
+    balance: Literal["least_load", "round_robin"] = "least_load"
+    prefix_affinity: Affinity | None = None
+    admission: Admission | None = None
+    breaker: BreakerConfig = BreakerConfig()
 
 
 def _embedded_pools() -> tuple[PoolConfig, ...]:
@@ -86,8 +84,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         for pool in self.pools:
             if not pool.replicas and pool.launch is None:
                 raise msgspec.ValidationError(f"pool `{pool.name}` has neither replicas nor launch")
-            if pool.launch is not None and pool.launch.replicas < 1:
-                raise msgspec.ValidationError(f"pool `{pool.name}`: launch.replicas must be >= 1")
+            if pool.launch is not None:
+                launch = pool.launch
+                if launch.replicas < 1 or launch.gpus_per_replica < 1:
+                    raise msgspec.ValidationError(f"pool `{pool.name}`: launch.replicas and gpus_per_replica >= 1")
+                if launch.engine != "sim" and not launch.model_path:
+                    raise msgspec.ValidationError(f"pool `{pool.name}`: engine {launch.engine} needs launch.model_path")
             for url in pool.replicas:
                 if not url.startswith(("http://", "https://")):
                     raise msgspec.ValidationError(f"pool `{pool.name}`: replica `{url}` is not an http(s) URL")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
-from workers.local import free_port
+from workers.launcher import free_port
 
 GATEWAY_BIN = Path(sys.executable).parent / "gateway"
 

@@ -3,6 +3,7 @@ and when the client goes away. Workers are simulated vLLM engines with failure i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.gateway_process import GatewayProcess, start_gateway
-from workers.local import free_port
+from workers.launcher import free_port
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -44,6 +45,8 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProces
             {"name": "dead", "model": "m-dead", "replicas": [dead]},
             {"name": "mixed", "model": "m-mixed", "replicas": [dead], "launch": {"replicas": 1}},
             {"name": "slow", "model": "m-slow", "launch": {"replicas": 1, "args": ["--output-token-ms", "10"]}},
+            {"name": "gated", "model": "m-gated", "launch": {"replicas": 1, "args": ["--output-token-ms", "10"]},
+             "admission": {"max_in_flight": 1, "max_queue": 1, "max_wait_s": 0.3}},
         ],
     }
     gw = start_gateway(tmp_path_factory.mktemp("troubled"), config, ready=False)
@@ -138,6 +141,22 @@ def test_client_going_away_cancels_the_upstream_request(troubled: GatewayProcess
         assert time.monotonic() < deadline, "the worker went on generating after the client left"
         time.sleep(0.05)
     assert metric(slow, "vllm:num_requests_running") == 0
+
+
+async def test_admission_control_bounds_the_wait_then_refuses(troubled: GatewayProcess) -> None:
+    body = {"model": "m-gated", "messages": HELLO, "max_tokens": 60}
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = asyncio.create_task(client.post(troubled.api + "/chat/completions", json=body))
+        await asyncio.sleep(0.15)  # the first call holds the pool's only slot for ~0.6 s
+        queued = asyncio.create_task(client.post(troubled.api + "/chat/completions", json=body))
+        await asyncio.sleep(0.05)
+        refused = await client.post(troubled.api + "/chat/completions", json=body)  # queue full: at once
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "pool_overloaded"
+        waited = await queued  # waited 0.3 s for the slot, then refused
+        assert waited.status_code == 503 and "waited 0.3s" in waited.json()["error"]["message"]
+        assert (await first).status_code == 200
+        assert (await client.post(troubled.api + "/chat/completions", json=body)).status_code == 200
 
 
 def test_gateway_stop_stops_its_workers(tmp_path: Path) -> None:

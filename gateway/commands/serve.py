@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -37,12 +38,16 @@ def run(args: argparse.Namespace) -> int:
     # a requested stop end with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    # Bound before any replica is launched, so no replica can be given our port.
+    try:
+        sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+    except OSError as exc:
+        print(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
     print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
@@ -50,4 +55,5 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

