@@ -511,6 +511,30 @@ async def test_latency_model_is_honoured(client: httpx.AsyncClient) -> None:
         server.stop()
 
 
+async def test_prefix_cache_makes_a_repeated_prefix_cheap(client: httpx.AsyncClient) -> None:
+    server = _serve(ttft_ms=1.0, prompt_token_us=400.0, output_token_ms=0.1, prefix_cache_blocks=64)
+    try:
+        shared = "You are a careful assistant. " * 100  # ~2,900 chars, ~600 tokens: 240 ms of prefill
+
+        async def ttft(question: str) -> float:
+            body = {"model": "tiny", "prompt": shared + question, "max_tokens": 2, "stream": True}
+            started = time.perf_counter()
+            async with client.stream("POST", server.url + "/v1/completions", json=body) as r:
+                async for _ in r.aiter_raw():
+                    return time.perf_counter() - started
+            raise AssertionError("empty stream")
+
+        cold = await ttft("What is a gateway?")
+        warm = await ttft("What is a router?")  # same first 11 blocks: cached
+        assert cold >= 0.2 and warm < cold / 3, (cold, warm)
+        text = (await client.get(server.url + "/metrics")).text
+        hits = float(re.search(r"vllm:prefix_cache_hits_total\{[^}]*\} (\S+)", text).group(1))  # type: ignore[union-attr]
+        queries = float(re.search(r"vllm:prefix_cache_queries_total\{[^}]*\} (\S+)", text).group(1))  # type: ignore[union-attr]
+        assert 0.3 * queries < hits < 0.5 * queries  # the second prompt's shared part, not the first's
+    finally:
+        server.stop()
+
+
 async def test_running_slots_queue_and_503(slow_sim: SimServer, client: httpx.AsyncClient) -> None:
     body = chat_body(max_tokens=15, stream=True)  # ~300 ms each
 

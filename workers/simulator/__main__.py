@@ -81,6 +81,12 @@ def build_parser(prog: str = "python -m workers.simulator") -> argparse.Argument
         help="simulated KV-cache capacity in tokens, 0 = max_model_len*max_running",
     )
     p.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=d.prefix_cache_blocks,
+        help="simulated prefix cache: 256-char prompt blocks remembered (LRU); cached prefill is free; 0 = off",
+    )
+    p.add_argument(
         "--mean-output-tokens",
         type=int,
         default=d.mean_output_tokens,
@@ -128,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_running=args.max_running,
         max_waiting=args.max_waiting,
         kv_cache_tokens=args.kv_cache_tokens,
+        prefix_cache_blocks=args.prefix_cache_blocks,
         mean_output_tokens=args.mean_output_tokens,
         seed=args.seed,
         fixed_created=args.fixed_created,

@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -438,6 +438,36 @@ class _Live:
         return min(self.output_tokens, 1 + int((now - self.t_first) / self.tok_s))
 
 
+class PrefixCache:
+    """Simulated automatic prefix caching: chained hashes of 256-character prompt blocks in an LRU."""
+
+    BLOCK = 256
+
+    def __init__(self, capacity_blocks: int) -> None:
+        self.capacity = capacity_blocks
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()
+
+    def lookup(self, text: str, tokens: int) -> int:
+        """Prompt tokens already cached (in proportion to the cached characters); remembers the prompt."""
+        if self.capacity == 0 or not text:
+            return 0
+        h = hashlib.blake2b(digest_size=16)
+        hit, missed = 0, False
+        n = len(text) // self.BLOCK
+        for i in range(n):
+            h.update(text[i * self.BLOCK : (i + 1) * self.BLOCK].encode())
+            key = h.digest()
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                hit += 0 if missed else 1
+            else:
+                missed = True
+                self._blocks[key] = None
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return tokens * hit * self.BLOCK // len(text)
+
+
 @dataclass(slots=True)
 class SimMetrics:
     """Counters of one simulator (also read directly by in-process tests)."""
@@ -446,6 +476,8 @@ class SimMetrics:
     cancelled: int = 0
     rejected: int = 0
     prompt_tokens: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
     generation_tokens: int = 0
     success: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_FINISH_REASONS, 0))
     injected: dict[str, int] = field(default_factory=lambda: {"error": 0, "stall": 0, "die": 0})
@@ -477,6 +509,7 @@ class SimApp:
         self.config = config
         self.faults: Faults = config.initial_faults()
         self.metrics = SimMetrics()
+        self.prefix_cache = PrefixCache(config.prefix_cache_blocks)
         self.slots = _Slots(config.max_running, config.max_waiting)
         self._live: set[_Live] = set()
         self._rng = random.Random(config.seed)
@@ -758,6 +791,18 @@ class SimApp:
             [(lb, m.prompt_tokens)],
         )
         metric(
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            [(lb, m.prefix_queries)],
+        )
+        metric(
+            "vllm:prefix_cache_hits_total",
+            "counter",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            [(lb, m.prefix_hits)],
+        )
+        metric(
             "vllm:generation_tokens_total",
             "counter",
             "Number of generation tokens processed.",
@@ -894,9 +939,12 @@ class SimApp:
                     )
                 )
         prompt_tokens = sum(p.tokens for p in req.prompts)
+        cached = sum(self.prefix_cache.lookup(p.text or p.key, p.tokens) for p in req.prompts)
+        self.metrics.prefix_queries += prompt_tokens
+        self.metrics.prefix_hits += cached
 
         async def work(ctl: _Ctl) -> None:
-            await self._serve(send, ctl, extra, req, rid, gens, prompt_tokens, arrival, stall_s, die_after)
+            await self._serve(send, ctl, extra, req, rid, gens, prompt_tokens, cached, arrival, stall_s, die_after)
 
         await self._run_cancellable(receive, work)
 
@@ -951,6 +999,7 @@ class SimApp:
         rid: bytes,
         gens: list[Generated],
         prompt_tokens: int,
+        cached_tokens: int,  # of which found in the prefix cache: no prefill time
         arrival: float,
         stall_s: float,
         die_after: int | None,
@@ -992,7 +1041,7 @@ class SimApp:
             admitted = loop.time()
             m.queue.observe(admitted - arrival)
             tok_s = self._tok_s
-            t_first = admitted + self._ttft_s + self._prompt_s * prompt_tokens
+            t_first = admitted + self._ttft_s + self._prompt_s * (prompt_tokens - cached_tokens)
             live = _Live(prompt_tokens, completion_tokens, t_first, tok_s)
             self._live.add(live)
             die_at = None if die_after is None else min(die_after, steps - 1)

@@ -88,6 +88,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     #: Simulated KV-cache capacity in tokens (for ``vllm:kv_cache_usage_perc``);
     #: 0 = ``max_model_len * max_running``.
     kv_cache_tokens: int = 0
+    #: Simulated prefix cache (vLLM's automatic prefix caching): how many 256-character prompt
+    #: blocks it remembers (LRU); the cached part of a prompt costs no prefill time. 0 = off.
+    prefix_cache_blocks: int = 0
     #: If > 0, the simulated text "ends" (finish_reason ``stop``, like an EOS) after a
     #: length drawn deterministically from [mean/2, 3*mean/2]; 0 = it never ends by itself
     #: so requests always run to ``max_tokens`` (finish_reason ``length``).
@@ -120,6 +123,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
             raise ValueError(f"max_running must be >= 1, got {self.max_running}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.prefix_cache_blocks < 0:
+            raise ValueError("prefix_cache_blocks must be >= 0")
         if self.kv_cache_tokens < 0 or self.mean_output_tokens < 0 or self.non_text_part_tokens < 0:
             raise ValueError("kv_cache_tokens, mean_output_tokens and non_text_part_tokens must be >= 0")
         self.initial_faults()  # validates the fault fields
