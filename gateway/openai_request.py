@@ -91,3 +91,28 @@ def upstream_body(parsed: ParsedRequest, model: str, original: bytes) -> tuple[b
         return original, strip_usage
     parsed.data["model"] = model
     return msgspec.json.encode(parsed.data), strip_usage
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def prompt_prefix(data: dict[str, Any], chars: int) -> bytes:
+    """The start of the prompt (messages' text in order, or the completion prompt), for prefix affinity."""
+    prompt = data.get("prompt")
+    if isinstance(prompt, str):
+        return prompt[:chars].encode()
+    parts: list[str] = []
+    size = 0
+    messages = data.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        for text in _texts(message.get("content") if isinstance(message, dict) else None):
+            parts.append(text[: chars - size])
+            size += len(parts[-1])
+        if size >= chars:
+            break
+    return "\x1e".join(parts).encode()

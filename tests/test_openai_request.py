@@ -54,3 +54,16 @@ def test_bad_bodies_name_the_param(body: bytes, param: str | None, code: str) ->
     assert info.value.status == 400
     if param:
         assert param in info.value.message
+
+
+def test_prompt_prefix_reads_message_text_in_order() -> None:
+    from gateway.openai_request import prompt_prefix
+
+    data = {"messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "text", "text": "Hi there"}]},
+    ]}
+    assert prompt_prefix(data, 100) == "You are terse.\x1eHi there".encode()
+    assert prompt_prefix(data, 8) == b"You are "
+    assert prompt_prefix({"prompt": "Once upon a time"}, 4) == b"Once"
+    assert prompt_prefix({"messages": "not a list"}, 10) == b""
