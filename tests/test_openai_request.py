@@ -63,7 +63,7 @@ def test_prompt_prefix_reads_message_text_in_order() -> None:
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "text", "text": "Hi there"}]},
     ]}
-    assert prompt_prefix(data, 100) == "You are terse.\x1eHi there".encode()
+    assert prompt_prefix(data, 100) == b"You are terse.\x1eHi there"
     assert prompt_prefix(data, 8) == b"You are "
     assert prompt_prefix({"prompt": "Once upon a time"}, 4) == b"Once"
     assert prompt_prefix({"messages": "not a list"}, 10) == b""

@@ -16,7 +16,7 @@ from gateway.commands.workers import format_status
 from tests.gateway_process import GATEWAY_BIN, start_gateway
 from workers.config import LaunchSpec
 from workers.launcher import PoolLaunch, plan, replica_command
-from workers.supervisor import Supervisor
+from workers.supervisor import Supervisor, group_alive
 
 
 def test_commands_for_each_engine() -> None:
@@ -71,7 +71,7 @@ async def test_a_dead_replica_is_restarted(tmp_path: Path) -> None:
         assert "$ " in victim.log_path.read_text()  # per-replica log with its command line
     finally:
         await sup.stop()
-    assert all(m.process.returncode is not None for m in sup.replicas)
+    assert all(m.process.returncode is not None and not group_alive(m.process.pid) for m in sup.replicas)
 
 
 async def test_a_replica_that_keeps_dying_is_given_up(tmp_path: Path) -> None:

@@ -55,8 +55,8 @@ def replica_command(spec: LaunchSpec, model: str, port: int) -> tuple[list[str],
     python = spec.python or sys.executable
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_path, *served, *net,
             *spec.args]
-    return argv, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-                  "CUDA_VISIBLE_DEVICES": ""}
+    return argv, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                  "VLLM_CPU_KVCACHE_SPACE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @dataclass(frozen=True)

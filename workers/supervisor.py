@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -31,6 +32,28 @@ def _die_with_parent() -> None:
     os.setsid()  # own process group: stop() signals the replica and every child it spawned
     if sys.platform.startswith("linux"):  # and it is told to stop if we die without stopping it
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies, which only wait to be reaped, do not count)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 @dataclass(eq=False)
@@ -65,6 +88,7 @@ class Supervisor:
     def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.replicas = [ManagedReplica(p, log_dir / f"{p.name}.log") for p in plans]
+        self._tmp = log_dir.parent / "tmp"
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -75,12 +99,16 @@ class Supervisor:
         await asyncio.gather(*firsts)
 
     async def _spawn(self, r: ManagedReplica) -> None:
+        # A temp dir of its own: vLLM leaves IPC sockets there, removed with the replica.
+        tmp = self._tmp / r.plan.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         with r.log_path.open("ab") as out:
             out.write(f"\n$ {' '.join(r.plan.argv)}\n".encode())
             out.flush()
             r.process = await asyncio.create_subprocess_exec(
                 *r.plan.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **r.plan.env}, preexec_fn=_die_with_parent,
+                env={**os.environ, "TMPDIR": str(tmp), **r.plan.env}, preexec_fn=_die_with_parent,
             )
         r.started_at = time.monotonic()
 
@@ -134,14 +162,19 @@ class Supervisor:
                 first.set_result(None)
 
     async def _kill(self, r: ManagedReplica, grace: float = 10.0) -> None:
+        """SIGTERM to the replica's whole process group; SIGKILL to what is left after `grace`."""
         proc = r.process
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
+        # vLLM's worker processes can outlive the server by a moment; wait for them too.
+        while group_alive(proc.pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling procfs
+            await asyncio.sleep(0.1)
+        if group_alive(proc.pid) or proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -154,3 +187,4 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for r in self.replicas:
             r.state = "stopped"
+            shutil.rmtree(self._tmp / r.plan.name, ignore_errors=True)

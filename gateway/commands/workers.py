@@ -94,7 +94,9 @@ async def _up(settings: Settings) -> int:
         await supervisor.start()
         for m in supervisor.replicas:
             gpus = ",".join(map(str, m.plan.gpus)) or "-"
-            print(f"{m.plan.name}\t{m.plan.model}\t{m.url}\t{m.state}\tgpus={gpus}\tlog={m.log_path}", flush=True)
+            pid = m.process.pid if m.process else "-"
+            print(f"{m.plan.name}\t{m.plan.model}\t{m.url}\t{m.state}\tpid={pid}\tgpus={gpus}\tlog={m.log_path}",
+                  flush=True)
         if any(m.state == "failed" for m in supervisor.replicas):
             print("gateway: some replicas could not be started; see their logs", file=sys.stderr)
             return 1

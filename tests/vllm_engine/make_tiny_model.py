@@ -132,7 +132,14 @@ def build_tokenizer_json() -> tuple[str, int, dict[str, int]]:
     """Train the BPE; return (tokenizer.json text, vocab size, special token ids)."""
     # Training is multi-threaded; one thread keeps it trivially reproducible and costs nothing here.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (  # type: ignore[import-not-found]  # only in the vLLM venv
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
