@@ -154,8 +154,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=40.0, help="requests per second (open loop)")
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
-    # Each replica's prefix cache holds about 4 of the 12 system prompts.
-    sims = start_sims(prefix_blocks=4 * 12)
+    # Each replica's prefix cache holds 5 of the 12 system prompts (14 blocks each).
+    sims = start_sims(prefix_blocks=5 * 14)
     urls = [u for _, u in sims]
     results = []
     try:
@@ -166,8 +166,9 @@ def main() -> int:
             for name, extra in (("least_load, shared prefixes", {}),
                                 ("prefix affinity, shared prefixes", {"prefix_affinity": {"prefix_chars": 1000}})):
                 before = prefix_counters(urls)
+                # Half the rate: prefill of ~1,000 tokens keeps the replicas busier.
                 results.append(scenario(Path(tmp) / name.replace(" ", "_"), urls, extra, lambda api, n=name: run_load(
-                    api, args.rate, args.seconds, prefix_body_factory(n), n)))
+                    api, args.rate / 2, args.seconds, prefix_body_factory(n), n)))
                 after = prefix_counters(urls)
                 results[-1].prefix_hit_rate = (after[0] - before[0]) / max(1.0, after[1] - before[1])
     finally:
