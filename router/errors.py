@@ -86,3 +86,59 @@ class PoolOverloaded(GatewayError):
     status = 503
     type = "service_unavailable_error"
     code = "pool_overloaded"
+
+
+class RoutingError(GatewayError):
+    """A routing decision that ends in an error; carries the rule and the decision trace for explain."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rule: str | None = None,
+        trace: tuple[object, ...] = (),
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.rule = rule
+        self.trace = trace
+
+
+class NoCapableModel(RoutingError):
+    """No model in the catalogue (or allowed by the matching rule) can serve the request at all."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "no_capable_model"
+
+
+class NoHealthyModel(RoutingError):
+    """Models exist that could serve the request, but every one of their pools is unhealthy."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "no_healthy_model"
+
+
+class PolicyDenied(RoutingError):
+    """A routing policy rule denies the request."""
+
+    status = 403
+    type = "permission_error"
+    code = "policy_denied"
+
+
+class PolicyError(GatewayError):
+    """Policy files that cannot be used; `errors` holds one `file:line: message` string per problem."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_policy"
+
+    def __init__(self, errors: list[str] | tuple[str, ...]) -> None:
+        self.errors = tuple(errors)
+        count = len(self.errors)
+        head = f"{count} error{'s' if count != 1 else ''} in the routing policy"
+        super().__init__(head + ":\n" + "\n".join(self.errors))
