@@ -11,11 +11,13 @@ from pathlib import Path
 
 from litestar import Litestar
 
+from gateway.accounting import start_accounting, stop_accounting
 from gateway.admin_api import workers_status
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health_api import healthz, readyz
 from gateway.openai_api import chat_completions, completions, list_models
+from gateway.reports_api import usage_report
 from gateway.settings import Settings
 from router.models import Catalogue
 from workers.breaker import Breaker
@@ -58,6 +60,12 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
 def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:  # first: refuse to start on a bad price file or an unmigrated database
+            accounting = await start_accounting(settings)
+        except Exception as exc:
+            log.error("gateway: %s", exc)
+            raise
+        app.state.accounting = accounting
         plans = launch_plans(settings)
         supervisor = Supervisor(plans, Path(settings.state_dir) / "logs")
         client = new_client(
@@ -80,10 +88,13 @@ def create_app(settings: Settings) -> Litestar:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await client.aclose()
-            await supervisor.stop()
+            try:
+                await stop_accounting(accounting)  # after the last request: flushes every record
+            finally:
+                await supervisor.stop()
 
     return Litestar(
-        route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status],
+        route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

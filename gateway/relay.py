@@ -7,13 +7,19 @@ which it reads for accounting and drops when the client did not ask for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import anyio
 import httpx
 import msgspec
+from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
 
 from workers.upstream import UpstreamCall
 
@@ -24,10 +30,15 @@ USAGE_MARK = b'"usage":'
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int | None = None  # prompt tokens found in the worker's prefix cache
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class _UsageCarrier(msgspec.Struct):
@@ -40,7 +51,7 @@ _decode_carrier = msgspec.json.Decoder(_UsageCarrier).decode
 
 @dataclass
 class Outcome:
-    """What became of one call, for the access log and (later) accounting."""
+    """What became of one call, for the access log and accounting (gateway/accounting/records.py)."""
 
     request_id: str
     model: str
@@ -52,6 +63,22 @@ class Outcome:
     finished: float | None = None
     completed: bool = False  # the worker finished the answer ([DONE], or a whole JSON body)
     error: str | None = None
+    # For accounting. Times above are perf_counter(); `received` is the wall clock at `started`.
+    received: float = field(default_factory=time.time)
+    record_id: str | None = None  # the id the call is recorded under, when not `request_id`
+    requested_model: str | None = None
+    pool: str | None = None
+    tenant: str = "default"  # auth (issue 7) sets tenant, team and key
+    team: str | None = None
+    key_id: str | None = None
+    policy_rule: str | None = None  # routing sets the rule and the reference model
+    reference_model: str | None = None
+    cache_hit: bool = False
+    failure: str | None = None  # set when the gateway itself ends the call: rejected, timeout, ...
+    cancelled: bool = False  # the client went away mid-stream
+    content_events: int = 0  # stream events carrying content, relayed (an estimate of tokens)
+    prompt: Any = None  # messages / prompt, in memory only, for a token estimate if usage never comes
+    sink: Callable[[Outcome], None] | None = None  # receives the finished outcome (the recorder)
 
 
 def read_usage(body: bytes) -> Usage | None:
@@ -84,7 +111,7 @@ def error_event(message: str, type_: str, code: str) -> bytes:
     return b"data: " + msgspec.json.encode(body) + EVENT_END
 
 
-async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) -> AsyncIterator[bytes]:
+async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) -> AsyncGenerator[bytes, None]:
     pending = b""
     try:
         async for chunk in call.response.aiter_raw():
@@ -97,6 +124,8 @@ async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) 
                 continue
             cut += 2
             ready, pending = data[:cut], data[cut:]
+            # Two byte counts (no parsing): events relayed, less vLLM's empty role/finish chunks.
+            outcome.content_events += ready.count(b"data: {") - ready.count(b'"content":""')
             if USAGE_MARK in ready:
                 ready = _take_usage(ready, strip_usage, outcome)
             if ready.endswith(DONE_EVENT):
@@ -116,14 +145,61 @@ async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) 
             "timeout_error" if is_timeout else "upstream_error",
             "upstream_timeout" if is_timeout else "upstream_stream_broken",
         ) + DONE_EVENT
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome.cancelled = not outcome.completed  # the client went away
+        raise
     finally:
         await call.aclose()
         finish(outcome)
 
 
+class RelayStream(Stream):
+    """A `Stream` whose clean-up runs however the response ends, even when the client left before the
+    first chunk (Litestar never starts, so never closes, a stream it did not begin to send)."""
+
+    def __init__(self, call: UpstreamCall, strip_usage: bool, outcome: Outcome, **kwargs: Any) -> None:
+        self._relay = relay_stream(call, strip_usage, outcome)
+        self._call, self._outcome = call, outcome
+        super().__init__(self._relay, **kwargs)
+
+    async def close(self) -> None:
+        await self._relay.aclose()  # runs the relay's own clean-up when it had started
+        await self._call.aclose()
+        if self._outcome.finished is None:  # it had not: the client left before the first chunk
+            self._outcome.cancelled = not self._outcome.completed
+            finish(self._outcome)
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        return _ClosingResponse(super().to_asgi_response(*args, **kwargs), self.close)
+
+
+@dataclass(frozen=True)
+class _ClosingResponse:
+    inner: ASGIResponse
+    on_close: Callable[[], Awaitable[None]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.on_close()
+
+
 def finish(outcome: Outcome) -> None:
-    """Closes the books on a call: one access line (ids, model, numbers; never content)."""
+    """Closes the books on a call, once: one access line (ids, model, numbers; never content), then
+    accounting."""
+    if outcome.finished is not None:
+        return
     outcome.finished = time.perf_counter()
+    sink, outcome.sink = outcome.sink, None
+    if sink is not None:
+        if outcome.usage is not None:
+            outcome.prompt = None  # only an estimate needs it
+        try:
+            sink(outcome)
+        except Exception:  # accounting never breaks a call
+            log.exception("request %s: recording usage failed", outcome.request_id)
     usage = outcome.usage
     log.info(
         "request_id=%s model=%s replica=%s status=%d completed=%s prompt_tokens=%s completion_tokens=%s "

@@ -58,7 +58,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    state_dir: str = ".gateway"  # logs of launched replicas and, later, the embedded database
+    state_dir: str = ".gateway"  # logs of launched replicas, the embedded database, the accounting spool
     # Model that `auto` goes to until routing policies decide; the first pool's model when unset.
     default_model: str | None = None
     max_body_bytes: int = 10_000_000
@@ -70,6 +70,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Replicas tried for one call when a replica refuses the connection or fails before answering.
     upstream_attempts: int = 3
     health_interval_s: float = 2.0
+    # Accounting (gateway/accounting/README.md). No database_url: SQLite at <state_dir>/gateway.db.
+    database_url: str | None = None
+    auto_migrate: bool | None = None  # migrate at start; unset: only the embedded SQLite
+    prices_file: str | None = None  # unset: the shipped policies/prices.yaml
+    recorder_queue_max: int = 50_000  # records held in memory; beyond, they go to the spool
+    recorder_batch_max: int = 1000  # records per INSERT
+    recorder_flush_interval_s: float = 0.25  # longest a record waits in memory
+    recorder_retry_interval_s: float = 2.0  # how often an unreachable database is tried again
     pools: tuple[PoolConfig, ...] = ()
 
     def __post_init__(self) -> None:

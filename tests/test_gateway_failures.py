@@ -159,6 +159,29 @@ async def test_admission_control_bounds_the_wait_then_refuses(troubled: GatewayP
         assert (await client.post(troubled.api + "/chat/completions", json=body)).status_code == 200
 
 
+def test_client_leaving_before_the_first_chunk_still_cancels_the_upstream_request(troubled: GatewayProcess) -> None:
+    (slow,) = replicas(troubled, "slow")
+    cancelled_before = metric(slow, "sim_requests_cancelled_total")
+    set_faults(slow, stall_rate=1.0, stall_ms=700)  # the worker answers its headers 0.7 s late
+    try:
+        body = {"model": "m-slow", "messages": HELLO, "max_tokens": 900, "stream": True}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up first
+            httpx.post(troubled.api + "/chat/completions", json=body, timeout=0.2,
+                       headers={"x-request-id": "left-early"})
+        deadline = time.monotonic() + 4
+        while metric(slow, "sim_requests_cancelled_total") == cancelled_before:
+            assert time.monotonic() < deadline, "the worker went on generating for a client that had left"
+            time.sleep(0.05)
+        # And the call is on the books, as cancelled by the client.
+        while "request_id=left-early " not in troubled.log():
+            assert time.monotonic() < deadline, "the call was never finished"
+            time.sleep(0.05)
+        line = next(x for x in troubled.log().splitlines() if "request_id=left-early " in x)
+        assert "completed=False" in line
+    finally:
+        set_faults(slow, stall_rate=0.0)
+
+
 def test_gateway_stop_stops_its_workers(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, {"pools": [{"name": "p", "model": "m", "launch": {"replicas": 2}}]})
     urls = replicas(gw, "p")

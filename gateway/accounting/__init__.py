@@ -1,0 +1,81 @@
+"""Accounting (issue 4): per-call usage and cost in SQL, and the reports finance reads.
+
+`Accounting` is what the app's lifespan creates and hands to the handlers (through app state): the
+database engine, the price catalogue and the recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.accounting import db
+from gateway.accounting.prices import DEFAULT_PRICES_FILE, PriceCatalogue, load_prices
+from gateway.accounting.recorder import Recorder
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.accounting")
+
+
+@dataclass
+class Accounting:
+    url: str
+    engine: AsyncEngine
+    catalogue: PriceCatalogue
+    recorder: Recorder
+
+
+__all__ = ["Accounting", "auto_migrate", "database_url", "start_accounting", "stop_accounting"]
+
+
+async def start_accounting(settings: Settings) -> Accounting:
+    """Load prices, open the database (migrating the embedded one), start the recorder.
+
+    Raises PricesError or DatabaseError when the gateway must not start (a bad price file, an
+    unmigrated database). An unreachable database is not fatal: records are spooled until it answers.
+    """
+    catalogue = load_prices(settings.prices_file or DEFAULT_PRICES_FILE)
+    missing = sorted({p.model for p in settings.pools} - set(catalogue.versions))
+    if missing:
+        log.warning("accounting: no price for %s in %s; their calls are recorded with cost 0",
+                    ", ".join(missing), catalogue.source)
+    url = db.async_url(database_url(settings))
+    engine = db.create_engine(url)
+    try:
+        await asyncio.wait_for(db.prepare(engine, url, auto_migrate(settings)), 60)
+    except db.DatabaseError:
+        await engine.dispose()
+        raise
+    except Exception as exc:
+        if not db.is_unreachable(exc) and not isinstance(exc, TimeoutError):
+            await engine.dispose()
+            raise
+        log.warning("accounting: database %s unreachable at start (%s); records are spooled until it answers",
+                    db.safe_url(url), type(exc).__name__)
+    recorder = Recorder(
+        engine, catalogue, Path(settings.state_dir) / "spool", url=url,
+        queue_max=settings.recorder_queue_max, batch_max=settings.recorder_batch_max,
+        flush_interval_s=settings.recorder_flush_interval_s, retry_interval_s=settings.recorder_retry_interval_s,
+    )
+    await recorder.start()
+    return Accounting(url, engine, catalogue, recorder)
+
+
+async def stop_accounting(accounting: Accounting) -> None:
+    """Flush the recorder (to the database, else the spool), then close the database."""
+    try:
+        await accounting.recorder.close()
+    finally:
+        await accounting.engine.dispose()
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or db.embedded_url(settings.state_dir)
+
+
+def auto_migrate(settings: Settings) -> bool:
+    return settings.auto_migrate if settings.auto_migrate is not None else settings.database_url is None

@@ -1,0 +1,195 @@
+"""The accounting database: engines for PostgreSQL (asyncpg) and SQLite (aiosqlite), and migrations.
+
+Alembic's configuration is built here, in code, with `script_location` resolved relative to the
+package, so `gateway db ...` and the gateway's start-up check work from any working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("gateway.accounting")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Serialises migrations of one PostgreSQL database between gateway processes starting together.
+_PG_MIGRATION_LOCK = 0x6761_7465_7761_79  # "gateway"
+
+
+class DatabaseError(Exception):
+    """The accounting database cannot be used as it is; the message says what to do."""
+
+
+def embedded_url(state_dir: str | Path) -> str:
+    return f"sqlite+aiosqlite:///{(Path(state_dir) / 'gateway.db').resolve()}"
+
+
+def async_url(url: str) -> str:
+    """`postgresql://` and `sqlite:///` mean their async drivers; explicit drivers are kept."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        u = u.set(drivername="postgresql+asyncpg")
+    elif u.drivername in ("sqlite", "sqlite+pysqlite"):
+        u = u.set(drivername="sqlite+aiosqlite")
+    if u.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise DatabaseError(f"database_url: unsupported database `{u.drivername}` (use postgresql:// or sqlite:///)")
+    return u.render_as_string(hide_password=False)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, connect_timeout_s: float = 5.0, **kwargs: Any) -> AsyncEngine:
+    url = async_url(url)
+    if is_sqlite(url):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,  # a connection that died with the database is replaced, not used
+        pool_size=kwargs.pop("pool_size", 4),
+        max_overflow=kwargs.pop("max_overflow", 4),
+        connect_args={"timeout": connect_timeout_s, "command_timeout": 60},
+        **kwargs,
+    )
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be reached now (as opposed to a bad statement)."""
+    if isinstance(error, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig = error.orig
+        if isinstance(orig, OSError | TimeoutError | ConnectionError):
+            return True
+        if isinstance(error, exc.OperationalError | exc.InterfaceError):
+            # SQLite: locked/busy or a missing file are conditions that pass; PostgreSQL: the server went away.
+            return True
+        name = type(orig).__name__ if orig is not None else ""
+        return name in ("ConnectionDoesNotExistError", "InterfaceError", "CannotConnectNowError",
+                        "ConnectionFailureError", "AdminShutdownError", "TooManyConnectionsError")
+    if isinstance(error, exc.TimeoutError | sqlite3.OperationalError):
+        return True
+    return type(error).__module__.startswith("asyncpg") and "Connection" in type(error).__name__
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _current(conn: Connection) -> str | None:
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # not "Context impl ..." on every check
+    try:
+        return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        quiet.setLevel(level)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+async def _run(engine: AsyncEngine, fn: Callable[[Config], None]) -> None:
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            await conn.commit()
+        try:
+            await conn.run_sync(_with_connection, fn)
+            await conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                await conn.commit()
+
+
+def _with_connection(conn: Connection, fn: Callable[[Config], None]) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    fn(cfg)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    await _run(engine, lambda cfg: command.upgrade(cfg, revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
+    await _run(engine, lambda cfg: command.downgrade(cfg, revision))
+
+
+async def check_migrated(engine: AsyncEngine, url: str) -> None:
+    """Raise DatabaseError unless the database is at this code's head revision."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    where = safe_url(url)
+    if current is None:
+        raise DatabaseError(f"the accounting database {where} is not migrated: run `gateway db upgrade`")
+    known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current not in known:
+        raise DatabaseError(
+            f"the accounting database {where} is at revision {current}, which this gateway does not know "
+            "(migrated by a newer version?)")
+    raise DatabaseError(
+        f"the accounting database {where} is at revision {current}, not {head}: run `gateway db upgrade`")
+
+
+async def prepare(engine: AsyncEngine, url: str, auto_migrate: bool) -> None:
+    """Migrate (when allowed) or check the database; DatabaseError when it cannot be used."""
+    if auto_migrate:
+        before = await current_revision(engine)
+        if before != head_revision():
+            await upgrade(engine)
+            log.info("migrated the accounting database %s from %s to %s", safe_url(url), before, head_revision())
+    await check_migrated(engine, url)
+
+
+async def ping(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT 1"))

@@ -1,0 +1,282 @@
+"""Usage reports: one query function for the HTTP API, the CLI and `--verify`.
+
+Reports read the daily rollups (`usage_daily`), so they stay fast however many calls there are; the
+same function reads the raw records (`source="records"`) for `gateway report --verify`, which proves
+the two equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy import Select, case, func, literal, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.accounting.models import UsageDaily, UsageRecord
+from gateway.accounting.money import ZERO, Money
+
+GROUPS = ("tenant", "team", "key", "model", "pool", "day", "month")
+ALL_KEYS = ("day", "tenant", "team", "key", "model", "pool")  # the rollups' key (with currency)
+COUNTS = ("calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens")
+AMOUNTS = ("cost", "reference_cost", "routing_savings", "cache_savings")
+MEASURES = COUNTS + AMOUNTS
+FORMATS = ("json", "csv", "table")
+
+
+class ReportError(ValueError):
+    """A report was asked for wrongly; `param` names the parameter."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ReportRow:
+    group: dict[str, str | None]
+    currency: str
+    calls: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = ZERO
+    reference_cost: Decimal = ZERO
+    routing_savings: Decimal = ZERO  # reference_cost - cost, over calls a worker served
+    cache_savings: Decimal = ZERO  # what the cache hits would have cost
+
+    def add(self, other: ReportRow) -> None:
+        for name in MEASURES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.group)
+        out["currency"] = self.currency
+        for name in COUNTS:
+            out[name] = getattr(self, name)
+        for name in AMOUNTS:
+            out[name] = format(getattr(self, name), "f")  # exact, as text
+        return out
+
+
+@dataclass
+class Report:
+    start: date | None
+    end: date | None
+    group_by: tuple[str, ...]
+    rows: list[ReportRow] = field(default_factory=list)
+
+    @property
+    def totals(self) -> list[ReportRow]:
+        per_currency: dict[str, ReportRow] = {}
+        for row in self.rows:
+            per_currency.setdefault(row.currency, ReportRow({}, row.currency)).add(row)
+        return [per_currency[c] for c in sorted(per_currency)]
+
+
+def parse_group_by(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`team,model,day` (or a list of such) -> ("team", "model", "day"); no value -> ("model",)."""
+    if value is None:
+        return ("model",)
+    parts = [value] if isinstance(value, str) else list(value)
+    names = tuple(dict.fromkeys(p.strip() for part in parts for p in part.split(",") if p.strip()))
+    if not names:
+        return ()
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown:
+        raise ReportError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}", "group_by")
+    return names
+
+
+def parse_day(value: str | None, param: str) -> date | None:
+    if value is None or value == "":
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ReportError(f"`{param}` must be a date, YYYY-MM-DD (got `{value}`)", param) from None
+
+
+def _month(dialect: str, day: Any) -> ColumnElement[Any]:
+    if dialect == "postgresql":
+        return func.to_char(day, "YYYY-MM")
+    return func.substr(day, 1, 7)  # SQLite keeps dates as YYYY-MM-DD text
+
+
+def _money_sum(expr: Any) -> ColumnElement[Decimal]:
+    return type_coerce(func.coalesce(func.sum(type_coerce(expr, Money())), 0), Money())
+
+
+def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    if source == "rollups":
+        d = UsageDaily
+        groups = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model, "pool": d.pool,
+                  "day": d.day, "month": d.month}
+        measures = {name: func.coalesce(func.sum(getattr(d, name)), 0) for name in COUNTS}
+        measures.update(cost=_money_sum(d.cost), reference_cost=_money_sum(d.reference_cost),
+                        routing_savings=_money_sum(d.routing_saving), cache_savings=_money_sum(d.cache_saving))
+        return groups, measures, (d.day, d.currency)
+    r = UsageRecord
+    groups = {"tenant": r.tenant, "team": func.coalesce(r.team, ""), "key": func.coalesce(r.key_id, ""),
+              "model": func.coalesce(r.routed_model, ""), "pool": func.coalesce(r.pool, ""), "day": r.day,
+              "month": _month(dialect, r.day)}
+    one, zero = literal(1), literal(0)
+    measures = {
+        "calls": func.count(),
+        "cache_hits": func.coalesce(func.sum(case((r.cache_hit, one), else_=zero)), 0),
+        "errors": func.coalesce(func.sum(case((r.status != "ok", one), else_=zero)), 0),
+        "prompt_tokens": func.coalesce(func.sum(r.prompt_tokens), 0),
+        "cached_tokens": func.coalesce(func.sum(r.cached_tokens), 0),
+        "completion_tokens": func.coalesce(func.sum(r.completion_tokens), 0),
+        "cost": _money_sum(r.cost),
+        "reference_cost": _money_sum(r.reference_cost),
+        "routing_savings": _money_sum(case((r.cache_hit, type_coerce(zero, Money())),
+                                           else_=type_coerce(r.reference_cost - r.cost, Money()))),
+        "cache_savings": _money_sum(r.cache_saving),
+    }
+    return groups, measures, (r.day, r.currency)
+
+
+def _query(source: str, dialect: str, start: date | None, end: date | None,
+           group_by: Sequence[str]) -> Select[Any]:
+    groups, measures, (day, currency) = _columns(source, dialect)
+    keys = [groups[g].label(f"g_{g}") for g in group_by] + [currency.label("currency")]
+    stmt = select(*keys, *(m.label(name) for name, m in measures.items()))
+    if start is not None:
+        stmt = stmt.where(day >= start)
+    if end is not None:
+        stmt = stmt.where(day <= end)
+    group_cols = [groups[g] for g in group_by] + [currency]
+    return stmt.group_by(*group_cols).order_by(*group_cols)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+async def usage_report(
+    engine: AsyncEngine,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    group_by: Sequence[str] = ("model",),
+    source: Literal["rollups", "records"] = "rollups",
+) -> Report:
+    """Calls, tokens, cost and savings from `start` to `end` (UTC days, both included), grouped."""
+    group_by = tuple(group_by)
+    if start is not None and end is not None and end < start:
+        raise ReportError("`to` is before `from`", "to")
+    stmt = _query(source, engine.dialect.name, start, end, group_by)
+    report = Report(start, end, group_by)
+    async with engine.connect() as conn:
+        result = await conn.execute(stmt)
+        for row in result.mappings():
+            report.rows.append(ReportRow(
+                {g: _text(row[f"g_{g}"]) for g in group_by},
+                row["currency"],
+                **{name: int(row[name]) for name in COUNTS},
+                **{name: row[name] for name in AMOUNTS},
+            ))
+    return report
+
+
+async def verify(engine: AsyncEngine) -> tuple[int, list[str]]:
+    """Compare the rollups with the raw records, per rollup key. Returns (keys compared, differences)."""
+    rollups = await usage_report(engine, group_by=ALL_KEYS, source="rollups")
+    records = await usage_report(engine, group_by=ALL_KEYS, source="records")
+
+    def keyed(report: Report) -> dict[tuple[Any, ...], ReportRow]:
+        return {(*(row.group[k] for k in ALL_KEYS), row.currency): row for row in report.rows}
+
+    a, b = keyed(rollups), keyed(records)
+    problems = []
+    for key in sorted(set(a) | set(b), key=lambda k: tuple(str(x) for x in k)):
+        where = " ".join(f"{name}={value if value is not None else '-'}"
+                         for name, value in zip((*ALL_KEYS, "currency"), key, strict=True))
+        ra, rb = a.get(key), b.get(key)
+        if ra is None or rb is None:
+            problems.append(f"{where}: {'no rollup' if ra is None else 'a rollup'} for "
+                            f"{rb.calls if rb else 0} record(s)")
+            continue
+        for name in MEASURES:
+            va, vb = getattr(ra, name), getattr(rb, name)
+            if va != vb:
+                problems.append(f"{where}: {name} rollup {va} != records {vb}")
+    return len(set(a) | set(b)), problems
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def to_json(report: Report) -> bytes:
+    return msgspec.json.encode({
+        "from": report.start.isoformat() if report.start else None,
+        "to": report.end.isoformat() if report.end else None,
+        "group_by": list(report.group_by),
+        "rows": [r.as_dict() for r in report.rows],
+        "totals": [r.as_dict() for r in report.totals],
+    })
+
+
+def to_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*report.group_by, "currency", *MEASURES])
+    for row in report.rows:
+        d = row.as_dict()
+        writer.writerow([d[g] if d[g] is not None else "" for g in report.group_by]
+                        + [d["currency"]] + [d[m] for m in MEASURES])
+    return out.getvalue()
+
+
+TABLE_PLACES = Decimal("0.000001")
+
+
+def to_table(report: Report) -> str:
+    """Aligned columns for a terminal; amounts rounded to 6 places (json and csv carry them exactly)."""
+    headers = [*report.group_by, "currency", "calls", "errors", "cache_hits", "prompt", "cached", "completion",
+               "cost", "reference", "routing_savings", "cache_savings"]
+
+    def cells(row: ReportRow, label: dict[str, str | None]) -> list[str]:
+        return [*(label.get(g) or "-" for g in report.group_by), row.currency, str(row.calls), str(row.errors),
+                str(row.cache_hits), str(row.prompt_tokens), str(row.cached_tokens), str(row.completion_tokens),
+                *(format(getattr(row, a).quantize(TABLE_PLACES, rounding=ROUND_HALF_EVEN), "f") for a in AMOUNTS)]
+
+    lines = [cells(r, r.group) for r in report.rows]
+    totals = [cells(t, {g: "TOTAL" if i == 0 else "" for i, g in enumerate(report.group_by)})
+              for t in report.totals]
+    widths = [max(len(x) for x in col) for col in zip(headers, *lines, *totals, strict=True)]
+    n_left = len(report.group_by) + 1
+
+    def fmt(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i < n_left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    span = f"{report.start or 'start'} .. {report.end or 'now'} (UTC days, inclusive)"
+    out = [f"usage {span}", fmt(headers), fmt(["-" * w for w in widths])]
+    out += [fmt(line) for line in lines]
+    if totals and report.group_by:
+        out.append(fmt(["-" * w for w in widths]))
+        out += [fmt(t) for t in totals]
+    if not report.rows:
+        out.append("(no calls)")
+    return "\n".join(out) + "\n"
+
+
+def render(report: Report, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(report).decode() + "\n"
+    if fmt == "csv":
+        return to_csv(report)
+    return to_table(report)

@@ -1,0 +1,67 @@
+"""`gateway db upgrade | downgrade [REV] | current`: the accounting database's migrations (Alembic).
+
+The database is the gateway's (`database_url`, else the embedded SQLite in `<state_dir>/gateway.db`),
+read from the same settings as `gateway serve` (--config / $GATEWAY_CONFIG / GATEWAY_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway.settings import SettingsError, load_settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("db", help="migrate the accounting database (upgrade, downgrade, current)")
+    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
+    p.add_argument("--database-url", help="overrides the settings' database_url")
+    actions = p.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("upgrade", help="migrate to REV (default: the latest, head)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = actions.add_parser("downgrade", help="migrate back to REV (default: one step, -1; `base`: empty)")
+    down.add_argument("revision", nargs="?", default="-1")
+    actions.add_parser("current", help="show the database's revision and the latest one")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.accounting import database_url
+    from gateway.accounting.db import DatabaseError
+
+    try:
+        settings = load_settings(args.config, overrides={"database_url": args.database_url})
+        url = database_url(settings)
+        return asyncio.run(_run(args.action, url, getattr(args, "revision", None)))
+    except (SettingsError, DatabaseError) as exc:
+        print(f"gateway db: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"gateway db: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(action: str, url: str, revision: str | None) -> int:
+    from gateway.accounting import db
+
+    engine = db.create_engine(url)
+    try:
+        where = db.safe_url(db.async_url(url))
+        if action == "upgrade":
+            await db.upgrade(engine, revision or "head")
+        elif action == "downgrade":
+            await db.downgrade(engine, revision or "-1")
+        current = await db.current_revision(engine)
+        head = db.head_revision()
+        state = "up to date" if current == head else "not migrated" if current is None else f"head is {head}"
+        print(f"{where}: revision {current or '(none)'} ({state})")
+        return 0
+    except Exception as exc:
+        if db.is_unreachable(exc):
+            print(f"gateway db: cannot reach {db.safe_url(url)}: {exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        await engine.dispose()

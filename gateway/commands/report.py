@@ -1,0 +1,86 @@
+"""`gateway report`: usage, cost and savings for finance, from the gateway's accounting database.
+
+With no configuration it reads the embedded database that `gateway serve` (`make run`) writes in
+`.gateway/gateway.db`. The HTTP API (`GET /v1/reports/usage`) runs the same query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway.settings import SettingsError, load_settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("report", help="usage, cost and savings per tenant/team/key/model/pool/day/month")
+    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
+    p.add_argument("--database-url", help="overrides the settings' database_url")
+    p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first UTC day (default: the first call)")
+    p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last UTC day, included (default: today)")
+    p.add_argument("--group-by", action="append", metavar="KEYS",
+                   help="comma-separated: tenant, team, key, model, pool, day, month (default: model)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--verify", action="store_true",
+                   help="check that the rollups equal the raw records (exit 1 listing the differences)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.accounting import database_url
+    from gateway.accounting.db import DatabaseError
+    from gateway.accounting.reports import ReportError, parse_day, parse_group_by
+
+    try:
+        settings = load_settings(args.config, overrides={"database_url": args.database_url})
+        start, end = parse_day(args.start, "from"), parse_day(args.end, "to")
+        group_by = parse_group_by(args.group_by)
+        url = database_url(settings)
+        if (missing := _missing_sqlite(url)) is not None:
+            print(f"gateway report: no accounting database at {missing} yet (start the gateway with "
+                  "`gateway serve`, or run `gateway db upgrade`)", file=sys.stderr)
+            return 2
+        return asyncio.run(_run(url, args, start, end, group_by))
+    except (SettingsError, DatabaseError, ReportError) as exc:
+        print(f"gateway report: {exc}", file=sys.stderr)
+        return 2
+
+
+def _missing_sqlite(url: str) -> str | None:
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from gateway.accounting import db
+
+    path = make_url(url).database if db.is_sqlite(url) else None
+    return path if path and path != ":memory:" and not Path(path).exists() else None
+
+
+async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_by: tuple[str, ...]) -> int:
+    from gateway.accounting import db, reports
+
+    engine = db.create_engine(url)
+    try:
+        await db.check_migrated(engine, url)
+        if args.verify:
+            keys, problems = await reports.verify(engine)
+            if problems:
+                print(f"rollups differ from the records ({len(problems)} difference(s)):")
+                for p in problems:
+                    print("  " + p)
+                return 1
+            print(f"rollups match the records ({keys} rollup key(s) compared)")
+            return 0
+        report = await reports.usage_report(engine, start=start, end=end, group_by=group_by)
+        sys.stdout.write(reports.render(report, args.format))
+        return 0
+    except Exception as exc:
+        if db.is_unreachable(exc):
+            print(f"gateway report: cannot reach {db.safe_url(url)}: {exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        await engine.dispose()

@@ -1,0 +1,277 @@
+"""The recorder on real PostgreSQL and SQLite: batches, idempotency, exact sums, rollups, an outage
+through a TCP proxy, a full buffer, the spool across processes, shutdown, and the dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+from sqlalchemy import event, func, select, text
+
+from gateway.accounting import reports, store
+from gateway.accounting.models import UsageDaily, UsageRecord
+from gateway.accounting.money import ZERO
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import UsageRecord as Record
+from gateway.accounting.spool import DEAD_LETTER, Spool
+from tests.test_accounting_support import (  # noqa: F401 (fixtures)
+    TcpProxy,
+    any_url,
+    catalogue,
+    free_port,
+    migrated_engine,
+    pg_target,
+    pg_url,
+    proxied,
+    record,
+    sqlite_url,
+)
+
+
+def recorder(engine, tmp_path: Path, **kw) -> Recorder:  # type: ignore[no-untyped-def]
+    kw.setdefault("flush_interval_s", 0.05)
+    kw.setdefault("retry_interval_s", 0.1)
+    return Recorder(engine, catalogue(), tmp_path / "spool", url=str(engine.url) if engine else "", **kw)
+
+
+async def count_rows(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(usage_records rows, calls counted by the rollups)"""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(func.count()).select_from(UsageRecord))).scalar_one()
+        calls = (await conn.execute(select(func.coalesce(func.sum(UsageDaily.calls), 0)))).scalar_one()
+    return int(rows), int(calls)
+
+
+async def wait_rows(engine, n: int, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout_s / 0.05)):
+        if (await count_rows(engine))[0] >= n:
+            return
+        await asyncio.sleep(0.05)
+
+
+def python_totals(records: list[Record]) -> dict[str, object]:
+    return {
+        "calls": len(records),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "cost": sum((r.cost for r in records), ZERO),
+        "reference_cost": sum((r.reference_cost for r in records), ZERO),
+        "routing_savings": sum((r.reference_cost - r.cost for r in records if not r.cache_hit), ZERO),
+        "cache_savings": sum((r.cache_saving for r in records), ZERO),
+        "cache_hits": sum(r.cache_hit for r in records),
+        "errors": sum(r.status != "ok" for r in records),
+    }
+
+
+async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+    records = [record(n) for n in range(2500)]
+    async with migrated_engine(any_url) as engine:
+        inserts: list[int] = []
+
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+            if statement.startswith("INSERT INTO usage_records"):
+                inserts.append(1)
+
+        rec = recorder(engine, tmp_path, batch_max=1000)
+        await rec.start()
+        for r in records:
+            rec.record(r)
+        await rec.close()
+        assert len(inserts) == 3  # 1000 + 1000 + 500 rows: one multi-row INSERT per batch
+        assert await count_rows(engine) == (2500, 2500)
+
+        report = await reports.usage_report(engine, group_by=())
+        (total,) = report.rows
+        expected = python_totals(records)
+        for name, value in expected.items():
+            assert getattr(total, name) == value, name
+        assert isinstance(total.cost, Decimal) and total.cost == sum((r.cost for r in records), Decimal(0))
+        # Grouped reports add up to the same totals, to the last digit.
+        by_team = await reports.usage_report(engine, group_by=("team", "model", "day", "month"))
+        assert sum((r.cost for r in by_team.rows), ZERO) == expected["cost"]
+        assert {r.group["team"] for r in by_team.rows} == {"red", "blue", None}
+        # The rollups equal the raw records.
+        keys, problems = await reports.verify(engine)
+        assert problems == [] and keys > 0
+        raw = await reports.usage_report(engine, group_by=("team", "model", "day"), source="records")
+        rolled = await reports.usage_report(engine, group_by=("team", "model", "day"))
+        assert [r.as_dict() for r in raw.rows] == [r.as_dict() for r in rolled.rows]
+
+
+async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+    records = [record(n) for n in range(300)]
+    async with migrated_engine(any_url) as engine:
+        assert await store.write_records(engine, records[:200]) == 200
+        # Overlapping batches, and duplicates inside one batch: each call is counted once.
+        assert await store.write_records(engine, records[100:] + records[250:]) == 100
+        assert await store.write_records(engine, records) == 0
+        assert await count_rows(engine) == (300, 300)
+        assert (await reports.verify(engine))[1] == []
+        report = await reports.usage_report(engine, group_by=())
+        assert report.rows[0].cost == python_totals(records)["cost"]
+
+
+async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    async with migrated_engine(pg_url) as direct:
+        proxy = TcpProxy(*pg_target(pg_url))
+        await proxy.start()
+        from gateway.accounting.db import create_engine
+
+        engine = create_engine(proxied(pg_url, proxy), connect_timeout_s=2)
+        rec = recorder(engine, tmp_path, batch_max=200)
+        await rec.start()
+        sent = 0
+
+        async def produce(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                rec.record(record(sent))
+                sent += 1
+                if sent % 50 == 0:
+                    await asyncio.sleep(0.005)
+
+        try:
+            await produce(500)
+            await rec.flush()
+            assert rec.database_ok
+            # Cut while records keep coming (some batches are in flight when it happens).
+            producer = asyncio.create_task(produce(1500))
+            await asyncio.sleep(0.05)
+            await proxy.cut()
+            await producer
+            n_during = 1000
+            await produce(n_during)  # all of these while the database is unreachable
+            await rec.flush()
+            assert not rec.database_ok
+            assert rec.stats.spooled >= n_during
+            assert rec.spool.has_files()
+            rows_while_down, _ = await count_rows(direct)
+            assert rows_while_down < sent
+            # Back: the spool is replayed, and new records flow again.
+            await proxy.restore()
+            await produce(300)
+            await wait_rows(direct, sent, timeout_s=30)
+            await rec.close()
+        finally:
+            await proxy.stop()
+            await engine.dispose()
+        assert sent == 3300
+        assert await count_rows(direct) == (sent, sent)  # exactly N rows, and rollups counted each once
+        async with direct.connect() as conn:
+            distinct = (await conn.execute(text("SELECT count(DISTINCT request_id) FROM usage_records"))).scalar()
+        assert distinct == sent
+        assert rec.stats.replayed > 0
+        assert not rec.spool.has_files()
+        assert (await reports.verify(direct))[1] == []
+        report = await reports.usage_report(direct, group_by=())
+        assert report.rows[0].cost == python_totals([record(n) for n in range(sent)])["cost"]
+
+
+async def test_a_full_buffer_spills_to_the_spool_instead_of_dropping(sqlite_url: str, tmp_path: Path) -> None:  # noqa: F811
+    async with migrated_engine(sqlite_url) as engine:
+        rec = recorder(engine, tmp_path, queue_max=10, batch_max=4)
+        for n in range(100):  # the writer is not running yet: the buffer overflows
+            rec.record(record(n))
+        assert rec.stats.overflowed >= 88 and rec.spool.lines_written == rec.stats.overflowed
+        await rec.start()
+        await rec.close()
+        assert await count_rows(engine) == (100, 100)
+        assert not rec.spool.has_files()
+
+
+async def test_spools_of_dead_processes_are_replayed_at_start(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+    spool_dir = tmp_path / "spool"
+    dead = Spool(spool_dir)
+    dead.append([record(n) for n in range(40)])
+    dead.append([record(n) for n in range(30, 60)])  # overlaps: replay must not count twice
+    dead.close()  # its process is gone: the lock is released
+    torn = next(spool_dir.glob("*.jsonl"))
+    torn.write_bytes(torn.read_bytes() + b'{"request_id": "torn-by-a-cra')  # a line cut by a crash mid-write
+    alive = Spool(spool_dir)
+    alive.append([record(n) for n in range(100, 110)])  # a live process still writes this one
+    async with migrated_engine(any_url) as engine:
+        rec = recorder(engine, tmp_path)
+        await rec.start()
+        await rec.flush()
+        await wait_rows(engine, 60)
+        assert await count_rows(engine) == (60, 60)
+        assert [p.name for p in spool_dir.glob("*.jsonl")] == [alive._path.name]  # type: ignore[union-attr]
+        alive.close()  # that process ends: its file is replayed next
+        await wait_rows(engine, 70)
+        await rec.close()
+        assert await count_rows(engine) == (70, 70)
+        assert list(spool_dir.glob("*.jsonl")) == []
+
+
+async def test_shutdown_flushes_to_the_database_or_else_the_spool(sqlite_url: str, tmp_path: Path) -> None:  # noqa: F811
+    async with migrated_engine(sqlite_url) as engine:
+        rec = recorder(engine, tmp_path, flush_interval_s=60)
+        await rec.start()
+        for n in range(25):
+            rec.record(record(n))
+        await rec.close()
+        assert await count_rows(engine) == (25, 25)
+        rec.record(record(99))  # after close: straight to the spool, not lost
+        assert rec.spool.has_files()
+
+    from gateway.accounting.db import create_engine
+
+    engine = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", connect_timeout_s=1)
+    rec = recorder(engine, tmp_path / "down", flush_interval_s=60)
+    await rec.start()
+    for n in range(25):
+        rec.record(record(n))
+    await rec.close()
+    await engine.dispose()
+    assert rec.stats.spooled == 25
+    lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "down" / "spool").glob("*.jsonl"))
+    assert lines == 25
+
+
+async def test_a_record_the_database_refuses_goes_to_the_dead_letter(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    async with migrated_engine(pg_url) as engine:
+        rec = recorder(engine, tmp_path)
+        await rec.start()
+        for n in range(10):
+            rec.record(record(n))
+        rec.record(record(10, request_id="x" * 300))  # longer than the column: PostgreSQL refuses it
+        await rec.close()
+        assert await count_rows(engine) == (10, 10)
+        assert rec.stats.dead_lettered == 1
+        assert b"x" * 300 in (tmp_path / "spool" / DEAD_LETTER).read_bytes()
+
+
+async def test_enqueueing_costs_microseconds(tmp_path: Path) -> None:
+    rec = recorder(None, tmp_path, queue_max=1_000_000)
+    items = [record(n) for n in range(20_000)]
+    started = time.perf_counter()
+    for r in items:
+        rec.record(r)
+    per_call_us = (time.perf_counter() - started) / len(items) * 1e6
+    assert per_call_us < 20, per_call_us  # typically well under 1 µs
+
+
+async def test_prices_are_loaded_as_versions_and_never_rewritten(any_url: str) -> None:  # noqa: F811
+    from gateway.accounting.models import PriceVersion
+    from gateway.accounting.prices import parse_prices
+    from tests.test_accounting_support import PRICES_YAML
+
+    async with migrated_engine(any_url) as engine:
+        await store.sync_prices(engine, catalogue())
+        await store.sync_prices(engine, catalogue())  # loading the same file again adds nothing
+        changed = parse_prices(PRICES_YAML.replace("output_per_million: 0.40", "output_per_million: 0.45"))
+        await store.sync_prices(engine, changed)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(PriceVersion.__table__))).mappings().all()
+    by_id = {r["id"]: SimpleNamespace(**r) for r in rows}
+    assert len(by_id) == 3  # big, small as it was, small as it is now
+    old, new = catalogue().versions["small"][0], changed.versions["small"][0]
+    assert by_id[old.id].output_per_million == Decimal("0.40")
+    assert by_id[new.id].output_per_million == Decimal("0.45")
+    big = by_id[catalogue().versions["big"][0].id]
+    assert (big.mode, big.gpus, big.prefill_tokens_per_s, big.gpu_hour_price) == ("gpu_time", 2, 6000, Decimal("3"))
+    assert big.effective_from.year == 2020
