@@ -176,7 +176,8 @@ def main() -> int:
             proc.terminate()
             proc.wait()
     rows = [r.row() for r in results]
-    print(f"{'scenario':34} {'ok':>5} {'err':>4} {'rps':>6} {'p50 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'prefix hit':>10}")
+    print(f"{'scenario':34} {'ok':>5} {'err':>4} {'rps':>6} {'p50 ms':>8} {'p99 ms':>8} {'ttft p50':>9} "
+          f"{'prefix hit':>10}")
     for r in rows:
         print(f"{r['scenario']:34} {r['ok']:>5} {r['errors']:>4} {r['throughput_rps']:>6} {r['p50_ms']:>8} "
               f"{r['p99_ms']:>8} {r['ttft_p50_ms']!s:>9} {r['prefix_hit_rate']!s:>10}")

@@ -1059,7 +1059,8 @@ class SimApp:
                     if first:
                         m.ttft.observe(loop.time() - arrival)
                         first = False
-                    upto = s + 1 + int((loop.time() - target) / tok_s) if tok_s > 0 else end
+                    # max(0, ...): the event loop may wake a little before `target`.
+                    upto = s + 1 + max(0, int((loop.time() - target) / tok_s)) if tok_s > 0 else end
                     upto = min(upto, end, s + _MAX_STEPS_PER_WRITE)
                     parts = sse.steps(gens, s, upto)
                     s = sent_steps = upto
