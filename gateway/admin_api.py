@@ -5,10 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import get
+from litestar import Request, get, post
 from litestar.datastructures import State
 
 from gateway.context import GatewayContext
+from gateway.openai_request import ChatFields, CompletionFields, parse_body
+from gateway.routing import pool_states
+from router.classify import classify
+from router.decide import decide
+from router.decision import Caller
+from router.errors import GatewayError, InvalidRequest
+from router.explain import explain_dict
 from workers.pool import Replica
 
 
@@ -40,3 +47,29 @@ def pools_status(ctx: GatewayContext) -> dict[str, Any]:
 @get("/admin/workers")
 async def workers_status(state: State) -> dict[str, Any]:
     return {"pools": pools_status(state.ctx)}
+
+
+@get("/admin/policy")
+async def policy_status(state: State) -> dict[str, Any]:
+    """The routing policy in force (content hash, load time, files) and the last refused reload."""
+    return state.ctx.policies.status()  # type: ignore[no-any-return]
+
+
+@post("/admin/route/explain", status_code=200)
+async def route_explain(request: Request[Any, Any, Any], state: State, kind: str = "chat") -> dict[str, Any]:
+    """The whole routing decision for a request body, with its trace (nothing is sent to a worker)."""
+    ctx: GatewayContext = state.ctx
+    if kind not in ("chat", "completion"):
+        raise InvalidRequest("kind must be `chat` or `completion`", param="kind")
+    body = await request.body()
+    parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields)
+    active = ctx.policies.active
+    features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
+    caller = Caller()
+    decision, error = None, None
+    try:
+        decision = decide(features, caller, parsed.fields.model, active.policy, pool_states(active.pools),
+                          ctx.rates.current())
+    except GatewayError as exc:
+        error = exc
+    return explain_dict(active.policy, features, caller, parsed.fields.model, decision, error)

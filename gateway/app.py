@@ -12,14 +12,15 @@ from pathlib import Path
 from litestar import Litestar
 
 from gateway.accounting import start_accounting, stop_accounting
-from gateway.admin_api import workers_status
+from gateway.admin_api import policy_status, route_explain, workers_status
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health_api import healthz, readyz
 from gateway.openai_api import chat_completions, completions, list_models
 from gateway.reports_api import usage_report
+from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
-from router.models import Catalogue
+from router.tokens import warm_up
 from workers.breaker import Breaker
 from workers.gpus import discover
 from workers.health import check_all, watch_health
@@ -60,44 +61,46 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
 def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        try:  # first: refuse to start on a bad price file or an unmigrated database
+        async with contextlib.AsyncExitStack() as stack:
+            # First what must refuse a start: a bad price file, an unmigrated database, a bad policy.
             accounting = await start_accounting(settings)
-        except Exception as exc:
-            log.error("gateway: %s", exc)
-            raise
-        app.state.accounting = accounting
-        plans = launch_plans(settings)
-        supervisor = Supervisor(plans, Path(settings.state_dir) / "logs")
-        client = new_client(
-            settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
-        )
-        watcher: asyncio.Task[None] | None = None
-        try:
+            stack.push_async_callback(stop_accounting, accounting)  # after the last request: flushes records
+            app.state.accounting = accounting
+            plans = launch_plans(settings)
+            pools = build_pools(settings, plans)
+            policies = PolicyStore(policy_directory(settings.policies_dir), pools)
+            supervisor = Supervisor(plans, Path(settings.state_dir) / "logs")
+            stack.push_async_callback(supervisor.stop)
             if plans:
                 await supervisor.start()
                 log.info("started %d local replica(s)", len(plans))
-            pools = build_pools(settings, plans)
+            client = new_client(
+                settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
+            )
+            stack.push_async_callback(client.aclose)
             await check_all(client, pools, timeout=2.0)
-            watcher = asyncio.create_task(watch_health(client, pools, settings.health_interval_s))
-            catalogue = Catalogue(tuple(p.model for p in settings.pools), settings.auto_model)
-            app.state.ctx = GatewayContext(settings, catalogue, pools, client, int(time.time()), supervisor)
+            warm_up()  # the tokenizer, before the first request rather than during it
+            for job in (watch_health(client, pools, settings.health_interval_s), policies.watch()):
+                stack.push_async_callback(_cancel, asyncio.create_task(job))
+            install_sighup(policies)
+            app.state.ctx = GatewayContext(
+                settings, policies, Rates(accounting.catalogue), pools, client, accounting, int(time.time()),
+                supervisor,
+            )
             yield
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await client.aclose()
-            try:
-                await stop_accounting(accounting)  # after the last request: flushes every record
-            finally:
-                await supervisor.stop()
 
     return Litestar(
-        route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report],
+        route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report,
+                        policy_status, route_explain],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         logging_config=None,
     )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

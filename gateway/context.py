@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from gateway.accounting import Accounting
+from gateway.routing import PolicyStore, Rates
 from gateway.settings import Settings
-from router.models import Catalogue
 from workers.pool import Pools
 from workers.supervisor import Supervisor
 
@@ -15,8 +16,10 @@ from workers.supervisor import Supervisor
 @dataclass
 class GatewayContext:
     settings: Settings
-    catalogue: Catalogue
+    policies: PolicyStore
+    rates: Rates
     pools: Pools
     client: httpx.AsyncClient
+    accounting: Accounting
     started_at: int
     supervisor: Supervisor

@@ -1,56 +1,89 @@
-"""The OpenAI-compatible endpoints. Thin: parse what the gateway needs, pick the pool, relay."""
+"""The OpenAI-compatible endpoints. Thin: parse what the gateway needs, route, open the call, relay."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 
-from gateway.accounting import Accounting
 from gateway.accounting.records import failure_of
 from gateway.context import GatewayContext
-from gateway.openai_request import ChatFields, CompletionFields, parse_body, prompt_prefix, upstream_body
+from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
 from gateway.request_id import request_id
-from workers.upstream import open_call
+from gateway.routing import Route, route
+from router.decision import Caller
+from router.errors import NoHealthyReplica
+from workers.pool import Pool
+from workers.upstream import UpstreamCall, open_call
+
+log = logging.getLogger("gateway")
+
+_KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat", "completion"]]] = {
+    "/v1/chat/completions": (ChatFields, "chat"),
+    "/v1/completions": (CompletionFields, "completion"),
+}
 
 
-async def _forward(
-    request: Request[Any, Any, Any],
-    ctx: GatewayContext,
-    path: str,
-    kind: type[ChatFields] | type[CompletionFields],
-    accounting: Accounting,
-) -> Response[Any]:
+async def _open(
+    ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str
+) -> tuple[str, Pool, UpstreamCall, bool]:
+    """The call on the first target that answers: the routed model, then its fallback models when
+    every replica of a pool failed before answering."""
+    max_tokens = chosen.decision.max_tokens if chosen.decision else None
+    last = len(chosen.targets) - 1
+    for i, (model, pool) in enumerate(chosen.targets):
+        payload, strip_usage = upstream_body(parsed, model, body, max_tokens)
+        prefix = prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
+        try:
+            call = await open_call(ctx.client, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix)
+        except NoHealthyReplica:
+            if i == last:
+                raise
+            log.warning("request %s: pool %s cannot serve %s; falling back to %s", rid, pool.name, model,
+                        chosen.targets[i + 1][0])
+            continue
+        if call.response.status_code >= 500 and i < last:
+            log.warning("request %s: pool %s answered %d; falling back to %s", rid, pool.name,
+                        call.response.status_code, chosen.targets[i + 1][0])
+            await call.aclose()
+            continue
+        return model, pool, call, strip_usage
+    raise AssertionError("a route has at least one target")
+
+
+async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: str) -> Response[Any]:
     started = time.perf_counter()
     rid = request_id(request)
+    fields_type, kind = _KINDS[path]
     # Every call ends in finish(outcome), which hands it to the recorder (accounting).
-    outcome = Outcome(request_id=rid, model="", started=started, sink=accounting.recorder.record)
+    outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.accounting.recorder.record)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
         outcome.record_id = uuid.uuid4().hex
     try:
         body = await request.body()
-        parsed = parse_body(body, kind)
+        parsed = parse_body(body, fields_type)
         outcome.requested_model = parsed.fields.model
-        model = ctx.catalogue.resolve(parsed.fields.model)
-        pool = ctx.pools.by_model[model]
-        outcome.model, outcome.pool = model, pool.name
         outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
-        payload, strip_usage = upstream_body(parsed, model, body)
-        settings = ctx.settings
-        prefix = prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
-        call = await open_call(ctx.client, pool, path, payload, rid, settings.upstream_attempts, prefix)
+        active = ctx.policies.active  # the policy this request keeps to its end, whatever reloads meanwhile
+        chosen = route(active, parsed.data, kind, parsed.fields.model, request.headers, Caller(), ctx.rates.current())
+        outcome.policy_rule = chosen.rule
+        if chosen.decision is not None:
+            outcome.reference_model = chosen.decision.reference_model
+        outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
+        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid)
     except BaseException as exc:
         outcome.failure, outcome.error, outcome.status = failure_of(exc), type(exc).__name__, getattr(exc, "status", 0)
         finish(outcome)
         raise
+    outcome.model, outcome.pool = model, pool.name
     outcome.replica, outcome.status = call.replica.url, call.response.status_code
-    headers = {"x-request-id": rid, "x-gateway-model": model}
-    upstream_headers = call.response.headers
-    media_type = upstream_headers.get("content-type", "application/json")
+    headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.rule}
+    media_type = call.response.headers.get("content-type", "application/json")
     if media_type.startswith("text/"):
         media_type = media_type.split(";", 1)[0]  # Litestar appends "; charset=utf-8" to text types itself
     if parsed.fields.stream and call.response.status_code == 200:
@@ -73,12 +106,12 @@ async def _forward(
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    return await _forward(request, state.ctx, "/v1/chat/completions", ChatFields, state.accounting)
+    return await _forward(request, state.ctx, "/v1/chat/completions")
 
 
 @post("/v1/completions", status_code=200)
 async def completions(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    return await _forward(request, state.ctx, "/v1/completions", CompletionFields, state.accounting)
+    return await _forward(request, state.ctx, "/v1/completions")
 
 
 @get("/v1/models")
@@ -88,6 +121,6 @@ async def list_models(state: State) -> dict[str, Any]:
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": ctx.started_at, "owned_by": "gateway"}
-            for name in ctx.catalogue.routable()
+            for name in ctx.policies.active.routable
         ],
     }

@@ -70,27 +70,34 @@ def parse_body(body: bytes, kind: type[ChatFields] | type[CompletionFields]) -> 
     return ParsedRequest(data, fields)
 
 
-def upstream_body(parsed: ParsedRequest, model: str, original: bytes) -> tuple[bytes, bool]:
+def upstream_body(
+    parsed: ParsedRequest, model: str, original: bytes, max_tokens: int | None = None
+) -> tuple[bytes, bool]:
     """The body for the worker, and whether the client did not ask for the usage chunk.
 
     The worker is always asked for usage (it is authoritative for accounting); the usage chunk
-    is removed again on the way back when the client did not ask for it.
+    is removed again on the way back when the client did not ask for it. `max_tokens`, when given
+    (a policy's cap), replaces the client's.
     """
-    fields = parsed.fields
-    changed = fields.model != model
+    fields, data = parsed.fields, parsed.data
+    changed = data.get("model") != model
     strip_usage = False
     if fields.stream:
         opts = fields.stream_options
         if opts is None or not opts.include_usage:
             strip_usage = True
-            stream_options = dict(parsed.data.get("stream_options") or {})
-            stream_options["include_usage"] = True
-            parsed.data["stream_options"] = stream_options
-            changed = True
+            if not (data.get("stream_options") or {}).get("include_usage"):
+                data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+                changed = True
+    if max_tokens is not None:
+        data["max_tokens"] = max_tokens
+        if "max_completion_tokens" in data:
+            data["max_completion_tokens"] = max_tokens
+        changed = True
     if not changed:
         return original, strip_usage
-    parsed.data["model"] = model
-    return msgspec.json.encode(parsed.data), strip_usage
+    data["model"] = model
+    return msgspec.json.encode(data), strip_usage
 
 
 def _texts(content: Any) -> list[str]:

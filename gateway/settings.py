@@ -59,8 +59,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: str = ".gateway"  # logs of launched replicas, the embedded database, the accounting spool
-    # Model that `auto` goes to until routing policies decide; the first pool's model when unset.
-    default_model: str | None = None
+    # Routing policies: models.yaml, classify.yaml, routing.yaml (unset: the shipped policies/).
+    policies_dir: str | None = None
     max_body_bytes: int = 10_000_000
     upstream_connect_timeout_s: float = 3.0
     # Longest wait for the next bytes from a worker; a non-streaming answer arrives whole, so this
@@ -101,14 +101,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             for url in pool.replicas:
                 if not url.startswith(("http://", "https://")):
                     raise msgspec.ValidationError(f"pool `{pool.name}`: replica `{url}` is not an http(s) URL")
-        if self.default_model is not None and self.default_model not in models:
-            raise msgspec.ValidationError(f"default_model `{self.default_model}` is served by no pool")
         if self.upstream_attempts < 1:
             raise msgspec.ValidationError("upstream_attempts must be >= 1")
-
-    @property
-    def auto_model(self) -> str:
-        return self.default_model or self.pools[0].model
 
 
 _SCALAR_FIELDS = {

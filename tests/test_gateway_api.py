@@ -30,7 +30,7 @@ def without_created(raw: bytes) -> bytes:
 
 
 def test_models_lists_routable_models_and_auto(gateway: GatewayProcess) -> None:
-    assert [m.id for m in sdk(gateway).models.list()] == ["auto", "demo-large", "demo-small"]
+    assert [m.id for m in sdk(gateway).models.list()] == ["auto", "demo-small", "demo-large", "fast", "smart"]
 
 
 def test_chat_non_streaming(gateway: GatewayProcess) -> None:
@@ -45,9 +45,10 @@ def test_chat_non_streaming(gateway: GatewayProcess) -> None:
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 12
 
 
-def test_auto_goes_to_the_default_model(gateway: GatewayProcess) -> None:
+def test_auto_routes_short_chat_to_the_small_model(gateway: GatewayProcess) -> None:
     raw = sdk(gateway).chat.completions.with_raw_response.create(model="auto", messages=HELLO, max_tokens=3)
     assert raw.headers["x-gateway-model"] == "demo-small"
+    assert raw.headers["x-gateway-route"] == "default"
     assert raw.parse().model == "demo-small"
 
 
@@ -153,18 +154,26 @@ def test_unknown_model_is_404_naming_the_valid_ones(gateway: GatewayProcess) -> 
         sdk(gateway).chat.completions.create(model="gpt-17", messages=HELLO)
     err = error_of(info.value.response)
     assert err["param"] == "model" and err["code"] == "model_not_found"
-    assert "auto, demo-large, demo-small" in str(err["message"])
+    assert "auto, demo-small, demo-large, fast, smart" in str(err["message"])
 
 
 def test_worker_4xx_passes_through_unchanged(gateway: GatewayProcess) -> None:
-    body = {"model": "demo-small", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 5}
+    # vLLM refuses stream_options without stream; the gateway does not check it, the worker does.
+    body = {"model": "demo-small", "messages": HELLO, "max_tokens": 5, "stream_options": {"include_usage": True}}
     direct = httpx.post(replica_url(gateway, "small") + "/v1/chat/completions", json=body)
     via = httpx.post(gateway.api + "/chat/completions", json=body)
     assert direct.status_code == via.status_code == 400
     assert via.content == direct.content
-    assert via.json()["error"]["message"].startswith("This model's maximum context length is")
+    assert via.json()["error"]["message"].startswith("Stream options can only be defined when `stream=True`.")
     with pytest.raises(openai.BadRequestError):
-        sdk(gateway).chat.completions.create(model="demo-small", messages=body["messages"], max_tokens=5)
+        sdk(gateway).chat.completions.create(model="demo-small", messages=HELLO, stream_options={"include_usage": True})
+
+
+def test_a_prompt_over_every_context_window_is_400_before_any_worker(gateway: GatewayProcess) -> None:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 5}
+    r = httpx.post(gateway.api + "/chat/completions", json=body)
+    assert r.status_code == 400
+    assert "context" in error_of(r)["message"]
 
 
 def test_unknown_path_and_wrong_method_use_the_envelope(gateway: GatewayProcess) -> None:

@@ -12,7 +12,6 @@ def test_embedded_defaults_have_two_simulated_pools() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 8080)
     assert [p.model for p in s.pools] == ["demo-small", "demo-large"]
     assert all(p.launch is not None and p.launch.engine == "sim" for p in s.pools)
-    assert s.auto_model == "demo-small"
 
 
 def test_yaml_then_env_then_overrides(tmp_path: Path) -> None:
@@ -24,7 +23,6 @@ def test_yaml_then_env_then_overrides(tmp_path: Path) -> None:
     s = load_settings(cfg, env={"GATEWAY_PORT": "9100"})
     assert s.port == 9100 and s.upstream_timeout_s == 12.5
     assert s.pools[0].replicas == ("http://10.1.2.3:8000/", "http://10.1.2.4:8000")
-    assert s.auto_model == "llama-70b"
     assert load_settings(cfg, env={"GATEWAY_CONFIG": "/nonexistent"}, overrides={"port": 1}).port == 1
     assert load_settings(env={"GATEWAY_CONFIG": str(cfg)}).port == 9000
 
@@ -38,7 +36,6 @@ def test_yaml_then_env_then_overrides(tmp_path: Path) -> None:
         ("pools:\n  - {name: a, model: m, replicas: [ftp://x]}\n", "not an http(s) URL"),
         ("pools:\n  - {name: a, model: m, replicas: [http://x]}\n  - {name: a, model: n, replicas: [http://y]}\n",
          "duplicate pool name: a"),
-        ("default_model: nope\n", "served by no pool"),
         ("- 1\n", "must be a mapping"),
         ("port: [\n", "not valid YAML"),
     ],

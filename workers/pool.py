@@ -168,6 +168,7 @@ class Pools:
 
     def __post_init__(self) -> None:
         self.by_model = {p.model: p for p in self.pools}
+        self.by_name = {p.name: p for p in self.pools}
 
     def replicas(self) -> Iterable[Replica]:
         for pool in self.pools:

@@ -1,0 +1,169 @@
+"""The gateway's side of routing: the policy in force (hot-reloaded, last good kept), and one request's
+route: classify, decide (router/, pure), and the pools it may go to, fallbacks included."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import watchfiles
+
+from router.classify import classify
+from router.decide import decide
+from router.decision import Caller, PoolState, RouteDecision
+from router.errors import ModelNotFound
+from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
+from router.pricing import TokenRates
+from workers.pool import Pool, Pools
+
+log = logging.getLogger("gateway.routing")
+
+DIRECT_RULE = "direct"  # a model a pool serves but the catalogue does not list: called by name only
+RATES_TTL_S = 60.0
+
+
+@dataclass(frozen=True, eq=False)
+class ActivePolicy:
+    """A policy and what the gateway derives from it for its configured pools; swapped whole."""
+
+    policy: PolicySet
+    pools: Pools
+    loaded_at: float
+
+    @cached_property
+    def direct(self) -> dict[str, Pool]:
+        return {p.model: p for p in self.pools.pools if p.model not in self.policy.models}
+
+    @cached_property
+    def routable(self) -> tuple[str, ...]:
+        """What clients may ask for: `auto`, catalogued models whose pool is configured, their aliases,
+        and the models of pools the catalogue does not list."""
+        served = {m for m, model in self.policy.models.items() if model.pool in self.pools.by_name}
+        names = [n for n in self.policy.routable_names() if n == "auto" or self.policy.resolve(n) in served]
+        return (*names, *sorted(self.direct))
+
+
+@dataclass
+class PolicyStore:
+    """The policy in force. A reload that fails validation keeps the last good policy."""
+
+    directory: Path
+    pools: Pools
+    active: ActivePolicy = field(init=False)
+    last_error: list[str] | None = None
+    last_error_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.active = ActivePolicy(load_policy_set(self.directory), self.pools, time.time())  # fails loudly
+        for problem in self.active.policy.check_pools(p.name for p in self.pools.pools):
+            log.warning("policy: %s; routing never chooses it", problem)
+        for model in self.active.direct:
+            log.warning("policy: model `%s` is served by a pool but not in the catalogue; clients can call it "
+                        "by name, routing never chooses it", model)
+
+    def reload(self) -> bool:
+        """Validate the files again; swap atomically when they are good and changed."""
+        policy, problems = read_policy_set(self.directory)
+        if policy is None:
+            self.last_error, self.last_error_at = problems, time.time()
+            log.error("policy reload refused; keeping %s:\n  %s", self.active.policy.hash[:12], "\n  ".join(problems))
+            return False
+        self.last_error = self.last_error_at = None
+        if policy.hash == self.active.policy.hash:
+            return False
+        self.active = ActivePolicy(policy, self.pools, time.time())
+        log.info("policy %s loaded from %s", policy.hash[:12], self.directory)
+        return True
+
+    async def watch(self) -> None:
+        """Reload when a policy file changes (runs until cancelled)."""
+        async for _ in watchfiles.awatch(self.directory, debounce=200, step=50):
+            self.reload()
+
+    def status(self) -> dict[str, Any]:
+        p = self.active.policy
+        return {
+            "directory": str(self.directory), "hash": p.hash, "files": list(p.files),
+            "loaded_at": datetime.fromtimestamp(self.active.loaded_at, UTC).isoformat(),
+            "rules": [r.name for r in p.rules], "models": list(p.models), "aliases": dict(p.aliases),
+            "last_error": self.last_error,
+            "last_error_at": datetime.fromtimestamp(self.last_error_at, UTC).isoformat()
+            if self.last_error_at else None,
+        }
+
+
+def policy_directory(configured: str | None) -> Path:
+    return Path(configured) if configured else default_policy_dir()
+
+
+def pool_states(pools: Pools) -> dict[str, PoolState]:
+    """Health and load of each pool, as routing sees them (load 0 = idle, 1 = as busy as it may be)."""
+    states = {}
+    for p in pools.pools:
+        capacity = p.gate.limit if p.gate else 32 * max(1, len(p.replicas))
+        states[p.name] = PoolState(p.has_candidate(), min(1.0, sum(r.load() for r in p.replicas) / capacity))
+    return states
+
+
+@dataclass
+class Rates:
+    """Per-token rates for routing's cost comparison, refreshed now and then (prices change by date)."""
+
+    source: Any  # gateway.accounting.prices.PriceCatalogue
+    _rates: Mapping[str, TokenRates] = field(default_factory=dict)
+    _until: float = 0.0
+
+    def current(self) -> Mapping[str, TokenRates]:
+        now = time.monotonic()
+        if now >= self._until:
+            from gateway.accounting.prices import current_token_rates
+
+            self._rates, self._until = current_token_rates(self.source, datetime.now(UTC)), now + RATES_TTL_S
+        return self._rates
+
+
+@dataclass(frozen=True)
+class Route:
+    targets: tuple[tuple[str, Pool], ...]  # (model, pool): the choice, then its fallbacks
+    rule: str
+    decision: RouteDecision | None  # None for a direct call
+
+
+def route(
+    active: ActivePolicy,
+    body: dict[str, Any],
+    kind: Literal["chat", "completion"],
+    requested: str,
+    headers: Mapping[str, str],
+    caller: Caller,
+    rates: Mapping[str, TokenRates],
+) -> Route:
+    if (pool := active.direct.get(requested)) is not None:
+        return Route(((requested, pool),), DIRECT_RULE, None)
+    if requested not in active.routable:
+        raise ModelNotFound(
+            f"The model `{requested}` does not exist. Valid models: {', '.join(active.routable)}.", param="model"
+        )
+    policy = active.policy
+    features = classify(body, kind, headers, policy.classifier)
+    decision = decide(features, caller, requested, policy, pool_states(active.pools), rates)
+    by_name = active.pools.by_name
+    targets = [(decision.model, by_name[decision.pool])]
+    targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
+    return Route(tuple(targets), decision.rule, decision)
+
+
+def install_sighup(store: PolicyStore) -> None:
+    """SIGHUP reloads the policy (where this process can take signals: its main thread)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, store.reload)
