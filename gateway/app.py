@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from litestar import Litestar
+from redis.asyncio import Redis
 
 from gateway.accounting import start_accounting, stop_accounting
 from gateway.admin_api import policy_status, route_explain, workers_status
@@ -83,9 +84,13 @@ def create_app(settings: Settings) -> Litestar:
             for job in (watch_health(client, pools, settings.health_interval_s), policies.watch()):
                 stack.push_async_callback(_cancel, asyncio.create_task(job))
             install_sighup(policies)
+            redis = None
+            if settings.redis_url:
+                redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+                stack.push_async_callback(redis.aclose)
             app.state.ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, client, accounting, int(time.time()),
-                supervisor,
+                supervisor, redis,
             )
             yield
 

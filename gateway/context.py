@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+from redis.asyncio import Redis
 
 from gateway.accounting import Accounting
 from gateway.routing import PolicyStore, Rates
@@ -23,3 +24,4 @@ class GatewayContext:
     accounting: Accounting
     started_at: int
     supervisor: Supervisor
+    redis: Redis | None = None  # shared state of several gateway processes, when configured

@@ -78,6 +78,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     recorder_batch_max: int = 1000  # records per INSERT
     recorder_flush_interval_s: float = 0.25  # longest a record waits in memory
     recorder_retry_interval_s: float = 2.0  # how often an unreachable database is tried again
+    # Shared state of several gateway processes (cache, rate limits, budgets): redis://host:6379/0.
+    # Unset: in-process equivalents, for one process (the embedded default).
+    redis_url: str | None = None
     pools: tuple[PoolConfig, ...] = ()
 
     def __post_init__(self) -> None:
