@@ -1,12 +1,33 @@
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.gateway_process import GatewayProcess, start_gateway
 from tests.vllm_engine import VllmEngine, ensure_tiny_model, start_vllm
+
+SERVICES = {
+    "PostgreSQL": os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    "Redis": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite runs against real PostgreSQL and Redis: stop at once, loudly, when one is missing."""
+    missing = []
+    for name, url in SERVICES.items():
+        u = urlsplit(url)
+        try:
+            socket.create_connection((u.hostname or "127.0.0.1", u.port or 0), timeout=3).close()
+        except OSError as exc:
+            missing.append(f"{name} is not reachable at {u.hostname}:{u.port} ({exc.strerror or exc})")
+    if missing:
+        pytest.exit("the tests need real services:\n  " + "\n  ".join(missing), returncode=3)
 
 
 @pytest.fixture(scope="session")
