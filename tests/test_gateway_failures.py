@@ -4,6 +4,7 @@ and when the client goes away. Workers are simulated vLLM engines with failure i
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,20 @@ def metric(base_url: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def recorded(gw: GatewayProcess, client_request_id: str) -> tuple[str, str, int]:
+    """(status, usage_source, completion_tokens) of a call, from the gateway's embedded database."""
+    db = gw.log_path.parent / ".gateway" / "gateway.db"
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT status, usage_source, completion_tokens FROM usage_records "
+                               "WHERE client_request_id = ?", (client_request_id,)).fetchone()
+        if row is not None:
+            return row  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no usage record for {client_request_id}"
+        time.sleep(0.1)
 
 
 def set_faults(replica: str, **faults: object) -> None:
@@ -118,13 +133,17 @@ def test_worker_dying_mid_stream_ends_the_stream_with_an_error_event(troubled: G
     (slow,) = replicas(troubled, "slow")
     set_faults(slow, die_rate=1.0, die_after_tokens=3)
     try:
-        r = chat(troubled, "m-slow", stream=True, max_tokens=20)
+        r = httpx.post(troubled.api + "/chat/completions", headers={"x-request-id": "dies-mid-stream"}, timeout=30,
+                       json={"model": "m-slow", "messages": HELLO, "max_tokens": 20, "stream": True})
         assert r.status_code == 200
         events = [e for e in r.content.split(b"\n\n") if e]
         assert events[-1] == b"data: [DONE]"
         assert events[-2].startswith(b'data: {"error":')
         assert b'"code":"upstream_stream_broken"' in events[-2]
         assert any(b'"delta":{"content"' in e for e in events[:-2])
+        # The partial usage is on the books: the tokens relayed before the worker died.
+        row = recorded(troubled, "dies-mid-stream")
+        assert row[:2] == ("upstream_error", "estimate") and row[2] == 3
     finally:
         set_faults(slow, die_rate=0.0)
 

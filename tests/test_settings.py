@@ -58,3 +58,9 @@ def test_deploy_example_is_valid() -> None:
     s = load_settings(example, env={})
     assert [p.name for p in s.pools] == ["small", "large", "sim"]
     assert s.pools[0].replicas and s.pools[2].launch is not None
+
+
+@pytest.mark.parametrize("name", ["pools.gpu.example.yaml", "pools.cpu.example.yaml"])
+def test_pool_examples_are_valid(name: str) -> None:
+    s = load_settings(Path(__file__).resolve().parents[1] / "deploy" / name, env={})
+    assert all(p.launch is not None or p.replicas for p in s.pools)

