@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.gateway_process import start_gateway  # noqa: E402
+from tests.gateway_process import DEV_KEY, start_gateway  # noqa: E402
 from workers.launcher import free_port  # noqa: E402
 
 # Unequal replicas: ms per output token, and at most 4 requests running on each.
@@ -109,7 +109,8 @@ async def run_load(api: str, rate: float, seconds: float, make_body, name: str) 
             errors += 1
 
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    auth = {"authorization": f"Bearer {DEV_KEY}"}  # the key start_gateway's gateway accepts
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=auth) as client:
         tasks = []
         started = time.perf_counter()
         next_at = started

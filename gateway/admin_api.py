@@ -1,4 +1,4 @@
-"""Admin endpoints (the admin role guards them once keys land)."""
+"""Admin endpoints (role admin: gateway/auth/guard.py guards every `/admin/...` path)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.datastructures import State
 
+from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
 from gateway.openai_request import ChatFields, CompletionFields, parse_body
 from gateway.routing import pool_states
 from router.classify import classify
 from router.decide import decide
-from router.decision import Caller
 from router.errors import GatewayError, InvalidRequest
 from router.explain import explain_dict
 from workers.pool import Replica
@@ -65,7 +65,7 @@ async def route_explain(request: Request[Any, Any, Any], state: State, kind: str
     parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields)
     active = ctx.policies.active
     features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
-    caller = Caller()
+    caller = principal_of(request).caller  # the admin's own key (tenant, team), never request headers
     decision, error = None, None
     try:
         decision = decide(features, caller, parsed.fields.model, active.policy, pool_states(active.pools),

@@ -14,9 +14,15 @@ from redis.asyncio import Redis
 
 from gateway.accounting import start_accounting, stop_accounting
 from gateway.admin_api import policy_status, route_explain, workers_status
+from gateway.auth.api import HANDLERS as KEY_HANDLERS
+from gateway.auth.guard import authorize
+from gateway.auth.service import start_auth
+from gateway.cache import build_cache
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health_api import healthz, readyz
+from gateway.limits.api import budgets_report
+from gateway.limits.service import start_limits
 from gateway.openai_api import chat_completions, completions, list_models
 from gateway.reports_api import usage_report
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
@@ -88,15 +94,22 @@ def create_app(settings: Settings) -> Litestar:
             if settings.redis_url:
                 redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
                 stack.push_async_callback(redis.aclose)
+            cache = build_cache(settings, redis)
+            stack.push_async_callback(cache.aclose)  # pending stores, before the Redis pool closes
+            auth = await start_auth(settings, accounting.engine, redis)
+            stack.push_async_callback(auth.close)
+            limits = await start_limits(settings, accounting.catalogue, accounting.engine, redis)
+            stack.push_async_callback(limits.close)  # settles what is pending, before the Redis pool closes
             app.state.ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, client, accounting, int(time.time()),
-                supervisor, redis,
+                supervisor, redis, cache=cache, auth=auth, limits=limits,
             )
             yield
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report,
-                        policy_status, route_explain],
+                        policy_status, route_explain, budgets_report, *KEY_HANDLERS],
+        guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -8,6 +8,9 @@ import httpx
 from redis.asyncio import Redis
 
 from gateway.accounting import Accounting
+from gateway.auth.service import Auth
+from gateway.cache import ResponseCache
+from gateway.limits.service import Limits
 from gateway.routing import PolicyStore, Rates
 from gateway.settings import Settings
 from workers.pool import Pools
@@ -25,3 +28,6 @@ class GatewayContext:
     started_at: int
     supervisor: Supervisor
     redis: Redis | None = None  # shared state of several gateway processes, when configured
+    auth: Auth | None = None  # API keys -> principals (gateway/auth/)
+    limits: Limits | None = None  # rate limits and budgets (gateway/limits/)
+    cache: ResponseCache | None = None  # the response cache (gateway/cache/)

@@ -18,8 +18,12 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """Ready when every configured pool has at least one healthy replica."""
+    """Ready when every configured pool has at least one healthy replica; the body also details the
+    response cache (backend, ok, errors, last error)."""
     ctx: GatewayContext = state.ctx
     ready = ctx.pools.ready()
-    return Response({"status": "ready" if ready else "not_ready", "pools": pools_status(ctx)},
-                    status_code=200 if ready else 503)
+    body = {"status": "ready" if ready else "not_ready", "pools": pools_status(ctx)}
+    if ctx.cache is not None:  # reported, never a reason to be unready: without it the gateway serves uncached
+        await ctx.cache.check()
+        body["cache"] = ctx.cache.status()
+    return Response(body, status_code=200 if ready else 503)

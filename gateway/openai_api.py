@@ -11,12 +11,14 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 
 from gateway.accounting.records import failure_of
+from gateway.auth.principal import principal_of
+from gateway.cache import HEADER as CACHE_HEADER
+from gateway.cache import begin_cache
 from gateway.context import GatewayContext
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
 from gateway.request_id import request_id
 from gateway.routing import Route, route
-from router.decision import Caller
 from router.errors import NoHealthyReplica
 from workers.pool import Pool
 from workers.upstream import UpstreamCall, open_call
@@ -64,17 +66,26 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.accounting.recorder.record)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
         outcome.record_id = uuid.uuid4().hex
+    principal = principal_of(request)  # from the API key only (gateway/auth/guard.py), never from headers
+    outcome.tenant, outcome.team, outcome.key_id = principal.tenant, principal.team, principal.key_id
     try:
         body = await request.body()
         parsed = parse_body(body, fields_type)
         outcome.requested_model = parsed.fields.model
         outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
         active = ctx.policies.active  # the policy this request keeps to its end, whatever reloads meanwhile
-        chosen = route(active, parsed.data, kind, parsed.fields.model, request.headers, Caller(), ctx.rates.current())
+        chosen = route(active, parsed.data, kind, parsed.fields.model, request.headers, principal.caller,
+                       ctx.rates.current())
         outcome.policy_rule = chosen.rule
         if chosen.decision is not None:
             outcome.reference_model = chosen.decision.reference_model
         outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
+        # Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call finishes.
+        limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome) if ctx.limits else {}
+        cached = await begin_cache(ctx.cache, request.headers, chosen, parsed.data, parsed.fields, kind, outcome)
+        if cached.entry is not None:  # a hit: answered from the response cache, no worker
+            return cached.respond(parsed.fields, outcome,
+                                  {"x-request-id": rid, "x-gateway-route": chosen.rule, **limit_headers})
         model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid)
     except BaseException as exc:
         outcome.failure, outcome.error, outcome.status = failure_of(exc), type(exc).__name__, getattr(exc, "status", 0)
@@ -82,12 +93,14 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
         raise
     outcome.model, outcome.pool = model, pool.name
     outcome.replica, outcome.status = call.replica.url, call.response.status_code
-    headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.rule}
+    headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.rule,
+               CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
     if media_type.startswith("text/"):
         media_type = media_type.split(";", 1)[0]  # Litestar appends "; charset=utf-8" to text types itself
     if parsed.fields.stream and call.response.status_code == 200:
-        return RelayStream(call, strip_usage, outcome, media_type=media_type, headers=headers)
+        return RelayStream(call, strip_usage, outcome, tap=cached.stream_tap(), media_type=media_type,
+                           headers=headers)
     try:
         content = await call.response.aread()
     except BaseException as exc:
@@ -100,6 +113,7 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     if call.response.status_code == 200:
         outcome.usage = read_usage(content)
         outcome.completed = True
+        cached.answer(content)
     finish(outcome)
     return Response(content, status_code=call.response.status_code, media_type=media_type, headers=headers)
 

@@ -111,7 +111,11 @@ def error_event(message: str, type_: str, code: str) -> bytes:
     return b"data: " + msgspec.json.encode(body) + EVENT_END
 
 
-async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) -> AsyncGenerator[bytes, None]:
+async def relay_stream(
+    call: UpstreamCall, strip_usage: bool, outcome: Outcome, tap: Callable[[bytes], None] | None = None
+) -> AsyncGenerator[bytes, None]:
+    """`tap`, when given, receives each batch of whole events as the worker sent them (the response cache
+    collects a cacheable answer that way; other streams have no tap and are never parsed)."""
     pending = b""
     try:
         async for chunk in call.response.aiter_raw():
@@ -126,6 +130,8 @@ async def relay_stream(call: UpstreamCall, strip_usage: bool, outcome: Outcome) 
             ready, pending = data[:cut], data[cut:]
             # Two byte counts (no parsing): events relayed, less vLLM's empty role/finish chunks.
             outcome.content_events += ready.count(b"data: {") - ready.count(b'"content":""')
+            if tap is not None:
+                tap(ready)
             if USAGE_MARK in ready:
                 ready = _take_usage(ready, strip_usage, outcome)
             if ready.endswith(DONE_EVENT):
@@ -157,8 +163,9 @@ class RelayStream(Stream):
     """A `Stream` whose clean-up runs however the response ends, even when the client left before the
     first chunk (Litestar never starts, so never closes, a stream it did not begin to send)."""
 
-    def __init__(self, call: UpstreamCall, strip_usage: bool, outcome: Outcome, **kwargs: Any) -> None:
-        self._relay = relay_stream(call, strip_usage, outcome)
+    def __init__(self, call: UpstreamCall, strip_usage: bool, outcome: Outcome,
+                 tap: Callable[[bytes], None] | None = None, **kwargs: Any) -> None:
+        self._relay = relay_stream(call, strip_usage, outcome, tap)
         self._call, self._outcome = call, outcome
         super().__init__(self._relay, **kwargs)
 

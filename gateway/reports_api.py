@@ -16,16 +16,18 @@ from litestar.handlers import BaseRouteHandler
 
 from gateway.accounting import Accounting, reports
 from gateway.accounting.reports import ReportError, parse_day, parse_group_by, to_csv, to_json
+from gateway.auth.guard import REPORTS, check_role
+from gateway.auth.principal import principal_of
 from router.errors import InvalidRequest
 
 
 def may_read_reports(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Who may read usage reports: the hook for issue 7 (keys and roles).
+    """Who may read usage reports: keys with the `finance` or `admin` role (403 otherwise).
 
-    When auth lands, raise its 401/403 error here unless the caller's principal has the `finance` or
-    `admin` role. Until then the gateway has no principals, so everyone may.
+    The app-wide guard (gateway/auth/guard.py) has authenticated the caller (401 without a valid key)
+    and already checks the same roles for every `/v1/reports/...` path; this states it where reports live.
     """
-    return None
+    check_role(principal_of(connection), REPORTS)
 
 
 @get("/v1/reports/usage", guards=[may_read_reports])

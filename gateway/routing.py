@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import watchfiles
 
-from router.classify import classify
+from router.classify import Features, classify
 from router.decide import decide
 from router.decision import Caller, PoolState, RouteDecision
 from router.errors import ModelNotFound
@@ -136,6 +136,7 @@ class Route:
     targets: tuple[tuple[str, Pool], ...]  # (model, pool): the choice, then its fallbacks
     rule: str
     decision: RouteDecision | None  # None for a direct call
+    features: Features | None = None  # what classify() found (None for a direct call); limits estimate with it
 
 
 def route(
@@ -159,7 +160,7 @@ def route(
     by_name = active.pools.by_name
     targets = [(decision.model, by_name[decision.pool])]
     targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
-    return Route(tuple(targets), decision.rule, decision)
+    return Route(tuple(targets), decision.rule, decision, features)
 
 
 def install_sighup(store: PolicyStore) -> None:

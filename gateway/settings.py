@@ -81,6 +81,28 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Shared state of several gateway processes (cache, rate limits, budgets): redis://host:6379/0.
     # Unset: in-process equivalents, for one process (the embedded default).
     redis_url: str | None = None
+    # The response cache (README, "Response cache"): in Redis when redis_url is set, else in memory.
+    cache_enabled: bool = True
+    cache_max_entry_bytes: int = 1_000_000  # larger answers are not cached
+    cache_memory_max_entries: int = 10_000  # the in-process cache (no redis_url): LRU beyond these
+    cache_memory_max_bytes: int = 256_000_000
+    cache_lock_ttl_s: float = 30.0  # single flight: a dead holder blocks identical requests at most this long
+    cache_wait_s: float = 30.0  # longest an identical request waits for the holder's answer, then goes itself
+    cache_retry_s: float = 1.0  # after a cache backend error, requests bypass the cache this long
+    cache_key_prefix: str = "gateway:cache:"  # Redis keys: <prefix><tenant or namespace>:<sha256>
+    # Keys, roles, limits and budgets (README, "Keys, roles, limits and budgets"; gateway/auth, gateway/limits).
+    auth: Literal["required", "off"] = "required"  # off: no keys, every call is tenant `default`'s
+    # The development key (role admin, tenant default, team dev). Unset: generated once in <state_dir>/dev-key
+    # with the embedded database, none with a configured one; "" = none.
+    dev_key: str | None = None
+    key_hash_secret: str | None = None  # keys are stored as HMAC-SHA256 under it; unset: <state_dir>/key-hash-secret
+    auth_cache_ttl_s: float = 2.0  # how long a key lookup is reused (a revoked key stops within this)
+    budget_soft_pct: int = 80  # spend past this % of a budget logs a warning (once per budget and period)
+    budget_reservation_ttl_s: float = 3600.0  # a call's reservation is released after this if never settled
+    # A reservation prices the prompt estimate plus this % and 16 tokens: chat templates and other tokenizers
+    # count more than the estimate (cl100k_base); the difference is given back when the call settles.
+    budget_prompt_margin_pct: int = 100
+    limits_key_prefix: str = "gateway:limits:"  # Redis keys of rate limits and budgets
     pools: tuple[PoolConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -104,8 +126,23 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             for url in pool.replicas:
                 if not url.startswith(("http://", "https://")):
                     raise msgspec.ValidationError(f"pool `{pool.name}`: replica `{url}` is not an http(s) URL")
+        for name in ("cache_max_entry_bytes", "cache_memory_max_entries", "cache_memory_max_bytes"):
+            if getattr(self, name) < 1:
+                raise msgspec.ValidationError(f"{name} must be >= 1")
+        for name in ("cache_lock_ttl_s", "cache_wait_s"):
+            if getattr(self, name) <= 0:
+                raise msgspec.ValidationError(f"{name} must be > 0")
+        if self.cache_retry_s < 0:
+            raise msgspec.ValidationError("cache_retry_s must be >= 0")
         if self.upstream_attempts < 1:
             raise msgspec.ValidationError("upstream_attempts must be >= 1")
+        if not 1 <= self.budget_soft_pct <= 100:
+            raise msgspec.ValidationError("budget_soft_pct must be from 1 to 100")
+        for name in ("auth_cache_ttl_s", "budget_prompt_margin_pct"):
+            if getattr(self, name) < 0:
+                raise msgspec.ValidationError(f"{name} must be >= 0")
+        if self.budget_reservation_ttl_s <= 0:
+            raise msgspec.ValidationError("budget_reservation_ttl_s must be > 0")
 
 
 _SCALAR_FIELDS = {

@@ -13,6 +13,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import gateway.auth.models  # noqa: F401 (its tables join the metadata)
 from gateway.accounting.models import Base
 from gateway.accounting.money import Money
 

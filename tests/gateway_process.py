@@ -17,6 +17,8 @@ import yaml
 from workers.launcher import free_port
 
 GATEWAY_BIN = Path(sys.executable).parent / "gateway"
+# The development key the test gateways run with (GATEWAY_DEV_KEY: role admin, tenant default, team dev).
+DEV_KEY = "sk-gw-tests-dev-key-0123456789abcdefghijklmnopq"
 
 
 @dataclass
@@ -24,10 +26,16 @@ class GatewayProcess:
     base_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    key: str | None = None  # the development key it accepts (None: the gateway chose its own, or none)
 
     @property
     def api(self) -> str:
         return f"{self.base_url}/v1"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers that authenticate with the development key."""
+        return {"authorization": f"Bearer {self.key}"} if self.key else {}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,9 +51,14 @@ class GatewayProcess:
 
 
 def start_gateway(
-    workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True
+    workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True,
+    dev_key: str | None = DEV_KEY,
 ) -> GatewayProcess:
-    """Run `gateway serve` in `workdir` and wait until it serves (and, with `ready`, until /readyz is 200)."""
+    """Run `gateway serve` in `workdir` and wait until it serves (and, with `ready`, until /readyz is 200).
+
+    The gateway accepts `dev_key` (as GATEWAY_DEV_KEY, unless `env` sets that); `GatewayProcess.key` and
+    `.auth` send it. `dev_key=None` starts it as `make run` does (it makes and keeps its own key).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [str(GATEWAY_BIN), "serve", "--port", str(port)]
@@ -55,10 +68,12 @@ def start_gateway(
         args += ["--config", str(cfg)]
     log_path = workdir / "gateway.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if dev_key is not None:
+        full_env["GATEWAY_DEV_KEY"] = dev_key
     full_env.update(env or {})
     with log_path.open("wb") as out:
         proc = subprocess.Popen(args, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    gw = GatewayProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    gw = GatewayProcess(f"http://127.0.0.1:{port}", proc, log_path, full_env.get("GATEWAY_DEV_KEY") or None)
     deadline = time.monotonic() + 60
     path = "/readyz" if ready else "/healthz"
     while True:

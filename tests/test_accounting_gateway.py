@@ -62,7 +62,7 @@ def test_calls_appear_in_the_report_with_the_workers_usage_and_the_catalogues_pr
     accounted: GatewayProcess,
 ) -> None:
     workdir = Path(accounted.log_path).parent
-    client = httpx.Client(base_url=accounted.api, timeout=30)
+    client = httpx.Client(base_url=accounted.api, timeout=30, headers=accounted.auth)
     usages: list[tuple[str, dict[str, int]]] = []
     for model, max_tokens in (("demo-small", 5), ("demo-small", 9), ("demo-large", 7)):
         body = client.post("/chat/completions", json={"model": model, "messages": HELLO,
@@ -101,10 +101,11 @@ def test_calls_appear_in_the_report_with_the_workers_usage_and_the_catalogues_pr
     assert Decimal(rows["demo-small"]["routing_savings"]) > 0  # the small model is cheaper than the reference
 
     # The API, the CLI and the raw records agree (to the last digit, so to the cent).
-    api = httpx.get(accounted.base_url + "/v1/reports/usage", params={"group_by": "model"}).json()
+    api = httpx.get(accounted.base_url + "/v1/reports/usage", params={"group_by": "model"},
+                    headers=accounted.auth).json()
     assert api == report
     csv_text = httpx.get(accounted.base_url + "/v1/reports/usage",
-                         params={"group_by": "model", "format": "csv"}).text
+                         params={"group_by": "model", "format": "csv"}, headers=accounted.auth).text
     assert csv_text == cli("report", "--group-by", "model", "--format", "csv", cwd=workdir).stdout
     with sqlite3.connect(workdir / ".gateway" / "gateway.db") as conn:
         n, cost_units = conn.execute("SELECT count(*), sum(cost) FROM usage_records").fetchone()
@@ -112,7 +113,7 @@ def test_calls_appear_in_the_report_with_the_workers_usage_and_the_catalogues_pr
     assert Decimal(cost_units).scaleb(-10) == sum((Decimal(t["cost"]) for t in report["totals"]), ZERO)
     today = datetime.now(UTC).date().isoformat()
     by_day = report_json(workdir, "--group-by", "day,team", "--from", today, "--to", today)
-    assert by_day["rows"][0]["day"] == today and by_day["rows"][0]["team"] is None
+    assert by_day["rows"][0]["day"] == today and by_day["rows"][0]["team"] == "dev"  # the development key's team
     assert by_day["totals"] == report["totals"]
     verify = cli("report", "--verify", cwd=workdir)
     assert verify.returncode == 0 and "rollups match the records" in verify.stdout
@@ -124,7 +125,7 @@ def test_a_cancelled_stream_is_recorded_with_the_tokens_relayed(accounted: Gatew
     workdir = Path(accounted.log_path).parent
     rid = "cancel-me-1"
     with httpx.Client(timeout=30) as client, client.stream(
-        "POST", accounted.api + "/chat/completions", headers={"x-request-id": rid},
+        "POST", accounted.api + "/chat/completions", headers={**accounted.auth, "x-request-id": rid},
         json={"model": "demo-large", "messages": HELLO, "max_tokens": 400, "stream": True},
     ) as r:
         seen = 0
@@ -152,14 +153,15 @@ def test_a_cancelled_stream_is_recorded_with_the_tokens_relayed(accounted: Gatew
 
 
 def test_the_reports_api_refuses_bad_queries(accounted: GatewayProcess) -> None:
-    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"group_by": "colour"})
+    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"group_by": "colour"}, headers=accounted.auth)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "group_by" and "tenant, team, key" in r.json()["error"]["message"]
-    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"from": "yesterday"})
+    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"from": "yesterday"}, headers=accounted.auth)
     assert r.status_code == 400 and r.json()["error"]["param"] == "from"
-    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"format": "xml"})
+    r = httpx.get(accounted.base_url + "/v1/reports/usage", params={"format": "xml"}, headers=accounted.auth)
     assert r.status_code == 400 and r.json()["error"]["param"] == "format"
-    empty = httpx.get(accounted.base_url + "/v1/reports/usage", params={"from": "2001-01-01", "to": "2001-01-31"})
+    empty = httpx.get(accounted.base_url + "/v1/reports/usage", params={"from": "2001-01-01", "to": "2001-01-31"},
+                      headers=accounted.auth)
     assert empty.json()["rows"] == [] and empty.json()["totals"] == []
 
 
@@ -185,7 +187,7 @@ def test_records_spooled_by_a_killed_gateway_are_written_once_after_restart(
     try:
         for i in range(n):
             body = {"model": "demo-small", "messages": HELLO, "max_tokens": 3, "stream": i % 2 == 0}
-            assert httpx.post(gw.api + "/chat/completions", json=body, timeout=30).status_code == 200
+            assert httpx.post(gw.api + "/chat/completions", json=body, timeout=30, headers=gw.auth).status_code == 200
         for _ in range(100):
             if _spooled(tmp_path) >= n:
                 break

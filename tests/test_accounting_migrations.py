@@ -17,11 +17,12 @@ from sqlalchemy.engine import Connection
 
 from gateway.accounting import db, start_accounting, stop_accounting
 from gateway.accounting.models import Base
+from gateway.auth import models as _key_models  # noqa: F401 (the key tables join the metadata)
 from gateway.settings import load_settings
 from tests.test_accounting_support import any_url, pg_url  # noqa: F401 (fixtures)
 
 GATEWAY = Path(sys.executable).parent / "gateway"
-TABLES = {"usage_records", "usage_daily", "price_versions"}
+TABLES = {"usage_records", "usage_daily", "price_versions", "api_keys", "team_limits"}
 
 
 def _diff(conn: Connection) -> list[object]:

@@ -18,7 +18,7 @@ HELLO = [{"role": "user", "content": "Say hello to the gateway."}]
 
 
 def sdk(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.api, api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=gw.api, api_key=gw.key, max_retries=0)
 
 
 def replica_url(gw: GatewayProcess, pool: str) -> str:
@@ -72,7 +72,7 @@ def test_chat_stream_with_usage_ends_with_usage_chunk(gateway: GatewayProcess) -
 
 
 async def test_async_completions_streaming_and_not(gateway: GatewayProcess) -> None:
-    client = openai.AsyncOpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=gateway.api, api_key=gateway.key, max_retries=0)
     completion = await client.completions.create(model="demo-small", prompt="Once upon a time", max_tokens=5)
     assert completion.usage is not None and completion.usage.completion_tokens == 5
     stream = await client.completions.create(
@@ -98,7 +98,7 @@ def test_stream_is_byte_for_byte_what_the_worker_sent(gateway: GatewayProcess, c
     )
     if client_asks_usage:
         body["stream_options"] = {"include_usage": True}
-    via = httpx.post(gateway.api + "/chat/completions", json=body, headers={"x-request-id": rid})
+    via = httpx.post(gateway.api + "/chat/completions", json=body, headers={**gateway.auth, "x-request-id": rid})
     assert via.headers["content-type"] == direct.headers["content-type"]
     assert via.headers["x-request-id"] == rid
     events = [e + b"\n\n" for e in direct.content.split(b"\n\n") if e]
@@ -111,10 +111,11 @@ def test_request_id_reaches_the_worker_and_comes_back(gateway: GatewayProcess) -
     body = {"model": "demo-small", "messages": HELLO, "max_tokens": 2}
     direct = httpx.post(replica_url(gateway, "small") + "/v1/chat/completions", json=body,
                         headers={"x-request-id": "req-42"})
-    via = httpx.post(gateway.api + "/chat/completions", json=body, headers={"x-request-id": "req-42"})
+    via = httpx.post(gateway.api + "/chat/completions", json=body, headers={**gateway.auth, "x-request-id": "req-42"})
     assert via.headers["x-request-id"] == "req-42"
     assert via.json()["id"] == direct.json()["id"]  # the simulator derives the id from X-Request-Id
-    bad = httpx.post(gateway.api + "/chat/completions", json=body, headers={"x-request-id": "no spaces allowed"})
+    bad = httpx.post(gateway.api + "/chat/completions", json=body,
+                     headers={**gateway.auth, "x-request-id": "no spaces allowed"})
     assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
 
 
@@ -128,7 +129,7 @@ def error_of(response: httpx.Response) -> dict[str, object]:
 
 def test_malformed_json_is_400(gateway: GatewayProcess) -> None:
     r = httpx.post(gateway.api + "/chat/completions", content=b'{"model": "demo-small", "messages": [',
-                   headers={"content-type": "application/json"})
+                   headers={**gateway.auth, "content-type": "application/json"})
     assert r.status_code == 400
     err = error_of(r)
     assert err["type"] == "invalid_request_error" and err["code"] == "invalid_json"
@@ -144,7 +145,7 @@ def test_malformed_json_is_400(gateway: GatewayProcess) -> None:
     ],
 )
 def test_wrong_type_is_400_naming_the_param(gateway: GatewayProcess, body: dict[str, object], param: str) -> None:
-    r = httpx.post(gateway.api + "/chat/completions", json=body)
+    r = httpx.post(gateway.api + "/chat/completions", json=body, headers=gateway.auth)
     assert r.status_code == 400
     assert error_of(r)["param"] == param
 
@@ -161,7 +162,7 @@ def test_worker_4xx_passes_through_unchanged(gateway: GatewayProcess) -> None:
     # vLLM refuses stream_options without stream; the gateway does not check it, the worker does.
     body = {"model": "demo-small", "messages": HELLO, "max_tokens": 5, "stream_options": {"include_usage": True}}
     direct = httpx.post(replica_url(gateway, "small") + "/v1/chat/completions", json=body)
-    via = httpx.post(gateway.api + "/chat/completions", json=body)
+    via = httpx.post(gateway.api + "/chat/completions", json=body, headers=gateway.auth)
     assert direct.status_code == via.status_code == 400
     assert via.content == direct.content
     assert via.json()["error"]["message"].startswith("Stream options can only be defined when `stream=True`.")
@@ -171,7 +172,7 @@ def test_worker_4xx_passes_through_unchanged(gateway: GatewayProcess) -> None:
 
 def test_a_prompt_over_every_context_window_is_400_before_any_worker(gateway: GatewayProcess) -> None:
     body = {"model": "auto", "messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 5}
-    r = httpx.post(gateway.api + "/chat/completions", json=body)
+    r = httpx.post(gateway.api + "/chat/completions", json=body, headers=gateway.auth)
     assert r.status_code == 400
     assert "context" in error_of(r)["message"]
 

@@ -71,7 +71,7 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProces
 
 def chat(gw: GatewayProcess, model: str, **extra: object) -> httpx.Response:
     return httpx.post(gw.api + "/chat/completions", json={"model": model, "messages": HELLO, "max_tokens": 3, **extra},
-                      timeout=30)
+                      timeout=30, headers=gw.auth)
 
 
 def test_body_over_the_limit_is_413(troubled: GatewayProcess) -> None:
@@ -133,7 +133,8 @@ def test_worker_dying_mid_stream_ends_the_stream_with_an_error_event(troubled: G
     (slow,) = replicas(troubled, "slow")
     set_faults(slow, die_rate=1.0, die_after_tokens=3)
     try:
-        r = httpx.post(troubled.api + "/chat/completions", headers={"x-request-id": "dies-mid-stream"}, timeout=30,
+        r = httpx.post(troubled.api + "/chat/completions", timeout=30,
+                       headers={**troubled.auth, "x-request-id": "dies-mid-stream"},
                        json={"model": "m-slow", "messages": HELLO, "max_tokens": 20, "stream": True})
         assert r.status_code == 200
         events = [e for e in r.content.split(b"\n\n") if e]
@@ -152,7 +153,8 @@ def test_client_going_away_cancels_the_upstream_request(troubled: GatewayProcess
     (slow,) = replicas(troubled, "slow")
     cancelled_before = metric(slow, "sim_requests_cancelled_total")
     body = {"model": "m-slow", "messages": HELLO, "max_tokens": 900, "stream": True}
-    with httpx.Client(timeout=10) as client, client.stream("POST", troubled.api + "/chat/completions", json=body) as r:
+    with httpx.Client(timeout=10) as client, client.stream("POST", troubled.api + "/chat/completions", json=body,
+                                                               headers=troubled.auth) as r:
         assert r.status_code == 200
         next(r.iter_raw())  # the stream has started upstream
     deadline = time.monotonic() + 3
@@ -164,7 +166,7 @@ def test_client_going_away_cancels_the_upstream_request(troubled: GatewayProcess
 
 async def test_admission_control_bounds_the_wait_then_refuses(troubled: GatewayProcess) -> None:
     body = {"model": "m-gated", "messages": HELLO, "max_tokens": 60}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=troubled.auth) as client:
         first = asyncio.create_task(client.post(troubled.api + "/chat/completions", json=body))
         await asyncio.sleep(0.15)  # the first call holds the pool's only slot for ~0.6 s
         queued = asyncio.create_task(client.post(troubled.api + "/chat/completions", json=body))
@@ -186,7 +188,7 @@ def test_client_leaving_before_the_first_chunk_still_cancels_the_upstream_reques
         body = {"model": "m-slow", "messages": HELLO, "max_tokens": 900, "stream": True}
         with pytest.raises(httpx.ReadTimeout):  # the client gives up first
             httpx.post(troubled.api + "/chat/completions", json=body, timeout=0.2,
-                       headers={"x-request-id": "left-early"})
+                       headers={**troubled.auth, "x-request-id": "left-early"})
         deadline = time.monotonic() + 4
         while metric(slow, "sim_requests_cancelled_total") == cancelled_before:
             assert time.monotonic() < deadline, "the worker went on generating for a client that had left"

@@ -24,7 +24,7 @@ TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type"
 
 
 def routed(gw: GatewayProcess, **body: Any) -> tuple[str, str]:
-    r = httpx.post(gw.api + "/chat/completions", json={"max_tokens": 4, **body}, timeout=30)
+    r = httpx.post(gw.api + "/chat/completions", json={"max_tokens": 4, **body}, timeout=30, headers=gw.auth)
     assert r.status_code == 200, r.text
     assert r.json()["model"] == r.headers["x-gateway-model"]
     return r.headers["x-gateway-model"], r.headers["x-gateway-route"]
@@ -59,7 +59,7 @@ def test_the_demo_policy_routes_as_described(gateway: GatewayProcess, body: dict
 
 def test_a_request_no_model_can_serve_is_400_saying_why(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        openai.OpenAI(base_url=gateway.api, api_key="x", max_retries=0).chat.completions.create(
+        openai.OpenAI(base_url=gateway.api, api_key=gateway.key, max_retries=0).chat.completions.create(
             model="fast", messages=ask("Hi"), tools=[TOOL])  # type: ignore[list-item]
     message = info.value.response.json()["error"]["message"]
     assert "`demo-small` does not support tool calls" in message
@@ -73,11 +73,11 @@ def test_the_long_context_rule_caps_max_tokens(tmp_path: Path) -> None:
     ]})
     try:
         body = {"model": "auto", "messages": ask("Tell me a story. " * 300), "max_tokens": 5000}
-        r = httpx.post(gw.api + "/chat/completions", timeout=30, json=body)
+        r = httpx.post(gw.api + "/chat/completions", timeout=30, json=body, headers=gw.auth)
         assert r.headers["x-gateway-route"] == "long-context"
         assert r.json()["usage"]["completion_tokens"] == 2048  # the simulator writes exactly max_tokens
         body["max_tokens"] = 100  # under the cap: unchanged
-        assert httpx.post(gw.api + "/chat/completions", timeout=30, json=body).json()["usage"][
+        assert httpx.post(gw.api + "/chat/completions", timeout=30, json=body, headers=gw.auth).json()["usage"][
             "completion_tokens"] == 100
     finally:
         gw.stop()
@@ -85,7 +85,7 @@ def test_the_long_context_rule_caps_max_tokens(tmp_path: Path) -> None:
 
 def test_admin_explain_gives_the_trace(gateway: GatewayProcess) -> None:
     r = httpx.post(gateway.base_url + "/admin/route/explain", json={"model": "auto", "messages": ask("Hi"),
-                                                                     "tools": [TOOL]})
+                                                                     "tools": [TOOL]}, headers=gateway.auth)
     out = r.json()
     assert out["decision"]["model"] == "demo-large" and out["decision"]["rule"] == "tools-and-structured-output"
     rejected = [t for t in out["trace"] if t["step"] == "candidate" and not t["ok"]]
@@ -127,19 +127,19 @@ def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-d
 def test_hot_reload_swaps_good_files_and_keeps_the_last_good_policy(tmp_path: Path, own_policies: Path) -> None:
     gw = start_gateway(tmp_path / "gw", {"policies_dir": str(own_policies)})
     try:
-        first = httpx.get(gw.base_url + "/admin/policy").json()
+        first = httpx.get(gw.base_url + "/admin/policy", headers=gw.auth).json()
         assert routed(gw, model="auto", messages=ask("Hi")) == ("demo-small", "default")
         routing = own_policies / "routing.yaml"
         good = routing.read_text()
         # An edit that sends everything else to the large model.
         routing.write_text(good.replace("route: {smallest_capable: {min_tier: complexity}}",
                                         "route: {model: demo-large}"))
-        wait_for(lambda: httpx.get(gw.base_url + "/admin/policy").json()["hash"] != first["hash"])
+        wait_for(lambda: httpx.get(gw.base_url + "/admin/policy", headers=gw.auth).json()["hash"] != first["hash"])
         assert routed(gw, model="auto", messages=ask("Hi")) == ("demo-large", "default")
         # A broken edit: refused with file:line, the last good policy stays in force.
         routing.write_text(good.replace("route: requested", "route: requestd"))
-        wait_for(lambda: httpx.get(gw.base_url + "/admin/policy").json()["last_error"])
-        status = httpx.get(gw.base_url + "/admin/policy").json()
+        wait_for(lambda: httpx.get(gw.base_url + "/admin/policy", headers=gw.auth).json()["last_error"])
+        status = httpx.get(gw.base_url + "/admin/policy", headers=gw.auth).json()
         assert any(f"{routing}:" in e for e in status["last_error"])
         assert routed(gw, model="auto", messages=ask("Hi")) == ("demo-large", "default")
         assert "policy reload refused" in gw.log()

@@ -38,7 +38,7 @@ def gw(vllm_engine: VllmEngine, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def sdk(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.api, api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=gw.api, api_key=gw.key, max_retries=0)
 
 
 def sse_text(raw: bytes) -> str:
@@ -84,7 +84,7 @@ def test_chat_stream_equals_vllm(gw: GatewayProcess, vllm_engine: VllmEngine, in
     expected = b"".join(events if include_usage else events[:-2] + events[-1:])
     if include_usage:
         body["stream_options"] = {"include_usage": True}
-    via = httpx.post(gw.api + "/chat/completions", json=body, headers={"x-request-id": rid})
+    via = httpx.post(gw.api + "/chat/completions", json=body, headers={**gw.auth, "x-request-id": rid})
     assert via.status_code == 200
     assert normalized(via.content) == normalized(expected)
 
@@ -103,7 +103,7 @@ def test_chat_stream_equals_vllm(gw: GatewayProcess, vllm_engine: VllmEngine, in
 
 
 async def test_completions_streaming_and_not(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
-    client = openai.AsyncOpenAI(base_url=gw.api, api_key="unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=gw.api, api_key=gw.key, max_retries=0)
     whole = await client.completions.create(model="tiny", prompt="The gateway", max_tokens=8, **GREEDY)
     async with httpx.AsyncClient() as raw:
         body = {"model": "tiny", "prompt": "The gateway", "max_tokens": 8, **GREEDY}
@@ -125,7 +125,7 @@ def test_unknown_model_404(gw: GatewayProcess) -> None:
     assert "ghost, tiny" in info.value.response.json()["error"]["message"]
     # A model the pool claims but the engine does not serve: vLLM's own 404, unchanged.
     body = {"model": "ghost", "messages": MESSAGES}
-    via = httpx.post(gw.api + "/chat/completions", json=body)
+    via = httpx.post(gw.api + "/chat/completions", json=body, headers=gw.auth)
     assert via.status_code == 404
     assert via.json()["error"] == {
         "message": "The model `ghost` does not exist. Valid aliases: tiny.",
@@ -136,7 +136,7 @@ def test_unknown_model_404(gw: GatewayProcess) -> None:
 def test_context_overflow_400_passes_through(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "routing " * 1500}], "max_tokens": 4}
     direct = httpx.post(vllm_engine.base_url + "/v1/chat/completions", json=body)
-    via = httpx.post(gw.api + "/chat/completions", json=body)
+    via = httpx.post(gw.api + "/chat/completions", json=body, headers=gw.auth)
     assert direct.status_code == via.status_code == 400
     assert via.content == direct.content
     assert via.json()["error"]["message"].startswith("This model's maximum context length is")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.gateway_process import GATEWAY_BIN, GatewayProcess, start_gateway
+from tests.gateway_process import DEV_KEY, GATEWAY_BIN, GatewayProcess, start_gateway
 from tests.vllm_engine import ensure_tiny_model, venv_python
 from workers.supervisor import group_alive
 
@@ -75,7 +75,7 @@ def served(url: str) -> float:
 
 async def burst(api: str, n: int, max_tokens: int) -> list[int]:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Balance me."}], "max_tokens": max_tokens}
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {DEV_KEY}"}) as client:
         responses = await asyncio.gather(*(client.post(api + "/chat/completions", json=body) for _ in range(n)))
     return [r.status_code for r in responses]
 

@@ -111,7 +111,8 @@ def test_workers_status_asks_the_running_gateway(tmp_path: Path) -> None:
     try:
         port = gw.base_url.rsplit(":", 1)[1]
         out = subprocess.run([str(GATEWAY_BIN), "workers", "status"], capture_output=True, text=True,
-                             env={**os.environ, "GATEWAY_PORT": port}, check=True).stdout
+                             env={**os.environ, "GATEWAY_PORT": port, "GATEWAY_DEV_KEY": gw.key or ""},
+                             check=True).stdout
         lines = out.splitlines()
         assert lines[0].split()[:4] == ["POOL", "MODEL", "REPLICA", "STATE"]
         assert len(lines) == 3 and all(line.split()[3:6] == ["ready", "yes", "closed"] for line in lines[1:])

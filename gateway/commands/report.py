@@ -1,7 +1,8 @@
 """`gateway report`: usage, cost and savings for finance, from the gateway's accounting database.
 
 With no configuration it reads the embedded database that `gateway serve` (`make run`) writes in
-`.gateway/gateway.db`. The HTTP API (`GET /v1/reports/usage`) runs the same query.
+`.gateway/gateway.db`. The HTTP API (`GET /v1/reports/usage`) runs the same query. `--budgets` lists the
+team and key budgets with the spend recorded in their current period (`GET /v1/reports/budgets`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--verify", action="store_true",
                    help="check that the rollups equal the raw records (exit 1 listing the differences)")
+    p.add_argument("--budgets", action="store_true",
+                   help="team and key budgets: limit, spend recorded in the current period, what remains")
     p.set_defaults(run=run)
 
 
@@ -74,6 +77,8 @@ async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_b
                 return 1
             print(f"rollups match the records ({keys} rollup key(s) compared)")
             return 0
+        if args.budgets:
+            return await _budgets(engine, settings_of(args), args.format)
         report = await reports.usage_report(engine, start=start, end=end, group_by=group_by)
         sys.stdout.write(reports.render(report, args.format))
         return 0
@@ -84,3 +89,31 @@ async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_b
         raise
     finally:
         await engine.dispose()
+
+
+def settings_of(args: argparse.Namespace) -> Any:
+    return load_settings(args.config, overrides={"database_url": args.database_url})
+
+
+async def _budgets(engine: Any, settings: Any, fmt: str) -> int:
+    """`--budgets`: from the database alone (the gateway's `GET /v1/reports/budgets` adds its live counters)."""
+    import json
+
+    from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
+    from gateway.limits.budgets import budget_rows, to_table
+
+    currency = load_prices(settings.prices_file or DEFAULT_PRICES_FILE).currency
+    rows = await budget_rows(engine, currency, settings.budget_soft_pct)
+    if fmt == "json":
+        print(json.dumps({"budgets": [r.as_dict() for r in rows]}, indent=1))
+    elif fmt == "csv":
+        import csv
+
+        out = [r.as_dict() for r in rows]
+        if out:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(out[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
+    else:
+        sys.stdout.write(to_table(rows))
+    return 0

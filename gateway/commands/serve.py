@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
     print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
+    from gateway.auth.keys import dev_key_banner
+
+    for line in dev_key_banner(settings, sys.stdout.isatty()):
+        print(line, flush=True)
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",

@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
         q.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
     status.add_argument("--port", type=int, help="the gateway's port (default: settings / $GATEWAY_PORT)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--key", help="an admin API key (default: the development key, GATEWAY_DEV_KEY or "
+                                      "<state_dir>/dev-key)")
     up.set_defaults(run=run_up)
     status.set_defaults(run=run_status)
 
@@ -59,7 +61,10 @@ def run_status(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}/admin/workers"
     try:
-        response = httpx.get(url, timeout=5)
+        from gateway.auth.keys import known_dev_key
+
+        key = args.key or known_dev_key(settings)
+        response = httpx.get(url, timeout=5, headers={"authorization": f"Bearer {key}"} if key else {})
         response.raise_for_status()
     except httpx.HTTPError as exc:
         print(f"gateway: cannot reach the gateway at {url}: {exc}", file=sys.stderr)

@@ -1,0 +1,125 @@
+"""`/admin/keys` and `/admin/teams`: keys and team limits over HTTP (role admin; the guard checks it).
+
+- `GET /admin/keys[?tenant=]`: the keys (prefix only, never a key or its hash);
+- `POST /admin/keys` `{tenant, team, role, name?, expires_at?, rpm?, tpm?, budget?, budget_period?}`:
+  201 with the new key in `key`, shown this once;
+- `POST /admin/keys/{key_id}/revoke`: revoked at once on this process, and on the others through Redis
+  (else within their cache TTL);
+- `GET /admin/teams`, `PUT /admin/teams/{tenant}/{team}` `{rpm?, tpm?, budget?, budget_period?}` (all of
+  the team's limits at once; `{}` removes them).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post, put
+from litestar.datastructures import State
+
+from gateway.auth import store
+from gateway.auth.principal import principal_of
+from gateway.auth.service import publish_revocation
+from gateway.context import GatewayContext
+from router.errors import InvalidRequest, RouteNotFound
+
+log = logging.getLogger("gateway.auth")
+
+
+class _LimitsBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: str | int | None = None  # an amount, as text (exact) or an integer
+    budget_period: str | None = None
+
+
+class _KeyBody(_LimitsBody, forbid_unknown_fields=True, kw_only=True):
+    tenant: str
+    team: str
+    role: str
+    name: str | None = None
+    expires_at: str | None = None  # ISO 8601 with an offset
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc), code="invalid_type") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json") from None
+
+
+def _limits(b: _LimitsBody) -> Any:
+    budget = None
+    if b.budget is not None:
+        try:
+            budget = Decimal(str(b.budget))
+        except InvalidOperation:
+            raise InvalidRequest(f"budget `{b.budget}` is not an amount", param="budget") from None
+    return store.check_limits(b.rpm, b.tpm, budget, b.budget_period)
+
+
+def _engine(state: State) -> Any:
+    ctx: GatewayContext = state.ctx
+    return ctx.accounting.engine
+
+
+@get("/admin/keys")
+async def list_keys(state: State, tenant: str | None = None) -> dict[str, Any]:
+    return {"keys": [k.as_dict() for k in await store.list_keys(_engine(state), tenant)]}
+
+
+@post("/admin/keys", status_code=201)
+async def create_key(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    ctx: GatewayContext = state.ctx
+    b: _KeyBody = _decode(await request.body(), _KeyBody)
+    assert ctx.auth is not None
+    try:
+        expires = datetime.fromisoformat(b.expires_at) if b.expires_at else None
+        key, info = await store.create_key(ctx.accounting.engine, ctx.auth.secret, tenant=b.tenant, team=b.team,
+                                           role=b.role, name=b.name, expires_at=expires, limits=_limits(b))
+    except (store.KeyProblem, ValueError) as exc:
+        raise InvalidRequest(str(exc), code="invalid_key_request") from None
+    log.info("auth: key %s (%s...) created for tenant %s, team %s, role %s by key %s", info.id, info.prefix,
+             info.tenant, info.team, info.role, principal_of(request).key_id)
+    return Response(msgspec.json.encode({"key": key, **info.as_dict()}), status_code=201,
+                    media_type="application/json")
+
+
+@post("/admin/keys/{key_id:str}/revoke", status_code=200)
+async def revoke_key(key_id: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+    ctx: GatewayContext = state.ctx
+    try:
+        info = await store.revoke_key(ctx.accounting.engine, key_id)
+    except store.KeyProblem as exc:
+        raise RouteNotFound(str(exc), code="key_not_found") from None
+    if ctx.auth is not None:
+        ctx.auth.forget(info.id)
+    if ctx.redis is not None:
+        await publish_revocation(ctx.redis, info.id)
+    log.info("auth: key %s revoked by key %s", info.id, principal_of(request).key_id)
+    return info.as_dict()
+
+
+@get("/admin/teams")
+async def list_teams(state: State, tenant: str | None = None) -> dict[str, Any]:
+    return {"teams": [t.as_dict() for t in await store.list_team_limits(_engine(state), tenant)]}
+
+
+@put("/admin/teams/{tenant:str}/{team:str}", status_code=200)
+async def set_team(tenant: str, team: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+    b: _LimitsBody = _decode(await request.body(), _LimitsBody)
+    try:
+        limits = _limits(b)
+        await store.set_team_limits(_engine(state), tenant, team, limits)
+    except store.KeyProblem as exc:
+        raise InvalidRequest(str(exc), code="invalid_team_limits") from None
+    log.info("auth: limits of team %s/%s set by key %s", tenant, team, principal_of(request).key_id)
+    return {"tenant": tenant, "team": team, **store.limits_dict(limits)}
+
+
+HANDLERS = [list_keys, create_key, revoke_key, list_teams, set_team]

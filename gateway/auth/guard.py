@@ -1,0 +1,74 @@
+"""The one guard of every route (installed app-wide): authenticate, then check the role the path needs.
+
+| path | roles |
+|---|---|
+| `/healthz`, `/readyz`, `/metrics` | open |
+| `/admin/...` | admin |
+| `/v1/reports/...` | finance, admin |
+| anything else (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, new endpoints) | app, admin |
+
+A new endpoint is therefore closed by default. The principal is kept in the request's scope
+(`principal_of(request)`), where the handlers find it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+
+from gateway.auth.principal import Principal, Role
+from gateway.auth.service import Auth, AuthUnavailable, Forbidden
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ADMIN: frozenset[Role] = frozenset({"admin"})
+REPORTS: frozenset[Role] = frozenset({"finance", "admin"})
+INFERENCE: frozenset[Role] = frozenset({"app", "admin"})
+
+_WHAT = {ADMIN: "the admin endpoints", REPORTS: "reports", INFERENCE: "the inference endpoints"}
+
+
+def roles_for(path: str) -> frozenset[Role] | None:
+    """The roles that may use `path` (a route's declared path); None: open to everyone."""
+    if path in OPEN_PATHS:
+        return None
+    if path == "/admin" or path.startswith("/admin/"):
+        return ADMIN
+    if path.startswith("/v1/reports"):
+        return REPORTS
+    return INFERENCE
+
+
+def _handler_roles(handler: BaseRouteHandler) -> frozenset[Role] | None:
+    return _roles_for_paths(tuple(sorted(handler.paths)))
+
+
+@functools.lru_cache(maxsize=1024)  # keyed by the route's paths: bounded by the app's routes
+def _roles_for_paths(paths: tuple[str, ...]) -> frozenset[Role] | None:
+    roles = roles_for(paths[0]) if paths else INFERENCE
+    for p in paths[1:]:  # a handler on several paths needs what the strictest one needs
+        more = roles_for(p)
+        roles = more if roles is None else roles if more is None else roles & more
+    return roles
+
+
+def check_role(principal: Principal, roles: frozenset[Role]) -> None:
+    if principal.role not in roles:
+        what = _WHAT.get(roles, "this endpoint")
+        allowed = " or ".join(sorted(roles))
+        raise Forbidden(f"A key with the role `{principal.role}` may not use {what}; it needs the role {allowed}.")
+
+
+async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The app-wide guard."""
+    roles = _handler_roles(handler)
+    if roles is None:
+        return
+    auth: Auth | None = getattr(getattr(connection.app.state, "ctx", None), "auth", None)
+    if auth is None:  # never in a started app; closed rather than open if it ever were
+        raise AuthUnavailable("The gateway is not ready to check API keys.", headers={"retry-after": "1"})
+    principal = await auth.authenticate(connection.headers)
+    connection.scope.setdefault("state", {})["principal"] = principal
+    check_role(principal, roles)

@@ -1,0 +1,322 @@
+"""The response cache on the request path: one `Ticket` per request says what the cache did with it
+(`hit`, `miss`, `bypass`, sent back as `x-gateway-cache`) and what is left to do when the call is over
+(store the answer, release the single-flight lock).
+
+Fail-open: any backend error makes the request a bypass, is counted and logged (never sent to the
+client), and the backend is left alone for `cache_retry_s` so a dead Redis costs nothing meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from litestar import Response
+
+from gateway.cache.backends import CacheBackend
+from gateway.cache.entry import (
+    Entry,
+    StreamCollector,
+    decode_entry,
+    encode_entry,
+    entry_from_body,
+    render_json,
+    render_sse,
+)
+from gateway.cache.keys import cache_key, lock_key
+from gateway.relay import Outcome, finish
+from router.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from gateway.openai_request import ChatFields, CompletionFields
+    from gateway.routing import Route
+
+log = logging.getLogger("gateway.cache")
+
+HEADER = "x-gateway-cache"
+DIRECTIVES = ("no-store", "refresh")  # the request header's values: opt out, or skip the lookup and store anew
+Kind = Literal["chat", "completion"]
+Status = Literal["hit", "miss", "bypass"]
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    key_prefix: str = "gateway:cache:"
+    max_entry_bytes: int = 1_000_000
+    lock_ttl_s: float = 30.0
+    wait_s: float = 30.0
+    retry_s: float = 1.0
+
+
+@dataclass
+class Ticket:
+    """One request's dealings with the cache."""
+
+    status: Status
+    cache: ResponseCache | None = None
+    kind: Kind = "chat"
+    key: str | None = None
+    model: str | None = None  # the routed model the key is for: only its answers are stored
+    ttl_s: float = 0.0
+    store: bool = False  # store the answer when the call completes
+    token: str | None = None  # the single-flight lock, when this request holds it
+    entry: Entry | None = None  # a hit
+    collector: StreamCollector | None = None
+    body: bytes | None = None
+
+    def stream_tap(self) -> Callable[[bytes], None] | None:
+        """What the relay hands each batch of events to; None (no parsing at all) unless storable."""
+        return self.collector.feed if self.collector is not None else None
+
+    def answer(self, body: bytes) -> None:
+        """The whole body of a non-streaming answer."""
+        if self.store:
+            self.body = body
+
+    def respond(self, fields: ChatFields | CompletionFields, outcome: Outcome,
+                headers: dict[str, str]) -> Response[bytes]:
+        """The answer to a hit (see `ResponseCache.respond`)."""
+        assert self.cache is not None
+        return self.cache.respond(self, fields, outcome, headers)
+
+    def settle(self, outcome: Outcome) -> None:
+        """Runs when the call is over (from `finish`, synchronously): schedules the store and the lock's
+        release off the request path."""
+        cache = self.cache
+        if cache is None or (not self.store and self.token is None):
+            return
+        storable = (self.store and outcome.completed and outcome.status == 200 and outcome.failure is None
+                    and not outcome.cache_hit and outcome.model == self.model)
+        collector, body, usage = self.collector, self.body, outcome.usage
+        self.collector = self.body = None
+        cache.spawn(cache.conclude(self, collector if storable else None, body if storable else None, usage))
+
+
+BYPASS = Ticket("bypass")
+
+
+@dataclass
+class ResponseCache:
+    backend: CacheBackend | None  # None: the cache is off
+    config: CacheConfig = field(default_factory=CacheConfig)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("hits", "misses", "bypasses", "stores", "not_stored", "waits", "errors"), 0))
+    ok: bool | None = None  # None: not used yet
+    last_error: str | None = None
+    last_error_at: float | None = None
+    _down_until: float = 0.0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name if self.backend is not None and self.config.enabled else "off"
+
+    # --- the request path ---------------------------------------------------------------------------
+
+    async def begin(
+        self,
+        headers: Mapping[str, str],
+        chosen: Route,
+        body: dict[str, Any],
+        fields: ChatFields | CompletionFields,
+        kind: Kind,
+        outcome: Outcome,
+    ) -> Ticket:
+        """Look the request up. A hit carries its entry; a miss may hold the single-flight lock. Call
+        before the body is changed for the worker (`upstream_body`)."""
+        directive = headers.get(HEADER)
+        if directive is not None:
+            directive = directive.strip().lower()
+            if directive not in DIRECTIVES:
+                raise InvalidRequest(
+                    f"Invalid {HEADER} header `{directive}`: use `no-store` or `refresh`.", param=HEADER,
+                    code="invalid_cache_directive")
+        decision = chosen.decision
+        backend = self.backend
+        if (backend is None or not self.config.enabled or decision is None or not decision.cache.store
+                or directive == "no-store" or time.monotonic() < self._down_until):
+            self.counts["bypasses"] += 1
+            return BYPASS
+        policy = decision.cache
+        key = cache_key(self.config.key_prefix, kind, body, decision.model, decision.max_tokens, outcome.tenant,
+                        policy.namespace)
+        ticket = Ticket("miss", self, kind, key, decision.model, float(policy.ttl_s or 0), store=True)
+        try:
+            if directive != "refresh":
+                entry = await self._lookup(backend, key)
+                if entry is None:
+                    token = uuid.uuid4().hex
+                    if await backend.acquire(lock_key(key), token, self.config.lock_ttl_s):
+                        ticket.token = token
+                        # The previous holder may have stored it between our lookup and our lock.
+                        entry = await self._lookup(backend, key)
+                        if entry is not None:
+                            ticket.token = None
+                            await backend.release(lock_key(key), token)
+                    else:  # someone else is asking the worker this very question: wait for their answer
+                        self.counts["waits"] += 1
+                        raw = await backend.wait(key, lock_key(key), self.config.wait_s)
+                        entry = decode_entry(raw) if raw is not None else None
+                if entry is not None:
+                    self._ok()
+                    self.counts["hits"] += 1
+                    ticket.status, ticket.entry, ticket.store = "hit", entry, False
+                    return ticket
+            self._ok()
+        except BaseException as exc:
+            if ticket.token is not None:  # never keep a lock we will not release (the client left, Redis failed)
+                self.spawn(self._release(key, ticket.token))
+            if not isinstance(exc, Exception):
+                raise
+            self._failed(exc)  # fail-open: served uncached
+            self.counts["bypasses"] += 1
+            return BYPASS
+        self.counts["misses"] += 1
+        if fields.stream:
+            ticket.collector = StreamCollector(kind, self.config.max_entry_bytes)
+        _after_finish(outcome, ticket.settle)
+        return ticket
+
+    async def _lookup(self, backend: CacheBackend, key: str) -> Entry | None:
+        raw = await backend.get(key)
+        return decode_entry(raw) if raw is not None else None
+
+    def respond(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome,
+                headers: dict[str, str]) -> Response[bytes]:
+        """The answer to a hit, as JSON or as an SSE stream (whichever the request asked for), and its
+        record: the cached answer's tokens, no worker cost, the cost it saved."""
+        entry = ticket.entry
+        assert entry is not None
+        if fields.stream:
+            opts = fields.stream_options
+            content, media_type = render_sse(entry, bool(opts and opts.include_usage)), "text/event-stream"
+        else:
+            content, media_type = render_json(entry), "application/json"
+        outcome.cache_hit, outcome.usage, outcome.status, outcome.completed = True, entry.usage, 200, True
+        outcome.first_byte = time.perf_counter()
+        finish(outcome)
+        headers["x-gateway-model"], headers[HEADER] = ticket.model or entry.model, "hit"
+        return Response(content, status_code=200, media_type=media_type, headers=headers)
+
+    # --- after the call -----------------------------------------------------------------------------
+
+    def spawn(self, job: Any) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def conclude(self, ticket: Ticket, collector: StreamCollector | None, body: bytes | None,
+                       usage: Any) -> None:
+        """Store a complete answer that may be cached, then release the lock (waiters then find it)."""
+        backend, key = self.backend, ticket.key
+        assert backend is not None and key is not None
+        try:
+            entry = None
+            if collector is not None:
+                entry = collector.entry(usage)
+            elif body is not None:
+                entry = entry_from_body(ticket.kind, body)
+            data = encode_entry(entry) if entry is not None else None
+            if data is not None and len(data) <= self.config.max_entry_bytes and ticket.ttl_s > 0:
+                await backend.set(key, data, ticket.ttl_s)
+                self.counts["stores"] += 1
+            elif ticket.store:
+                self.counts["not_stored"] += 1
+            if ticket.token is not None:
+                await backend.release(lock_key(key), ticket.token)
+            self._ok()
+        except Exception as exc:
+            self._failed(exc)
+
+    async def _release(self, key: str, token: str) -> None:
+        with contextlib.suppress(Exception):
+            assert self.backend is not None
+            await self.backend.release(lock_key(key), token)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Let pending stores finish (at shutdown, before the Redis pool closes)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    # --- health -------------------------------------------------------------------------------------
+
+    def _ok(self) -> None:
+        if self.ok is False:
+            log.info("response cache: %s answers again", self.backend_name)
+        self.ok = True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.counts["errors"] += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error_at = time.time()
+        self._down_until = time.monotonic() + self.config.retry_s
+        if self.ok is not False:
+            log.warning("response cache: %s failed (%s); serving uncached, retrying every %.1fs",
+                        self.backend_name, self.last_error, self.config.retry_s)
+        else:
+            log.debug("response cache: %s still failing (%s)", self.backend_name, self.last_error)
+        self.ok = False
+
+    async def check(self, timeout_s: float = 0.25) -> None:
+        """For /readyz: when the backend was failing, see whether it is back (bounded, never raises)."""
+        if self.backend is None or not self.config.enabled or self.ok is not False:
+            return
+        try:
+            await asyncio.wait_for(self.backend.ping(), timeout_s)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self._ok()
+            self._down_until = 0.0
+
+    def status(self) -> dict[str, Any]:
+        """The `cache` section of /readyz (the cache never makes the gateway unready)."""
+        stats = self.backend.stats() if self.backend is not None else {}
+        return {
+            "backend": self.backend_name,
+            "ok": self.ok is not False,
+            "errors": self.counts["errors"],
+            "last_error": self.last_error,
+            "last_error_at": datetime.fromtimestamp(self.last_error_at, UTC).isoformat()
+            if self.last_error_at else None,
+            **{k: v for k, v in self.counts.items() if k != "errors"},
+            **stats,
+        }
+
+
+def _after_finish(outcome: Outcome, then: Callable[[Outcome], None]) -> None:
+    """Run `then` when the call's books are closed (`relay.finish`), before the recorder gets it."""
+    sink = outcome.sink
+
+    def chained(o: Outcome) -> None:
+        try:
+            then(o)
+        except Exception:  # the cache never breaks a call or its record
+            log.exception("request %s: cache follow-up failed", o.request_id)
+        if sink is not None:
+            sink(o)
+
+    outcome.sink = chained
+
+
+async def begin_cache(
+    cache: ResponseCache | None,
+    headers: Mapping[str, str],
+    chosen: Route,
+    body: dict[str, Any],
+    fields: ChatFields | CompletionFields,
+    kind: Kind,
+    outcome: Outcome,
+) -> Ticket:
+    """`cache.begin(...)`, or a bypass when the gateway has no cache."""
+    if cache is None:
+        return BYPASS
+    return await cache.begin(headers, chosen, body, fields, kind, outcome)

@@ -1,0 +1,42 @@
+"""`GET /v1/reports/budgets[?format=json|csv]`: every team and key budget, its period, what it spent
+(recorded by accounting and, live, in the limits' counters, with what calls in flight reserved) and
+what remains. Role finance or admin (the guard checks it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import msgspec
+from litestar import Response, get
+from litestar.datastructures import State
+
+from gateway.context import GatewayContext
+from gateway.limits.budgets import budget_rows
+from gateway.limits.service import from_units
+from router.errors import InvalidRequest
+
+
+@get("/v1/reports/budgets")
+async def budgets_report(state: State, format: str = "json") -> Response[Any]:
+    ctx: GatewayContext = state.ctx
+    if format not in ("json", "csv"):
+        raise InvalidRequest(f"format `{format}` is not json or csv", param="format", code="invalid_report_query")
+    limits = ctx.limits
+    assert limits is not None
+    rows = await budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct)
+    live = await limits.backend.read([r.counter for r in rows]) if rows else []
+    for row, counters in zip(rows, live, strict=True):
+        if counters is not None:
+            spent, committed = counters
+            row.live_spent, row.live_reserved = from_units(spent), from_units(max(committed - spent, 0))
+    out = [r.as_dict() for r in rows]
+    if format == "csv":
+        buf = io.StringIO()
+        if out:
+            writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
+        return Response(buf.getvalue(), media_type="text/csv")
+    return Response(msgspec.json.encode({"budgets": out}), media_type="application/json")

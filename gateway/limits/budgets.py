@@ -1,0 +1,143 @@
+"""Budgets and their spend, for `GET /v1/reports/budgets` and `gateway report --budgets`.
+
+Two views of spend: `recorded` (the accounting database's rollups for the period: the authoritative
+figure, a fraction of a second behind) and, in the gateway, `live` (the counters limits enforce:
+settled spend plus what calls in flight have reserved).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.accounting.models import UsageDaily
+from gateway.accounting.money import ZERO, Money, quantize
+from gateway.auth import store
+from gateway.limits.periods import window
+
+
+async def recorded_spend(engine: AsyncEngine, *, tenant: str, team: str | None, key_id: str | None,
+                         start: date | None, end: date | None, currency: str) -> Decimal:
+    """What the accounting recorded for a key (`key_id`) or a team (`tenant`, `team`) from `start` to
+    `end` (excluded)."""
+    d = UsageDaily
+    total = type_coerce(func.coalesce(func.sum(d.cost), 0), Money())  # exact on both dialects
+    stmt = select(total).where(d.tenant == tenant, d.currency == currency)
+    if key_id is not None:
+        stmt = stmt.where(d.key_id == key_id)
+    if team is not None:
+        stmt = stmt.where(d.team == team)
+    if start is not None:
+        stmt = stmt.where(d.day >= start)
+    if end is not None:
+        stmt = stmt.where(d.day < end)
+    async with engine.connect() as conn:
+        value = (await conn.execute(stmt)).scalar()
+    return quantize(value) if value is not None else ZERO
+
+
+@dataclass
+class BudgetRow:
+    scope: str  # "team" | "key"
+    tenant: str
+    team: str
+    key_id: str | None
+    key_prefix: str | None
+    period: str
+    period_start: date | None
+    period_end: date | None  # excluded
+    limit: Decimal
+    currency: str
+    recorded: Decimal
+    live_spent: Decimal | None = None
+    live_reserved: Decimal | None = None
+    soft_pct: int = 80
+    counter: str = ""  # the live counter's name
+
+    @property
+    def spent(self) -> Decimal:
+        """The larger of the two views (the live counter leads the records by a moment)."""
+        return max(self.recorded, self.live_spent) if self.live_spent is not None else self.recorded
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.limit - self.spent - (self.live_reserved or ZERO)
+
+    @property
+    def state(self) -> str:
+        if self.spent + (self.live_reserved or ZERO) >= self.limit:
+            return "exhausted"
+        if self.spent >= self.limit * self.soft_pct / 100:
+            return "soft"
+        return "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        def amount(v: Decimal | None) -> str | None:
+            return format(quantize(v), "f") if v is not None else None
+
+        return {
+            "scope": self.scope, "tenant": self.tenant, "team": self.team, "key_id": self.key_id,
+            "key_prefix": self.key_prefix, "period": self.period,
+            "period_start": self.period_start.isoformat() if self.period_start else None,
+            "period_end": self.period_end.isoformat() if self.period_end else None,
+            "currency": self.currency, "limit": amount(self.limit), "spent": amount(self.spent),
+            "recorded": amount(self.recorded), "live_spent": amount(self.live_spent),
+            "reserved": amount(self.live_reserved), "remaining": amount(self.remaining),
+            "soft_threshold_pct": self.soft_pct, "state": self.state,
+        }
+
+
+async def budget_rows(engine: AsyncEngine, currency: str, soft_pct: int, now: float | None = None) -> list[BudgetRow]:
+    """Every team and key budget (keys not revoked) with its spend recorded in the current period."""
+    now = time.time() if now is None else now
+    keys, teams = await store.budgets(engine)
+    rows = []
+    for t in teams:
+        assert t.limits.budget is not None
+        w = window(t.limits.budget_period, now)
+        rows.append(BudgetRow(
+            "team", t.tenant, t.team, None, None, w.period, w.start, w.end, t.limits.budget, currency,
+            await recorded_spend(engine, tenant=t.tenant, team=t.team, key_id=None, start=w.start, end=w.end,
+                                 currency=currency),
+            soft_pct=soft_pct, counter=f"b:t:{t.tenant}:{t.team}:{w.id}"))
+    for k in keys:
+        assert k.limits.budget is not None
+        w = window(k.limits.budget_period, now)
+        rows.append(BudgetRow(
+            "key", k.tenant, k.team, k.id, k.prefix, w.period, w.start, w.end, k.limits.budget, currency,
+            await recorded_spend(engine, tenant=k.tenant, team=None, key_id=k.id, start=w.start, end=w.end,
+                                 currency=currency),
+            soft_pct=soft_pct, counter=f"b:k:{k.id}:{w.id}"))
+    return rows
+
+
+TABLE_PLACES = Decimal("0.000001")
+
+
+def to_table(rows: list[BudgetRow]) -> str:
+    headers = ["scope", "tenant", "team", "key", "period", "from", "currency", "limit", "spent", "reserved",
+               "remaining", "state"]
+
+    def amount(v: Decimal | None) -> str:
+        return format(v.quantize(TABLE_PLACES), "f") if v is not None else "-"
+
+    lines = [[r.scope, r.tenant, r.team, r.key_id or "-", r.period,
+              r.period_start.isoformat() if r.period_start else "-", r.currency, amount(r.limit), amount(r.spent),
+              amount(r.live_reserved), amount(r.remaining), r.state] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(headers, *lines, strict=True)]
+    right = {"limit", "spent", "reserved", "remaining"}
+
+    def fmt(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if h in right else v.ljust(w)
+                         for h, v, w in zip(headers, values, widths, strict=True)).rstrip()
+
+    out = [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
+    if not rows:
+        out.append("(no budgets: set them with `gateway keys create --budget` or `gateway keys team --budget`)")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,510 @@
+"""`Limits`: what the request path calls. Before the call, `admit` checks and takes the caller's rate
+limits and reserves the most the call can cost against its budgets (one backend call: one Redis round
+trip); after the call, a background task settles the reservation to the call's real cost and tokens.
+
+- The estimate: prompt tokens as routing estimated them (tiktoken) plus the output the call may
+  produce (`max_tokens`, a rule's cap, or the classifier's assumption when the request sets none),
+  times `n`. Token limits take that estimate. The budget reservation prices the output and the prompt
+  estimate plus a margin (`budget_prompt_margin_pct`, default 100 %, and 16 tokens: the estimate leaves
+  out the chat template, and the workers' tokenizers may count more than cl100k_base) with the
+  catalogue's `Price.cost` (every prompt token uncached), for each model the call may end on (the
+  routed one and its fallbacks), the largest. A budget can only be overspent by a call that costs more
+  than its reservation (a prompt beyond the margin, or no `max_tokens` and a longer answer than
+  assumed); such settlements are logged and counted.
+- The settlement: `build_record` (the function the recorder uses, with the same catalogue and the
+  same `received` time), so the settled cost is exactly the recorded cost.
+- Over a rate limit: 429 `rate_limit_exceeded` (type `requests` or `tokens`) with `Retry-After`;
+  over a budget: 429 `insufficient_quota`. Answers carry OpenAI's `x-ratelimit-*` headers when rate
+  limits apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.accounting.money import SCALE, ZERO
+from gateway.accounting.prices import PriceCatalogue
+from gateway.accounting.records import build_record, estimate_prompt_tokens, needs_estimate
+from gateway.auth.principal import Principal
+from gateway.limits import budgets as budget_db
+from gateway.limits.backend import (
+    OK,
+    OVER_BUDGET,
+    RATE_LIMITED,
+    SEED,
+    TOO_LARGE,
+    AdmitResult,
+    Backend,
+    BudgetCheck,
+    BudgetSettle,
+    RateCheck,
+    RateSettle,
+    RateState,
+)
+from gateway.limits.periods import window
+from router.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.relay import Outcome
+    from gateway.routing import Route
+
+log = logging.getLogger("gateway.limits")
+
+DEFAULT_OUTPUT = 256  # a direct call (no routing features) that sets no max_tokens
+PROMPT_MARGIN_TOKENS = 16  # chat template tokens the prompt estimate does not see
+SETTLE_BATCH = 500
+SETTLE_RETRY_S = 1.0
+SETTLE_GIVE_UP_S = 120.0
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "limits_unavailable"
+
+
+def to_units(amount: Decimal) -> int:
+    """An amount (quantized to the accounting's 10 places) as integer 10^-10 units."""
+    return int(amount.scaleb(SCALE).to_integral_value())
+
+
+def ceil_units(amount: Decimal) -> int:
+    return math.ceil(amount.scaleb(SCALE))
+
+
+def from_units(units: int) -> Decimal:
+    return Decimal(units).scaleb(-SCALE)
+
+
+def duration(ms: int) -> str:
+    """A duration as OpenAI's x-ratelimit-reset-* headers write it: 20ms, 1s, 6m0s, 1.5s."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+@dataclass
+class LimitStats:
+    """Counters for the metrics work (issue 9) to export."""
+
+    admitted: int = 0
+    rate_limited: int = 0
+    over_budget: int = 0
+    soft_threshold_crossed: int = 0
+    overspent: int = 0  # settlements that took a budget past its limit (the estimate was short)
+    settled: int = 0
+    settle_failures: int = 0
+    seeded: int = 0
+
+
+@dataclass(slots=True)
+class _BudgetHold:
+    check: BudgetCheck
+    label: str  # "team default/dev", "key key_..."
+
+
+@dataclass(slots=True)
+class Admission:
+    """One admitted call: what to settle when it ends."""
+
+    member: str
+    tokens: int  # estimated
+    token_counters: list[RateCheck]
+    budgets: list[_BudgetHold]
+    headers: dict[str, str]
+    received: float = 0.0
+    enqueued: float = 0.0  # monotonic: when its call finished (settlements are retried for a while)
+
+
+def _n(body: Mapping[str, Any]) -> int:
+    n = 1
+    for name in ("n", "best_of"):
+        v = body.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v > n:
+            n = v
+    return n
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        v = body.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return None
+
+
+class Limits:
+    def __init__(
+        self,
+        backend: Backend,
+        catalogue: PriceCatalogue,
+        engine: AsyncEngine | None,
+        *,
+        soft_pct: int = 80,
+        reservation_ttl_s: float = 3600.0,
+        prompt_margin_pct: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.catalogue = catalogue
+        self.engine = engine
+        self.soft_pct = soft_pct
+        self.prompt_margin_pct = prompt_margin_pct
+        self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        self.clock = clock
+        self.stats = LimitStats()
+        self._queue: collections.deque[tuple[Admission, Outcome | None]] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._busy = False  # the settler has a batch in hand
+        self._last_error_log = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._settler(), name="limits-settler")
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Settle what is pending, then stop."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                log.error("limits: %d settlement(s) still pending at shutdown; their reservations expire",
+                          len(self._queue))
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        await self.backend.close()
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait until every finished call is settled (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self._busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError("limits: settlements still pending")
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.sleep(0.001)
+
+    # --- before the call --------------------------------------------------------------------------
+
+    def estimate(self, chosen: Route, body: Mapping[str, Any], received: float) -> tuple[int, int]:
+        """(tokens, cost units): what the call is expected to use at most (for token limits), and the
+        most it can cost with the prompt margin (the budget reservation)."""
+        features, decision = chosen.features, chosen.decision
+        n = _n(body)
+        if features is not None:
+            prompt = features.prompt_tokens
+            output = decision.max_tokens if decision is not None and decision.max_tokens is not None \
+                else features.output_tokens
+        else:  # a direct call: routing did not classify it
+            prompt = estimate_prompt_tokens(body.get("messages", body.get("prompt")))
+            asked = _max_tokens(body)
+            output = asked if asked is not None else DEFAULT_OUTPUT
+        output *= n
+        padded = prompt + -(-prompt * self.prompt_margin_pct // 100) + PROMPT_MARGIN_TOKENS
+        cost = ZERO
+        for model, _pool in chosen.targets:
+            price = self.catalogue.price_at(model, received)
+            if price is not None:
+                cost = max(cost, price.cost(padded, 0, output))
+        return prompt + output, ceil_units(cost)
+
+    async def admit(self, principal: Principal, chosen: Route, body: Mapping[str, Any],
+                    outcome: Outcome) -> dict[str, str]:
+        """Check and take the caller's limits for this call; the x-ratelimit-* headers for its answer.
+
+        Raises RateLimited / BudgetExceeded (429) or LimitsUnavailable (503). When the call is
+        admitted, its settlement is attached to `outcome` (it runs once the call is finished).
+        """
+        if not principal.limited:
+            return {}
+        now = self.clock()
+        kl, tl = principal.key_limits, principal.team_limits
+        key_id, team = principal.key_id, principal.team
+        team_name = f"{principal.tenant}:{team}" if team is not None else None
+        needs_estimate_ = kl.tpm is not None or tl.tpm is not None or kl.budget is not None or tl.budget is not None
+        tokens, cost = self.estimate(chosen, body, outcome.received) if needs_estimate_ else (0, 0)
+        rates: list[RateCheck] = []
+        budgets: list[_BudgetHold] = []
+        for scope, ident, lim in (("key", key_id, kl), ("team", team_name, tl)):
+            if ident is None:
+                continue
+            tag = "k" if scope == "key" else "t"
+            if lim.rpm is not None:
+                rates.append(RateCheck(f"r:{tag}:{ident}:req", scope, "requests", lim.rpm, 1))
+            if lim.tpm is not None:
+                rates.append(RateCheck(f"r:{tag}:{ident}:tok", scope, "tokens", lim.tpm, tokens))
+            if lim.budget is not None:
+                w = window(lim.budget_period, now)
+                check = BudgetCheck(f"b:{tag}:{ident}:{w.id}", scope, to_units(lim.budget), cost, w.ttl_ms(now))
+                label = f"key {key_id}" if scope == "key" else f"team {principal.tenant}/{team}"
+                if cost > check.limit:
+                    self.stats.over_budget += 1
+                    raise self._over_budget(check, label, lim.budget_period, None)
+                budgets.append(_BudgetHold(check, label))
+        member = os.urandom(8).hex()
+        checks = [b.check for b in budgets]
+        result: AdmitResult | None = None
+        try:
+            for _ in range(len(checks) + 2):
+                try:
+                    result = await self.backend.admit(rates, checks, member, self.reservation_ttl_ms)
+                except GatewayError:
+                    raise
+                except Exception as exc:
+                    raise self._unavailable(exc) from None
+                if result.status != SEED:
+                    break
+                await self._seed(principal, budgets[result.index], now)
+        except asyncio.CancelledError:
+            # The client left while the backend answered, which may or may not have taken the budgets:
+            # release the reservation (a no-op if there is none). Tokens are not refunded (never given
+            # back unless taken).
+            if budgets:
+                self._enqueue(Admission(member, 0, [], budgets, {}, received=outcome.received), None)
+            raise
+        assert result is not None
+        if result.status == RATE_LIMITED:
+            self.stats.rate_limited += 1
+            raise self._rate_limited(rates[result.index], result.retry_ms)
+        if result.status == TOO_LARGE:
+            self.stats.rate_limited += 1
+            raise self._too_large(rates[result.index])
+        if result.status == OVER_BUDGET:
+            self.stats.over_budget += 1
+            hold = budgets[result.index]
+            lim = kl if hold.check.scope == "key" else tl
+            raise self._over_budget(hold.check, hold.label, lim.budget_period, result.committed)
+        if result.status != OK:
+            raise self._unavailable(RuntimeError(f"budget counters not seeded ({result.status})"))
+        self.stats.admitted += 1
+        admission = Admission(member, tokens, [r for r in rates if r.kind == "tokens"], budgets,
+                              rate_headers(result.rates), received=outcome.received)
+        if outcome.finished is not None:  # the call ended (the client left) while we waited: give it back
+            self._enqueue(admission, None)
+        else:
+            sink = outcome.sink
+
+            def settle_after(o: Outcome) -> None:
+                if sink is not None:
+                    sink(o)
+                self._enqueue(admission, o)
+
+            outcome.sink = settle_after
+        return admission.headers
+
+    async def _seed(self, principal: Principal, hold: _BudgetHold, now: float) -> None:
+        """Start a budget counter from what the accounting database recorded for its period."""
+        check = hold.check
+        lim = principal.key_limits if check.scope == "key" else principal.team_limits
+        w = window(lim.budget_period, now)
+        spent = ZERO
+        if self.engine is not None:
+            try:
+                spent = await budget_db.recorded_spend(
+                    self.engine, tenant=principal.tenant, team=principal.team if check.scope == "team" else None,
+                    key_id=principal.key_id if check.scope == "key" else None, start=w.start, end=w.end,
+                    currency=self.catalogue.currency)
+            except Exception as exc:
+                raise self._unavailable(exc) from None
+        try:
+            await self.backend.seed(check.key, to_units(spent), check.ttl_ms)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        self.stats.seeded += 1
+        if spent:
+            log.info("limits: %s budget counter for %s started at %s %s recorded", hold.label, w.id, spent,
+                     self.catalogue.currency)
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    def _rate_limited(self, check: RateCheck, retry_ms: int) -> RateLimited:
+        unit = "RPM" if check.kind == "requests" else "TPM"
+        wait = duration(retry_ms)
+        err = RateLimited(
+            f"Rate limit reached for {check.scope} on {check.kind} per min ({unit}): Limit {check.limit}, "
+            f"Requested {check.cost}. Please try again in {wait}.",
+            headers={"retry-after": str(max(1, math.ceil(retry_ms / 1000))),
+                     f"x-ratelimit-limit-{check.kind}": str(check.limit),
+                     f"x-ratelimit-remaining-{check.kind}": "0",
+                     f"x-ratelimit-reset-{check.kind}": wait})
+        err.type = check.kind
+        return err
+
+    def _too_large(self, check: RateCheck) -> RateLimited:
+        err = RateLimited(
+            f"Request too large for {check.scope} on {check.kind} per min: Limit {check.limit}, Requested "
+            f"{check.cost}. Lower max_tokens or the prompt.",
+            headers={"x-should-retry": "false", f"x-ratelimit-limit-{check.kind}": str(check.limit)})
+        err.type = check.kind
+        return err
+
+    def _over_budget(self, check: BudgetCheck, label: str, period: str, committed: int | None) -> BudgetExceeded:
+        cur = self.catalogue.currency
+        per = {"day": "today", "month": "this month", "total": "in total"}.get(period, period)
+        used = f" ({from_units(committed).normalize():f} {cur} spent or reserved)" if committed is not None else ""
+        return BudgetExceeded(
+            f"You exceeded your current quota: the {label} budget of {from_units(check.limit).normalize():f} {cur} "
+            f"{per} is used up{used}; this request could cost up to {from_units(check.amount).normalize():f} {cur}.",
+            headers={"x-should-retry": "false"})
+
+    def _unavailable(self, exc: BaseException) -> LimitsUnavailable:
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.warning("limits: the counters cannot be reached (%s: %s); refusing limited calls",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        return LimitsUnavailable("The gateway cannot check rate limits and budgets right now.",
+                                 headers={"retry-after": "1"})
+
+    # --- after the call ---------------------------------------------------------------------------
+
+    def _enqueue(self, admission: Admission, outcome: Outcome | None) -> None:
+        admission.enqueued = time.monotonic()
+        self._queue.append((admission, outcome))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _actual(self, outcome: Outcome | None) -> tuple[int, int]:
+        """(tokens, cost units) the call really used, as its usage record says."""
+        if outcome is None:
+            return 0, 0
+        record = build_record(outcome, self.catalogue)
+        tokens = 0 if record.cache_hit else record.prompt_tokens + record.completion_tokens  # no worker, no tokens
+        return tokens, to_units(record.cost)
+
+    async def _settler(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            self._busy = True
+            try:
+                batch = [self._queue.popleft() for _ in range(min(SETTLE_BATCH, len(self._queue)))]
+                try:
+                    await self._settle(batch)
+                except Exception as exc:
+                    self.stats.settle_failures += 1
+                    keep = [(a, o) for a, o in batch if time.monotonic() - a.enqueued < SETTLE_GIVE_UP_S]
+                    if len(keep) < len(batch):
+                        log.error("limits: gave up settling %d call(s) (%s); their reservations expire",
+                                  len(batch) - len(keep), type(exc).__name__)
+                    elif time.monotonic() - self._last_error_log > 10:
+                        self._last_error_log = time.monotonic()
+                        log.warning("limits: settling failed (%s); retrying", type(exc).__name__)
+                    self._queue.extendleft(reversed(keep))
+                    if not self._closing:
+                        await asyncio.sleep(SETTLE_RETRY_S)
+                    elif keep:
+                        return
+            finally:
+                self._busy = False
+
+    async def _settle(self, batch: list[tuple[Admission, Outcome | None]]) -> None:
+        heavy = any(o is not None and needs_estimate(o) for _, o in batch)
+        if heavy:  # tokenizing prompts of cancelled streams: off the event loop
+            actuals = await asyncio.to_thread(lambda: [self._actual(o) for _, o in batch])
+        else:
+            actuals = [self._actual(o) for _, o in batch]
+        rate_items: list[RateSettle] = []
+        budget_items: list[BudgetSettle] = []
+        holds: list[_BudgetHold] = []
+        for (admission, _), (tokens, cost) in zip(batch, actuals, strict=True):
+            for r in admission.token_counters:
+                if tokens != admission.tokens:
+                    rate_items.append(RateSettle(r.key, r.limit, tokens - admission.tokens))
+            for hold in admission.budgets:
+                c = hold.check
+                budget_items.append(BudgetSettle(c.key, admission.member, c.amount, cost, c.ttl_ms))
+                holds.append(hold)
+        if not rate_items and not budget_items:
+            self.stats.settled += len(batch)
+            return
+        spent = await self.backend.settle(rate_items, budget_items)
+        self.stats.settled += len(batch)
+        for hold, item, after in zip(holds, budget_items, spent, strict=True):
+            self._watch(hold, item.actual, after)
+
+    def _watch(self, hold: _BudgetHold, actual: int, after: int) -> None:
+        """Warn once when a settlement crosses the soft threshold, and when it passes the limit."""
+        limit = hold.check.limit
+        before = after - actual
+        soft = limit * self.soft_pct // 100
+        cur = self.catalogue.currency
+        if before < soft <= after and soft < limit:
+            self.stats.soft_threshold_crossed += 1
+            log.warning("budget: %s has spent %s of its %s %s budget (soft threshold %d%%)", hold.label,
+                        from_units(after).normalize(), from_units(limit).normalize(), cur, self.soft_pct)
+        if before <= limit < after:
+            self.stats.overspent += 1
+            log.warning("budget: %s has spent %s, past its %s %s budget (a call cost more than its estimate)",
+                        hold.label, from_units(after).normalize(), from_units(limit).normalize(), cur)
+
+
+def rate_headers(states: tuple[RateState, ...]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers: for requests and for tokens, the counter closest to its limit."""
+    tight: dict[str, RateState] = {}
+    for s in states:
+        t = tight.get(s.kind)
+        if t is None or s.remaining < t.remaining or (s.remaining == t.remaining and s.reset_ms > t.reset_ms):
+            tight[s.kind] = s
+    headers: dict[str, str] = {}
+    for kind, s in tight.items():
+        headers[f"x-ratelimit-limit-{kind}"] = str(s.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(s.remaining, 0))
+        headers[f"x-ratelimit-reset-{kind}"] = duration(s.reset_ms)
+    return headers
+
+
+async def start_limits(settings: Any, catalogue: PriceCatalogue, engine: AsyncEngine | None,
+                       redis: Any | None) -> Limits:
+    """The app's `Limits`: counters in Redis when `redis_url` is set, else in this process."""
+    from gateway.limits.backend import MemoryBackend
+    from gateway.limits.redis_backend import RedisBackend
+
+    backend: Backend = RedisBackend(redis, settings.limits_key_prefix) if redis is not None else MemoryBackend()
+    limits = Limits(backend, catalogue, engine, soft_pct=settings.budget_soft_pct,
+                    reservation_ttl_s=settings.budget_reservation_ttl_s,
+                    prompt_margin_pct=settings.budget_prompt_margin_pct)
+    await limits.start()
+    return limits
