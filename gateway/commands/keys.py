@@ -59,10 +59,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rpm", type=int, help="requests per minute")
-    p.add_argument("--tpm", type=int, help="tokens per minute (prompt + completion)")
+    p.add_argument("--rpm", type=_per_minute, help="requests per minute")
+    p.add_argument("--tpm", type=_per_minute, help="tokens per minute (prompt + completion)")
     p.add_argument("--budget", help="spend allowed per period, in the price catalogue's currency (e.g. 25.00)")
     p.add_argument("--budget-period", choices=("day", "month", "total"), help="default: month")
+
+
+def _per_minute(text: str) -> int:
+    """A positive count that fits the database's INTEGER column."""
+    value = int(text)
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {2**31 - 1}")
+    return value
 
 
 def register(sub: Any) -> None:
