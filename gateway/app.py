@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.accounting import start_accounting, stop_accounting
 from gateway.admin_api import policy_status, route_explain, workers_status
@@ -23,10 +24,12 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health_api import healthz, readyz
 from gateway.limits.api import budgets_report
 from gateway.limits.service import start_limits
+from gateway.metrics_api import MetricsServer, metrics_endpoint
 from gateway.openai_api import chat_completions, completions, list_models
 from gateway.reports_api import usage_report
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry
 from router.tokens import warm_up
 from workers.breaker import Breaker
 from workers.gpus import discover
@@ -35,6 +38,9 @@ from workers.launcher import PoolLaunch, ReplicaPlan, plan
 from workers.pool import Affinity, Gate, Pool, Pools, Replica
 from workers.supervisor import Supervisor
 from workers.upstream import new_client
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("gateway")
 
@@ -65,12 +71,19 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
     return Pools(pools)
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> Litestar:
+    """The gateway's app. `span_exporter` (tests: an in-memory exporter) turns tracing on with that
+    exporter, whatever `otel_exporter` says; each span is handed to it as it ends."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            # The app's own tracer provider and metrics registry; traces are exported last, at the very end.
+            telemetry = Telemetry.create(settings, span_exporter)
+            stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
             # First what must refuse a start: a bad price file, an unmigrated database, a bad policy.
             accounting = await start_accounting(settings)
+            accounting.recorder.on_record = telemetry.on_record  # usage metrics and the access line
             stack.push_async_callback(stop_accounting, accounting)  # after the last request: flushes records
             app.state.accounting = accounting
             plans = launch_plans(settings)
@@ -92,7 +105,12 @@ def create_app(settings: Settings) -> Litestar:
             install_sighup(policies)
             redis = None
             if settings.redis_url:
-                redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+                # A blocking pool: under a burst, calls wait briefly for a connection instead of failing
+                # (redis-py's default pool raises "Too many connections" past its cap).
+                redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+                    settings.redis_url, max_connections=settings.redis_max_connections, timeout=1.0,
+                    socket_timeout=1.0, socket_connect_timeout=1.0,
+                ))
                 stack.push_async_callback(redis.aclose)
             cache = build_cache(settings, redis)
             stack.push_async_callback(cache.aclose)  # pending stores, before the Redis pool closes
@@ -100,15 +118,22 @@ def create_app(settings: Settings) -> Litestar:
             stack.push_async_callback(auth.close)
             limits = await start_limits(settings, accounting.catalogue, accounting.engine, redis)
             stack.push_async_callback(limits.close)  # settles what is pending, before the Redis pool closes
-            app.state.ctx = GatewayContext(
+            ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, client, accounting, int(time.time()),
-                supervisor, redis, cache=cache, auth=auth, limits=limits,
+                supervisor, redis, cache=cache, auth=auth, limits=limits, telemetry=telemetry,
             )
+            telemetry.metrics.attach(ctx)
+            if settings.metrics_port is not None:
+                metrics_server = MetricsServer(ctx, settings.host, settings.metrics_port)
+                await metrics_server.start()
+                stack.push_async_callback(metrics_server.stop)
+                log.info("metrics on http://%s:%d/metrics", settings.host, metrics_server.port)
+            app.state.ctx = ctx
             yield
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report,
-                        policy_status, route_explain, budgets_report, *KEY_HANDLERS],
+                        policy_status, route_explain, budgets_report, metrics_endpoint, *KEY_HANDLERS],
         guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

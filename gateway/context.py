@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from redis.asyncio import Redis
@@ -13,8 +15,12 @@ from gateway.cache import ResponseCache
 from gateway.limits.service import Limits
 from gateway.routing import PolicyStore, Rates
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry
 from workers.pool import Pools
 from workers.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from gateway.relay import Outcome
 
 
 @dataclass
@@ -31,3 +37,8 @@ class GatewayContext:
     auth: Auth | None = None  # API keys -> principals (gateway/auth/)
     limits: Limits | None = None  # rate limits and budgets (gateway/limits/)
     cache: ResponseCache | None = None  # the response cache (gateway/cache/)
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry(None))  # traces, metrics (gateway/telemetry/)
+    sink: Callable[[Outcome], None] = field(init=False)  # where finished calls go: request metrics, then the recorder
+
+    def __post_init__(self) -> None:
+        self.sink = self.telemetry.sink(self.accounting.recorder.record)

@@ -19,6 +19,7 @@ from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, 
 from gateway.relay import Outcome, RelayStream, finish, read_usage
 from gateway.request_id import request_id
 from gateway.routing import Route, route
+from gateway.telemetry.tracing import RequestTrace, auth_times, route_attributes
 from router.errors import NoHealthyReplica
 from workers.pool import Pool
 from workers.upstream import UpstreamCall, open_call
@@ -32,19 +33,26 @@ _KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat
 
 
 async def _open(
-    ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str
+    ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str, outcome: Outcome,
+    trace_headers: dict[str, str] | None,
 ) -> tuple[str, Pool, UpstreamCall, bool]:
     """The call on the first target that answers: the routed model, then its fallback models when
     every replica of a pool failed before answering."""
     max_tokens = chosen.decision.max_tokens if chosen.decision else None
+    trace: RequestTrace | None = outcome.trace
     last = len(chosen.targets) - 1
     for i, (model, pool) in enumerate(chosen.targets):
         payload, strip_usage = upstream_body(parsed, model, body, max_tokens)
         prefix = prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
+        if trace is not None:  # the worker continues the upstream span's trace
+            trace_headers = trace.upstream(outcome, model, pool.name, parsed.data)
         try:
-            call = await open_call(ctx.client, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix)
-        except NoHealthyReplica:
-            if i == last:
+            call = await open_call(ctx.client, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix,
+                                   trace_headers)
+        except BaseException as exc:
+            if trace is not None:
+                trace.upstream_failed(exc)
+            if not isinstance(exc, NoHealthyReplica) or i == last:
                 raise
             log.warning("request %s: pool %s cannot serve %s; falling back to %s", rid, pool.name, model,
                         chosen.targets[i + 1][0])
@@ -52,8 +60,12 @@ async def _open(
         if call.response.status_code >= 500 and i < last:
             log.warning("request %s: pool %s answered %d; falling back to %s", rid, pool.name,
                         call.response.status_code, chosen.targets[i + 1][0])
+            if trace is not None:
+                trace.upstream_failed(call.response.status_code)
             await call.aclose()
             continue
+        if trace is not None:
+            trace.upstream_opened(call)
         return model, pool, call, strip_usage
     raise AssertionError("a route has at least one target")
 
@@ -62,33 +74,52 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     started = time.perf_counter()
     rid = request_id(request)
     fields_type, kind = _KINDS[path]
-    # Every call ends in finish(outcome), which hands it to the recorder (accounting).
-    outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.accounting.recorder.record)
+    # Every call ends in finish(outcome), which hands it to metrics and the recorder (accounting).
+    outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.sink, kind=kind)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
         outcome.record_id = uuid.uuid4().hex
     principal = principal_of(request)  # from the API key only (gateway/auth/guard.py), never from headers
     outcome.tenant, outcome.team, outcome.key_id = principal.tenant, principal.team, principal.key_id
+    trace: RequestTrace | None = None
+    trace_headers: dict[str, str] | None = None  # the caller's trace context, passed on when not traced here
+    if (tracing := ctx.telemetry.tracing) is not None:
+        trace, trace_headers = tracing.begin(request.headers, outcome, path, auth_times(request))
+        outcome.trace = trace
     try:
         body = await request.body()
         parsed = parse_body(body, fields_type)
         outcome.requested_model = parsed.fields.model
+        outcome.stream = bool(parsed.fields.stream)
         outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
         active = ctx.policies.active  # the policy this request keeps to its end, whatever reloads meanwhile
+        mark = time.perf_counter()
         chosen = route(active, parsed.data, kind, parsed.fields.model, request.headers, principal.caller,
                        ctx.rates.current())
         outcome.policy_rule = chosen.rule
         if chosen.decision is not None:
             outcome.reference_model = chosen.decision.reference_model
         outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
+        if trace is not None:
+            trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
         # Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call finishes.
-        limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome) if ctx.limits else {}
+        limit_headers: dict[str, str] = {}
+        if ctx.limits is not None and principal.limited:
+            mark = time.perf_counter()
+            limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome)
+            if trace is not None:
+                trace.step("gateway.limits", mark, time.perf_counter())
+        mark = time.perf_counter()
         cached = await begin_cache(ctx.cache, request.headers, chosen, parsed.data, parsed.fields, kind, outcome)
+        outcome.cache = "hit" if cached.entry is not None else cached.status
+        if trace is not None:
+            trace.step("gateway.cache", mark, time.perf_counter(), {"gateway.cache.result": outcome.cache})
         if cached.entry is not None:  # a hit: answered from the response cache, no worker
             return cached.respond(parsed.fields, outcome,
                                   {"x-request-id": rid, "x-gateway-route": chosen.rule, **limit_headers})
-        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid)
+        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace_headers)
     except BaseException as exc:
-        outcome.failure, outcome.error, outcome.status = failure_of(exc), type(exc).__name__, getattr(exc, "status", 0)
+        outcome.failure, outcome.error = failure_of(exc), type(exc).__name__
+        outcome.status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 0
         finish(outcome)
         raise
     outcome.model, outcome.pool = model, pool.name

@@ -21,6 +21,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
+from gateway.accounting.records import call_status
 from workers.upstream import UpstreamCall
 
 log = logging.getLogger("gateway.access")
@@ -78,7 +79,13 @@ class Outcome:
     cancelled: bool = False  # the client went away mid-stream
     content_events: int = 0  # stream events carrying content, relayed (an estimate of tokens)
     prompt: Any = None  # messages / prompt, in memory only, for a token estimate if usage never comes
-    sink: Callable[[Outcome], None] | None = None  # receives the finished outcome (the recorder)
+    sink: Callable[[Outcome], None] | None = None  # receives the finished outcome (metrics, the recorder)
+    # For telemetry (gateway/telemetry/): what was asked and what the cache did; the trace when sampled.
+    kind: str = "chat"  # "chat" | "completion"
+    stream: bool = False
+    cache: str | None = None  # "hit" | "miss" | "bypass"; None: the call ended before the cache was asked
+    trace: Any = None  # gateway.telemetry.tracing.RequestTrace, for a traced call only
+    reported: bool = False  # the recorder told telemetry of its record (usage metrics, access line)
 
 
 def read_usage(body: bytes) -> Usage | None:
@@ -194,24 +201,26 @@ class _ClosingResponse:
 
 
 def finish(outcome: Outcome) -> None:
-    """Closes the books on a call, once: one access line (ids, model, numbers; never content), then
-    accounting."""
+    """Closes the books on a call, once: hands it to its sink (request metrics, then accounting, whose
+    recorder writes the access line once the record is built), and ends its trace."""
     if outcome.finished is not None:
         return
     outcome.finished = time.perf_counter()
     sink, outcome.sink = outcome.sink, None
+    trace = outcome.trace
+    recorded: tuple[float, float] | None = None
     if sink is not None:
         if outcome.usage is not None:
             outcome.prompt = None  # only an estimate needs it
+        started = time.perf_counter() if trace is not None else 0.0
         try:
             sink(outcome)
         except Exception:  # accounting never breaks a call
             log.exception("request %s: recording usage failed", outcome.request_id)
-    usage = outcome.usage
-    log.info(
-        "request_id=%s model=%s replica=%s status=%d completed=%s prompt_tokens=%s completion_tokens=%s "
-        "duration_ms=%.1f error=%s",
-        outcome.request_id, outcome.model, outcome.replica, outcome.status, outcome.completed,
-        usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
-        (outcome.finished - outcome.started) * 1000, outcome.error,
-    )
+        if trace is not None:
+            recorded = (started, time.perf_counter())
+    if trace is not None:
+        try:
+            trace.end(outcome, call_status(outcome), recorded)
+        except Exception:  # nor does tracing
+            log.exception("request %s: ending its trace failed", outcome.request_id)

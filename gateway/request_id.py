@@ -6,12 +6,12 @@ import re
 import uuid
 from typing import Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 
 _WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-def request_id(request: Request[Any, Any, Any]) -> str:
+def request_id(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Computed once per request and kept in the ASGI scope, so errors and logs agree."""
     state = request.scope.setdefault("state", {})
     rid: str | None = state.get("request_id")

@@ -81,6 +81,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Shared state of several gateway processes (cache, rate limits, budgets): redis://host:6379/0.
     # Unset: in-process equivalents, for one process (the embedded default).
     redis_url: str | None = None
+    redis_max_connections: int = 256  # per gateway process; a call waits up to 1 s for a free one
     # The response cache (README, "Response cache"): in Redis when redis_url is set, else in memory.
     cache_enabled: bool = True
     cache_max_entry_bytes: int = 1_000_000  # larger answers are not cached
@@ -103,6 +104,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # count more than the estimate (cl100k_base); the difference is given back when the call settles.
     budget_prompt_margin_pct: int = 100
     limits_key_prefix: str = "gateway:limits:"  # Redis keys of rate limits and budgets
+    # Observability (README, "Observability"; gateway/telemetry/).
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (access lines included)
+    otel_exporter: Literal["none", "otlp", "console"] = "none"  # traces: none = tracing off, no propagation
+    otel_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://collector:4318 (unset: OTEL_EXPORTER_OTLP_*)
+    otel_sample_ratio: float = 1.0  # requests without a sampled `traceparent` traced at this ratio (parent-based)
+    otel_service_name: str = "llm-gateway"
+    metrics_auth: Literal["none", "admin"] = "none"  # admin: GET /metrics needs a key of role admin
+    metrics_port: int | None = None  # serve /metrics on this port (same host) instead of the API's port
+    metrics_budget_refresh_s: float = 30.0  # budget gauges are re-read from the database at most this often
     pools: tuple[PoolConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -143,6 +153,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 raise msgspec.ValidationError(f"{name} must be >= 0")
         if self.budget_reservation_ttl_s <= 0:
             raise msgspec.ValidationError("budget_reservation_ttl_s must be > 0")
+        if not 0.0 <= self.otel_sample_ratio <= 1.0:
+            raise msgspec.ValidationError("otel_sample_ratio must be from 0 to 1")
+        if self.otel_endpoint is not None and not self.otel_endpoint.startswith(("http://", "https://")):
+            raise msgspec.ValidationError(f"otel_endpoint `{self.otel_endpoint}` is not an http(s) URL")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise msgspec.ValidationError("metrics_port must be a TCP port (0-65535)")
+        if self.metrics_budget_refresh_s < 0:
+            raise msgspec.ValidationError("metrics_budget_refresh_s must be >= 0")
 
 
 _SCALAR_FIELDS = {

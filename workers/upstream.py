@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -72,8 +73,10 @@ async def open_call(
     request_id: str,
     attempts: int,
     prefix: bytes | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> UpstreamCall:
     """Send `body` to a replica of `pool` and return once its status and headers have arrived.
+    `extra_headers` go with it (the trace context: `traceparent`, `tracestate`).
 
     A refused connection or a 5xx before the first byte moves on to another replica, at most
     `attempts` replicas in all; the last 5xx is returned as it is when none succeeds. The pool's
@@ -82,7 +85,7 @@ async def open_call(
     if pool.gate is not None:
         await pool.gate.enter()
     try:
-        return await _open(client, pool, path, body, request_id, attempts, prefix)
+        return await _open(client, pool, path, body, request_id, attempts, prefix, extra_headers)
     except BaseException:
         if pool.gate is not None:
             pool.gate.leave()
@@ -97,6 +100,7 @@ async def _open(
     request_id: str,
     attempts: int,
     prefix: bytes | None,
+    extra_headers: Mapping[str, str] | None,
 ) -> UpstreamCall:
     headers = {
         "content-type": "application/json",
@@ -104,6 +108,8 @@ async def _open(
         "x-request-id": request_id,
         **pool.headers,
     }
+    if extra_headers:
+        headers.update(extra_headers)
     tried: list[Replica] = []
     failures: list[str] = []
     while len(tried) < attempts:

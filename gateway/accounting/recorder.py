@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,14 @@ class Recorder:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._last_overflow_log = 0.0
+        # Told of each record built from a finished call, once: usage metrics and the access line
+        # (gateway/telemetry). Off the request path, maybe on a worker thread.
+        self.on_record: Callable[[Outcome, UsageRecord], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Records in memory, not yet written or spooled."""
+        return len(self._buf)
 
     # --- the request path ---------------------------------------------------------------------
 
@@ -194,12 +203,22 @@ class Recorder:
 
     def _build_sync(self, items: list[Any]) -> list[UsageRecord]:
         records = []
+        hook = self.on_record
         for item in items:
             try:
-                records.append(item if isinstance(item, UsageRecord) else build_record(item, self.catalogue))
+                built = isinstance(item, UsageRecord)
+                record = item if built else build_record(item, self.catalogue)
+                records.append(record)
             except Exception:
                 log.exception("accounting: could not build a usage record for %s",
                               getattr(item, "request_id", "?"))
+                continue
+            if hook is not None and not built and not item.reported:  # once per call, even if rebuilt
+                item.reported = True
+                try:
+                    hook(item, record)
+                except Exception:
+                    log.exception("accounting: telemetry failed on record %s", record.request_id)
         return records
 
     def _spill(self, items: list[Any]) -> None:

@@ -111,6 +111,8 @@ def failure_of(error: BaseException) -> str:
     if type(error).__name__.endswith("Timeout"):  # ours (UpstreamTimeout) and httpx's
         return "timeout"
     status = getattr(error, "status", None)
+    if not isinstance(status, int):
+        status = getattr(error, "status_code", None)  # Litestar's own (a body over max_body_bytes: 413)
     if isinstance(status, int):
         if status == 504:
             return "timeout"
@@ -121,7 +123,8 @@ def failure_of(error: BaseException) -> str:
     return "internal_error"
 
 
-def _status(o: Outcome) -> str:
+def call_status(o: Outcome) -> str:
+    """What became of a call: one of STATUSES."""
     if o.failure is not None:
         return o.failure
     if o.completed:
@@ -181,7 +184,7 @@ def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
         replica=o.replica,
         policy_rule=o.policy_rule,
         cache_hit=o.cache_hit,
-        status=_status(o),
+        status=call_status(o),
         http_status=o.status or None,
         error=o.error[:200] if o.error else None,
         prompt_tokens=prompt,

@@ -95,6 +95,38 @@ class Spool:
         self._fd = -1
         self._path: Path | None = None
         self.lines_written = 0
+        self._counted: dict[str, tuple[int, int, int]] = {}  # file name -> (inode, bytes read, lines)
+
+    def usage(self) -> tuple[int, int, int]:
+        """(files, records, bytes) waiting in the spool, every process's files included (the dead letter
+        excluded). Files only grow, so each is read once: later calls count only the bytes added since."""
+        files = records = size = 0
+        seen: dict[str, tuple[int, int, int]] = {}
+        try:
+            entries = [e for e in os.scandir(self.directory) if e.name.endswith(SUFFIX)]
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            inode, done, lines = self._counted.get(entry.name, (st.st_ino, 0, 0))
+            if inode != st.st_ino or st.st_size < done:
+                done, lines = 0, 0
+            if st.st_size > done:
+                try:
+                    with open(entry.path, "rb") as f:
+                        f.seek(done)
+                        while chunk := f.read(1 << 20):
+                            lines += chunk.count(b"\n")
+                            done += len(chunk)
+                except FileNotFoundError:
+                    continue
+            seen[entry.name] = (st.st_ino, done, lines)
+            files, records, size = files + 1, records + lines, size + done
+        self._counted = seen
+        return files, records, size
 
     def append(self, records: list[UsageRecord]) -> None:
         """Append whole lines, then flush and fsync. Raises OSError when the disk refuses."""

@@ -14,6 +14,7 @@ A new endpoint is therefore closed by default. The principal is kept in the requ
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -21,6 +22,9 @@ from litestar.handlers import BaseRouteHandler
 
 from gateway.auth.principal import Principal, Role
 from gateway.auth.service import Auth, AuthUnavailable, Forbidden
+from gateway.request_id import request_id
+from gateway.telemetry.logs import refused
+from router.errors import GatewayError
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN: frozenset[Role] = frozenset({"admin"})
@@ -66,9 +70,21 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     roles = _handler_roles(handler)
     if roles is None:
         return
-    auth: Auth | None = getattr(getattr(connection.app.state, "ctx", None), "auth", None)
+    ctx: Any = getattr(connection.app.state, "ctx", None)
+    auth: Auth | None = getattr(ctx, "auth", None)
     if auth is None:  # never in a started app; closed rather than open if it ever were
         raise AuthUnavailable("The gateway is not ready to check API keys.", headers={"retry-after": "1"})
-    principal = await auth.authenticate(connection.headers)
-    connection.scope.setdefault("state", {})["principal"] = principal
-    check_role(principal, roles)
+    tracing = ctx.telemetry.tracing is not None
+    started = time.perf_counter() if tracing else 0.0
+    try:
+        principal = await auth.authenticate(connection.headers)
+        state = connection.scope.setdefault("state", {})
+        state["principal"] = principal
+        if tracing:  # the request's span shows the key check (gateway/telemetry/tracing.py)
+            state["auth_times"] = (started, time.perf_counter())
+        check_role(principal, roles)
+    except GatewayError as exc:
+        ctx.telemetry.metrics.requests.auth_rejected.labels(exc.code or "", str(exc.status)).inc()
+        refused(request_id(connection), str(connection.scope.get("method", "")), connection.scope["path"],
+                exc.status, exc.code)
+        raise

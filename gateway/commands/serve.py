@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import socket
 import sys
@@ -30,10 +29,9 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
+    from gateway.telemetry.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (README, Observability)
     # uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let
     # a requested stop end with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     for line in dev_key_banner(settings, sys.stdout.isatty()):
         print(line, flush=True)
+    extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}  # ours, not uvicorn's
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        **extra,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,

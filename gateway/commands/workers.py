@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -78,7 +77,9 @@ def run_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.telemetry.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return asyncio.run(_up(settings))
 
 

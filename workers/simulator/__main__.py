@@ -30,7 +30,9 @@ def build_parser(prog: str = "python -m workers.simulator") -> argparse.Argument
         epilog=(
             "Endpoints: GET /health, /version, /v1/models, /metrics; POST /v1/chat/completions, "
             "/v1/completions, /tokenize; simulator-only GET/POST /sim/faults "
-            "(JSON {error_rate, stall_rate, stall_ms, die_rate, die_after_tokens, status, health_status}). "
+            "(JSON {error_rate, stall_rate, stall_ms, die_rate, die_after_tokens, status, health_status}) and "
+            "GET /sim/last-request-headers (a debug aid: traceparent, tracestate, x-request-id of the last "
+            "generation request). "
             "Readiness: the line 'vllm-sim: listening on http://HOST:PORT' on stdout, or GET /health -> 200."
         ),
     )

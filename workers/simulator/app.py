@@ -13,7 +13,8 @@ per request and per token as possible since it is also a benchmark target.
 
 Endpoints: ``GET /health``, ``GET /version``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /tokenize``, ``GET /metrics``, and the simulator-only
-``GET``/``POST /sim/faults``.
+``GET``/``POST /sim/faults`` and ``GET /sim/last-request-headers`` (a debug aid for tests: the
+``traceparent``, ``tracestate`` and ``x-request-id`` of the last generation request, nothing else).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ _MAX_STEPS_PER_WRITE = 64
 _NON_TEXT_TOKEN = 0  # token id standing for non-text chat parts in /tokenize output
 
 _FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+# SIMULATOR DEBUG AID: the only request headers /sim/last-request-headers remembers (never a key).
+_REMEMBERED_HEADERS = (b"traceparent", b"tracestate", b"x-request-id")
 # fmt: off
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -531,7 +534,10 @@ class SimApp:
             "/metrics": {"GET": self._metrics},
             "/tokenize": {"POST": self._tokenize},
             "/sim/faults": {"GET": self._get_faults, "POST": self._post_faults},
+            "/sim/last-request-headers": {"GET": self._last_request_headers},
         }
+        # SIMULATOR DEBUG AID (tests of trace propagation): whitelisted headers of the last generation request.
+        self.last_request_headers: dict[str, str] = {}
 
     # ------------------------------------------------------------------ ASGI plumbing
 
@@ -879,12 +885,26 @@ class SimApp:
     async def _chat(
         self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        self._remember_headers(scope)
         await self._generate(receive, send, extra, chat=True)
 
     async def _completions(
         self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        self._remember_headers(scope)
         await self._generate(receive, send, extra, chat=False)
+
+    def _remember_headers(self, scope: Scope) -> None:
+        self.last_request_headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"] if name in _REMEMBERED_HEADERS
+        }
+
+    async def _last_request_headers(
+        self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        """SIMULATOR DEBUG AID: GET /sim/last-request-headers -> {"traceparent": ..., "x-request-id": ...}."""
+        await _respond(send, 200, msgspec.json.encode(self.last_request_headers), _JSON_HEADERS, extra)
 
     async def _generate(
         self, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], *, chat: bool
