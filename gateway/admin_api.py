@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromQuery
 
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
@@ -56,7 +57,7 @@ async def policy_status(state: State) -> dict[str, Any]:
 
 
 @post("/admin/route/explain", status_code=200)
-async def route_explain(request: Request[Any, Any, Any], state: State, kind: str = "chat") -> dict[str, Any]:
+async def route_explain(request: Request[Any, Any, Any], state: State, kind: FromQuery[str] = "chat") -> dict[str, Any]:
     """The whole routing decision for a request body, with its trace (nothing is sent to a worker)."""
     ctx: GatewayContext = state.ctx
     if kind not in ("chat", "completion"):

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post, put
 from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery
 
 from gateway.auth import store
 from gateway.auth.principal import principal_of
@@ -69,7 +70,7 @@ def _engine(state: State) -> Any:
 
 
 @get("/admin/keys")
-async def list_keys(state: State, tenant: str | None = None) -> dict[str, Any]:
+async def list_keys(state: State, tenant: FromQuery[str | None] = None) -> dict[str, Any]:
     return {"keys": [k.as_dict() for k in await store.list_keys(_engine(state), tenant)]}
 
 
@@ -91,7 +92,7 @@ async def create_key(request: Request[Any, Any, Any], state: State) -> Response[
 
 
 @post("/admin/keys/{key_id:str}/revoke", status_code=200)
-async def revoke_key(key_id: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+async def revoke_key(key_id: FromPath[str], request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     ctx: GatewayContext = state.ctx
     try:
         info = await store.revoke_key(ctx.accounting.engine, key_id)
@@ -106,12 +107,14 @@ async def revoke_key(key_id: str, request: Request[Any, Any, Any], state: State)
 
 
 @get("/admin/teams")
-async def list_teams(state: State, tenant: str | None = None) -> dict[str, Any]:
+async def list_teams(state: State, tenant: FromQuery[str | None] = None) -> dict[str, Any]:
     return {"teams": [t.as_dict() for t in await store.list_team_limits(_engine(state), tenant)]}
 
 
 @put("/admin/teams/{tenant:str}/{team:str}", status_code=200)
-async def set_team(tenant: str, team: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+async def set_team(
+    tenant: FromPath[str], team: FromPath[str], request: Request[Any, Any, Any], state: State
+) -> dict[str, Any]:
     b: _LimitsBody = _decode(await request.body(), _LimitsBody)
     try:
         limits = _limits(b)

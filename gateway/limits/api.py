@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.params import FromQuery
 
 from gateway.context import GatewayContext
 from gateway.limits.budgets import budget_rows
@@ -19,7 +20,7 @@ from router.errors import InvalidRequest
 
 
 @get("/v1/reports/budgets")
-async def budgets_report(state: State, format: str = "json") -> Response[Any]:
+async def budgets_report(state: State, format: FromQuery[str] = "json") -> Response[Any]:
     ctx: GatewayContext = state.ctx
     if format not in ("json", "csv"):
         raise InvalidRequest(f"format `{format}` is not json or csv", param="format", code="invalid_report_query")
