@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from redis.asyncio import Redis
 
+from gateway.limits.backend import Backend, MemoryBackend
+from gateway.limits.redis_backend import RedisBackend
 from tests.gateway_process import GatewayProcess, start_gateway
+from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
 from tests.vllm_engine import VllmEngine, ensure_tiny_model, start_vllm
 
 SERVICES = {
@@ -51,3 +55,19 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmEngine
     engine = start_vllm(model_dir, "tiny", log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
     yield engine
     engine.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """A rate-limit and budget backend: each limits test runs in process and on the real Redis."""
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    require_redis()
+    prefix = unique_prefix()
+    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        yield RedisBackend(client, prefix)
+    finally:
+        await client.aclose()
+        delete_prefix(prefix)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from gateway.limits.backend import (
@@ -27,21 +25,6 @@ from gateway.limits.redis_backend import RedisBackend
 from tests.limits_support import REDIS_URL, aredis, delete_prefix, require_redis, unique_prefix  # noqa: F401
 
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "memory":
-        yield MemoryBackend()
-        return
-    require_redis()
-    prefix = unique_prefix()
-    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        yield RedisBackend(client, prefix)
-    finally:
-        await client.aclose()
-        delete_prefix(prefix)
 
 
 def rpm(limit: int, key: str = "r:k:a:req", cost: int = 1) -> RateCheck:

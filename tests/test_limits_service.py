@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +36,6 @@ from gateway.limits.service import (
 from gateway.relay import Outcome, Usage, finish
 from gateway.routing import ActivePolicy, Route, route
 from router.policy import default_policy_dir, load_policy_set
-from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
 from tests.test_accounting_support import migrated_engine, record
 from workers.pool import Pool, Pools, Replica
 
@@ -45,21 +43,6 @@ CATALOGUE = load_prices(DEFAULT_PRICES_FILE)
 HELLO = [{"role": "user", "content": "Say hello."}]
 SMALL = Pool("small", "demo-small", [Replica("http://127.0.0.1:1", "small", healthy=True)])
 LARGE = Pool("large", "demo-large", [Replica("http://127.0.0.1:2", "large", healthy=True)])
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "memory":
-        yield MemoryBackend()
-        return
-    require_redis()
-    prefix = unique_prefix()
-    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        yield RedisBackend(client, prefix)
-    finally:
-        await client.aclose()
-        delete_prefix(prefix)
 
 
 async def started(backend: Backend, engine: Any = None, catalogue: PriceCatalogue = CATALOGUE,
