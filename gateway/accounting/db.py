@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +193,20 @@ async def prepare(engine: AsyncEngine, url: str, auto_migrate: bool) -> None:
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+async def run_command(prog: str, url: str, work: Callable[[AsyncEngine], Awaitable[int]]) -> int:
+    """A CLI command's work on the database at `url`: exit status 1 with one line when it cannot be
+    reached, the engine disposed however it ends."""
+    import sys
+
+    engine = create_engine(url)
+    try:
+        return await work(engine)
+    except Exception as error:
+        if is_unreachable(error):
+            print(f"{prog}: cannot reach {safe_url(url)}: {error}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        await engine.dispose()

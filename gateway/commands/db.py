@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(action: str, url: str, revision: str | None) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from gateway.accounting import db
 
-    engine = db.create_engine(url)
-    try:
+    async def work(engine: AsyncEngine) -> int:
         where = db.safe_url(db.async_url(url))
         if action == "upgrade":
             await db.upgrade(engine, revision or "head")
@@ -58,10 +59,5 @@ async def _run(action: str, url: str, revision: str | None) -> int:
         state = "up to date" if current == head else "not migrated" if current is None else f"head is {head}"
         print(f"{where}: revision {current or '(none)'} ({state})")
         return 0
-    except Exception as exc:
-        if db.is_unreachable(exc):
-            print(f"gateway db: cannot reach {db.safe_url(url)}: {exc}", file=sys.stderr)
-            return 1
-        raise
-    finally:
-        await engine.dispose()
+
+    return await db.run_command("gateway db", url, work)

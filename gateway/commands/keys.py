@@ -120,17 +120,12 @@ async def _run(settings: Any, args: argparse.Namespace) -> int:
     from gateway.accounting import auto_migrate, database_url, db
 
     url = database_url(settings)
-    engine = db.create_engine(url)
-    try:
+
+    async def work(engine: Any) -> int:
         await db.prepare(engine, url, auto_migrate(settings))
         return await _act(settings, engine, args)
-    except Exception as exc:
-        if db.is_unreachable(exc):
-            print(f"gateway keys: cannot reach {db.safe_url(url)}: {exc}", file=sys.stderr)
-            return 1
-        raise
-    finally:
-        await engine.dispose()
+
+    return await db.run_command("gateway keys", url, work)
 
 
 async def _act(settings: Any, engine: Any, args: argparse.Namespace) -> int:

@@ -63,10 +63,11 @@ def _missing_sqlite(url: str) -> str | None:
 
 
 async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_by: tuple[str, ...]) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from gateway.accounting import db, reports
 
-    engine = db.create_engine(url)
-    try:
+    async def work(engine: AsyncEngine) -> int:
         await db.check_migrated(engine, url)
         if args.verify:
             keys, problems = await reports.verify(engine)
@@ -82,13 +83,8 @@ async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_b
         report = await reports.usage_report(engine, start=start, end=end, group_by=group_by)
         sys.stdout.write(reports.render(report, args.format))
         return 0
-    except Exception as exc:
-        if db.is_unreachable(exc):
-            print(f"gateway report: cannot reach {db.safe_url(url)}: {exc}", file=sys.stderr)
-            return 1
-        raise
-    finally:
-        await engine.dispose()
+
+    return await db.run_command("gateway report", url, work)
 
 
 def settings_of(args: argparse.Namespace) -> Any:
