@@ -37,7 +37,7 @@ from workers.health import check_all, watch_health
 from workers.launcher import PoolLaunch, ReplicaPlan, plan
 from workers.pool import Affinity, Gate, Pool, Pools, Replica
 from workers.supervisor import Supervisor
-from workers.upstream import new_client
+from workers.upstream import new_upstream
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -94,10 +94,11 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             if plans:
                 await supervisor.start()
                 log.info("started %d local replica(s)", len(plans))
-            client = new_client(
+            upstream = new_upstream(
                 settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
             )
-            stack.push_async_callback(client.aclose)
+            stack.push_async_callback(upstream.aclose)
+            client = upstream.client
             await check_all(client, pools, timeout=2.0)
             warm_up()  # the tokenizer, before the first request rather than during it
             for job in (watch_health(client, pools, settings.health_interval_s), policies.watch()):
@@ -119,7 +120,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             limits = await start_limits(settings, accounting.catalogue, accounting.engine, redis)
             stack.push_async_callback(limits.close)  # settles what is pending, before the Redis pool closes
             ctx = GatewayContext(
-                settings, policies, Rates(accounting.catalogue), pools, client, accounting, int(time.time()),
+                settings, policies, Rates(accounting.catalogue), pools, upstream, accounting, int(time.time()),
                 supervisor, redis, cache=cache, auth=auth, limits=limits, telemetry=telemetry,
             )
             telemetry.metrics.attach(ctx)

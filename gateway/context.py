@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
 from redis.asyncio import Redis
 
 from gateway.accounting import Accounting
@@ -18,6 +17,7 @@ from gateway.settings import Settings
 from gateway.telemetry import Telemetry
 from workers.pool import Pools
 from workers.supervisor import Supervisor
+from workers.upstream import Upstream
 
 if TYPE_CHECKING:
     from gateway.relay import Outcome
@@ -29,7 +29,7 @@ class GatewayContext:
     policies: PolicyStore
     rates: Rates
     pools: Pools
-    client: httpx.AsyncClient
+    upstream: Upstream  # the pooled client to the workers
     accounting: Accounting
     started_at: int
     supervisor: Supervisor

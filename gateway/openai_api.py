@@ -47,7 +47,7 @@ async def _open(
         if trace is not None:  # the worker continues the upstream span's trace
             trace_headers = trace.upstream(outcome, model, pool.name, parsed.data)
         try:
-            call = await open_call(ctx.client, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix,
+            call = await open_call(ctx.upstream, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix,
                                    trace_headers)
         except BaseException as exc:
             if trace is not None:

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
 import msgspec
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from gateway.accounting.records import call_status
-from workers.upstream import UpstreamCall
+from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
 log = logging.getLogger("gateway.access")
 
@@ -147,12 +146,12 @@ async def relay_stream(
                 yield ready
         if pending:
             yield pending
-    except httpx.HTTPError as exc:
+    except UPSTREAM_ERRORS as exc:
         # The worker failed mid-stream: end the client's stream cleanly, in OpenAI's shape.
-        outcome.error = type(exc).__name__
+        is_timeout = failure_kind(exc) == "timeout"
+        outcome.error = "UpstreamTimeout" if is_timeout else type(exc.__cause__ or exc).__name__
         call.broke(f"stream broke: {outcome.error}")
         log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
-        is_timeout = isinstance(exc, httpx.TimeoutException)
         yield error_event(
             "The worker timed out mid-stream." if is_timeout else "The worker failed mid-stream.",
             "timeout_error" if is_timeout else "upstream_error",

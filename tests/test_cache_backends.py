@@ -113,6 +113,31 @@ async def test_waiters_get_the_entry_or_the_release_or_time_out(backend: tuple[C
     assert 0.15 < time.monotonic() - started < 1.0
 
 
+async def test_lookup_gives_the_entry_or_else_the_lock_in_one_step(backend: tuple[CacheBackend, str]) -> None:
+    b, p = backend
+    key, lock = p + "k", p + "k:lock"
+    assert await b.lookup(key, lock, "first", 5) == (None, True)  # a miss: the lock is ours
+    assert await b.lookup(key, lock, "second", 5) == (None, False)  # held by someone else
+    await b.conclude(key, b"answer", 5, lock, "first")  # stored, then released
+    assert await b.get(key) == b"answer"
+    assert await b.acquire(lock, "x", 5)  # the lock went with the store
+    await b.release(lock, "x")
+    assert await b.lookup(key, lock, "third", 5) == (b"answer", False)  # a hit takes no lock
+    assert await b.acquire(lock, "fourth", 5)  # ...so it is free
+
+
+async def test_conclude_stores_and_releases_only_its_own_lock(backend: tuple[CacheBackend, str]) -> None:
+    b, p = backend
+    key, lock = p + "k", p + "k:lock"
+    assert await b.acquire(lock, "theirs", 5)
+    await b.conclude(key, None, 5, lock, "mine")  # nothing to store, and not our lock
+    assert await b.get(key) is None and not await b.acquire(lock, "other", 5)
+    await b.conclude(key, b"v", 0.2, lock, "theirs")
+    assert await b.get(key) == b"v" and await b.acquire(lock, "other", 5)
+    await asyncio.sleep(0.3)
+    assert await b.get(key) is None  # with its TTL
+
+
 async def test_memory_backend_is_an_lru_bounded_by_entries_and_bytes() -> None:
     b = MemoryBackend(max_entries=3, max_bytes=100)
     for k in "abc":

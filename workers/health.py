@@ -9,6 +9,7 @@ import httpx
 
 from workers.engine_metrics import parse_load
 from workers.pool import Pools, Replica
+from workers.upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("gateway.workers")
 
@@ -26,7 +27,7 @@ async def check_replica(client: httpx.AsyncClient, replica: Replica, timeout: fl
         if isinstance(metrics, httpx.Response) and metrics.status_code == 200:
             load = parse_load(metrics.text)
             replica.running, replica.waiting, replica.kv_cache = load.running, load.waiting, load.kv_cache
-    except httpx.HTTPError as exc:
+    except UPSTREAM_ERRORS as exc:
         ok, error = False, f"/health failed: {type(exc).__name__}"
     if ok != replica.healthy:
         log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")

@@ -2,6 +2,8 @@
 default). Both behind one small interface; both keep entries with a TTL and have a lock for single
 flight: `acquire` (set if absent, with a TTL, so a holder that dies cannot block anyone past it),
 `release` (only by the token that acquired it), `wait` (for the entry, or for the lock to go away).
+The request path uses the combined forms, one Redis round trip each: `lookup` (the entry, or else
+the lock) before the call and `conclude` (store, then release) after it.
 
 Backends raise on failure (RedisError, OSError, TimeoutError); `ResponseCache` turns that into a
 bypass, counts it and reports it.
@@ -29,8 +31,44 @@ return 0
 """
 
 
+# The entry, or else the lock: returns the entry, 1 (the lock is ours) or 0 (someone else holds it).
+LOOKUP_LUA = """
+local value = redis.call('get', KEYS[1])
+if value then
+  return value
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+# Store the entry (when there is one), then release the lock (when the token is still its holder).
+CONCLUDE_LUA = """
+if ARGV[1] ~= '' then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then
+  redis.call('del', KEYS[2])
+end
+return 0
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 class CacheBackend(Protocol):
     name: str
+
+    async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        """(the entry, False) when there is one; else (None, whether the lock was taken with `token`)."""
+        ...
+
+    async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
+        """Store `value` (when given), then release the lock (when `token` is given and still holds it)."""
+        ...
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -61,16 +99,27 @@ class RedisBackend:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._release = redis.register_script(RELEASE_LUA)
+        self._lookup = redis.register_script(LOOKUP_LUA)
+        self._conclude = redis.register_script(CONCLUDE_LUA)
+
+    async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        found = await self._lookup(keys=[key, lock], args=[token, _ms(lock_ttl_s)])
+        if isinstance(found, int):
+            return None, found == 1
+        return _as_bytes(found), False
+
+    async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
+        await self._conclude(keys=[key, lock], args=[value or b"", _ms(ttl_s), token or ""])
 
     async def get(self, key: str) -> bytes | None:
         value = await self.redis.get(key)
         return _as_bytes(value)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self.redis.set(key, value, px=max(1, int(ttl_s * 1000)))
+        await self.redis.set(key, value, px=_ms(ttl_s))
 
     async def acquire(self, lock: str, token: str, ttl_s: float) -> bool:
-        return bool(await self.redis.set(lock, token, nx=True, px=max(1, int(ttl_s * 1000))))
+        return bool(await self.redis.set(lock, token, nx=True, px=_ms(ttl_s)))
 
     async def release(self, lock: str, token: str) -> None:
         await self._release(keys=[lock], args=[token])
@@ -149,6 +198,18 @@ class MemoryBackend:
             self._wake(lock)
             return None
         return held
+
+    async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        value = await self.get(key)
+        if value is not None:
+            return value, False
+        return None, await self.acquire(lock, token, lock_ttl_s)
+
+    async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
+        if value is not None:
+            await self.set(key, value, ttl_s)
+        if token is not None:
+            await self.release(lock, token)
 
     async def acquire(self, lock: str, token: str, ttl_s: float) -> bool:
         if self._held(lock) is not None:

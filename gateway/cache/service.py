@@ -151,20 +151,15 @@ class ResponseCache:
         ticket = Ticket("miss", self, kind, key, decision.model, float(policy.ttl_s or 0), store=True)
         try:
             if directive != "refresh":
-                entry = await self._lookup(backend, key)
-                if entry is None:
-                    token = uuid.uuid4().hex
-                    if await backend.acquire(lock_key(key), token, self.config.lock_ttl_s):
-                        ticket.token = token
-                        # The previous holder may have stored it between our lookup and our lock.
-                        entry = await self._lookup(backend, key)
-                        if entry is not None:
-                            ticket.token = None
-                            await backend.release(lock_key(key), token)
-                    else:  # someone else is asking the worker this very question: wait for their answer
-                        self.counts["waits"] += 1
-                        raw = await backend.wait(key, lock_key(key), self.config.wait_s)
-                        entry = decode_entry(raw) if raw is not None else None
+                token = uuid.uuid4().hex
+                # One atomic step: the entry, or else the lock (so no answer lands between the two).
+                raw, locked = await backend.lookup(key, lock_key(key), token, self.config.lock_ttl_s)
+                if locked:
+                    ticket.token = token
+                elif raw is None:  # someone else is asking the worker this very question: wait for their answer
+                    self.counts["waits"] += 1
+                    raw = await backend.wait(key, lock_key(key), self.config.wait_s)
+                entry = decode_entry(raw) if raw is not None else None
                 if entry is not None:
                     self._ok()
                     self.counts["hits"] += 1
@@ -184,10 +179,6 @@ class ResponseCache:
             ticket.collector = StreamCollector(kind, self.config.max_entry_bytes)
         _after_finish(outcome, ticket.settle)
         return ticket
-
-    async def _lookup(self, backend: CacheBackend, key: str) -> Entry | None:
-        raw = await backend.get(key)
-        return decode_entry(raw) if raw is not None else None
 
     def respond(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome,
                 headers: dict[str, str]) -> Response[bytes]:
@@ -225,13 +216,14 @@ class ResponseCache:
             elif body is not None:
                 entry = entry_from_body(ticket.kind, body)
             data = encode_entry(entry) if entry is not None else None
-            if data is not None and len(data) <= self.config.max_entry_bytes and ticket.ttl_s > 0:
-                await backend.set(key, data, ticket.ttl_s)
+            if data is None or len(data) > self.config.max_entry_bytes or ticket.ttl_s <= 0:
+                data = None
+            if data is not None or ticket.token is not None:
+                await backend.conclude(key, data, ticket.ttl_s, lock_key(key), ticket.token)  # one round trip
+            if data is not None:
                 self.counts["stores"] += 1
             elif ticket.store:
                 self.counts["not_stored"] += 1
-            if ticket.token is not None:
-                await backend.release(lock_key(key), ticket.token)
             self._ok()
         except Exception as exc:
             self._failed(exc)
