@@ -82,6 +82,9 @@ USER = (
 )
 
 
+PROFILED = {"json": "non-streaming", "stream": "streaming (30 chunks)", "cache": "cache hits"}
+
+
 @dataclass
 class Scenario:
     key: str  # json | stream | cache
@@ -299,11 +302,11 @@ class Run:
 
     def profile(self, server: servers.Server) -> dict[str, Any]:
         exe = profiling.ensure_pyspy(servers.VENV_BIN)
-        scenario = SCENARIOS["json"]
+        scenario = SCENARIOS[self.args.scenarios[0] if self.args.scenarios else "json"]  # the first asked for
+        what = PROFILED[scenario.key]
         stem = self.args.out.with_suffix("").name
         raw = self.tmp / "py-spy.raw.txt"  # collapsed stacks; the SVG and the summary are made from it
-        print("  profile: py-spy on the gateway, non-streaming at 64 connections (an extra, unrecorded run)",
-              flush=True)
+        print(f"  profile: py-spy on the gateway, {what} at 64 connections (an extra, unrecorded run)", flush=True)
         load = self.load(scenario, server.url, server.auth, self.expect(scenario))
         wrklib.run(load, 64, max(1.0, self.args.warmup), self.load_core, self.wrk_log, "profile-warmup")
         self.settle(server.pid)
@@ -321,7 +324,7 @@ class Run:
         if not raw.exists():
             raise BenchError(f"py-spy wrote nothing:\n{spy.tail()}")
         prof = profiling.parse(raw, server.pid)
-        title = (f"gateway, non-streaming, 64 connections, {r.rps:,.0f} req/s under py-spy "
+        title = (f"gateway, {what}, 64 connections, {r.rps:,.0f} req/s under py-spy "
                  f"({prof.samples} samples, {dt.date.today()})")
         svg = self.args.out.parent / f"{stem}-profile.svg"
         txt = self.args.out.parent / f"{stem}-profile.txt"
@@ -425,7 +428,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                    help="soak duration at 64 connections (default 600; 0 = none; none with --quick)")
     p.add_argument("--skip-litellm", action="store_true", help="measure only the gateway (and the mock)")
-    p.add_argument("--profile", action="store_true", help="py-spy flamegraph + top functions of the gateway")
+    p.add_argument("--profile", action="store_true", help="py-spy flamegraph + top functions (first of --scenarios)")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 10, quick 3)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each point (default 2, quick 1)")
     p.add_argument("--max-point", type=float, default=None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any, Literal
 
 from litestar import Request, Response, get, post
@@ -17,7 +16,7 @@ from gateway.cache import begin_cache
 from gateway.context import GatewayContext
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
-from gateway.request_id import request_id
+from gateway.request_id import new_id, request_id
 from gateway.routing import Route, route
 from gateway.telemetry.tracing import RequestTrace, auth_times, route_attributes
 from router.errors import NoHealthyReplica
@@ -77,7 +76,7 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     # Every call ends in finish(outcome), which hands it to metrics and the recorder (accounting).
     outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.sink, kind=kind)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
-        outcome.record_id = uuid.uuid4().hex
+        outcome.record_id = new_id()
     principal = principal_of(request)  # from the API key only (gateway/auth/guard.py), never from headers
     outcome.tenant, outcome.team, outcome.key_id = principal.tenant, principal.team, principal.key_id
     trace: RequestTrace | None = None
@@ -149,14 +148,15 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     return Response(content, status_code=call.response.status_code, media_type=media_type, headers=headers)
 
 
+# The context from the app's state itself: a `State` parameter would be a copy of it per call.
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    return await _forward(request, state.ctx, "/v1/chat/completions")
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _forward(request, request.app.state.ctx, "/v1/chat/completions")
 
 
 @post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    return await _forward(request, state.ctx, "/v1/completions")
+async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _forward(request, request.app.state.ctx, "/v1/completions")
 
 
 @get("/v1/models")

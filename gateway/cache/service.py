@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from gateway.cache.entry import (
 )
 from gateway.cache.keys import cache_key, lock_key
 from gateway.relay import Outcome, finish
+from gateway.request_id import new_id
 from router.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class ResponseCache:
         ticket = Ticket("miss", self, kind, key, decision.model, float(policy.ttl_s or 0), store=True)
         try:
             if directive != "refresh":
-                token = uuid.uuid4().hex
+                token = new_id()
                 # One atomic step: the entry, or else the lock (so no answer lands between the two).
                 raw, locked = await backend.lookup(key, lock_key(key), token, self.config.lock_ttl_s)
                 if locked:
