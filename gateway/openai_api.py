@@ -6,8 +6,10 @@ import logging
 import time
 from typing import Any, Literal
 
-from litestar import Request, Response, get, post
+from litestar import asgi, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.types import Receive, Scope, Send
 
 from gateway.accounting.records import failure_of
 from gateway.auth.principal import principal_of
@@ -16,6 +18,7 @@ from gateway.cache import begin_cache
 from gateway.context import GatewayContext
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
+from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import Route, route
 from gateway.telemetry.tracing import RequestTrace, auth_times, route_attributes
@@ -69,7 +72,8 @@ async def _open(
     raise AssertionError("a route has at least one target")
 
 
-async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: str) -> Response[Any]:
+async def _forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,
+                   path: str) -> Reply | RelayStream:
     started = time.perf_counter()
     rid = request_id(request)
     fields_type, kind = _KINDS[path]
@@ -85,7 +89,7 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
         trace, trace_headers = tracing.begin(request.headers, outcome, path, auth_times(request))
         outcome.trace = trace
     try:
-        body = await request.body()
+        body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         parsed = parse_body(body, fields_type)
         outcome.requested_model = parsed.fields.model
         outcome.stream = bool(parsed.fields.stream)
@@ -126,11 +130,8 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
     headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.rule,
                CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
-    if media_type.startswith("text/"):
-        media_type = media_type.split(";", 1)[0]  # Litestar appends "; charset=utf-8" to text types itself
     if parsed.fields.stream and call.response.status_code == 200:
-        return RelayStream(call, strip_usage, outcome, tap=cached.stream_tap(), media_type=media_type,
-                           headers=headers)
+        return RelayStream(call, strip_usage, outcome, cached.stream_tap(), media_type, headers)
     try:
         content = await call.response.aread()
     except BaseException as exc:
@@ -145,18 +146,28 @@ async def _forward(request: Request[Any, Any, Any], ctx: GatewayContext, path: s
         outcome.completed = True
         cached.answer(content)
     finish(outcome)
-    return Response(content, status_code=call.response.status_code, media_type=media_type, headers=headers)
+    return Reply(content, call.response.status_code, media_type, headers)
 
 
-# The context from the app's state itself: a `State` parameter would be a copy of it per call.
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    return await _forward(request, request.app.state.ctx, "/v1/chat/completions")
+async def _serve(scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    """Raw ASGI (gateway/replies.py); what `_forward` raises is rendered by the app's exception handlers."""
+    request: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive)
+    answer = await _forward(request, request.app.state.ctx, path)
+    if isinstance(answer, Reply):
+        await answer.send(send)
+    else:
+        await answer.send(receive, send)
 
 
-@post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    return await _forward(request, request.app.state.ctx, "/v1/completions")
+# POST only: the guard answers 405 for other methods (gateway/auth/guard.py), before asking for a key.
+@asgi("/v1/chat/completions", copy_scope=False, opt={"methods": ("POST",)})
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(scope, receive, send, "/v1/chat/completions")
+
+
+@asgi("/v1/completions", copy_scope=False, opt={"methods": ("POST",)})
+async def completions(scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(scope, receive, send, "/v1/completions")
 
 
 @get("/v1/models")

@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import msgspec
-from litestar.response import Stream
-from litestar.response.base import ASGIResponse
-from litestar.types import Receive, Scope, Send
+from litestar.types import Receive, Send
 
 from gateway.accounting.records import call_status
+from gateway.replies import header_list
 from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
 log = logging.getLogger("gateway.access")
@@ -165,38 +163,51 @@ async def relay_stream(
         finish(outcome)
 
 
-class RelayStream(Stream):
-    """A `Stream` whose clean-up runs however the response ends, even when the client left before the
-    first chunk (Litestar never starts, so never closes, a stream it did not begin to send)."""
+@dataclass(eq=False)
+class RelayStream:
+    """A streamed answer, sent over raw ASGI. However it ends (the worker finished, broke, or the client
+    left, even before the first chunk) the call is closed and its books are closed once."""
 
-    def __init__(self, call: UpstreamCall, strip_usage: bool, outcome: Outcome,
-                 tap: Callable[[bytes], None] | None = None, **kwargs: Any) -> None:
-        self._relay = relay_stream(call, strip_usage, outcome, tap)
-        self._call, self._outcome = call, outcome
-        super().__init__(self._relay, **kwargs)
+    call: UpstreamCall
+    strip_usage: bool
+    outcome: Outcome
+    tap: Callable[[bytes], None] | None
+    media_type: str
+    headers: dict[str, str]
 
-    async def close(self) -> None:
-        await self._relay.aclose()  # runs the relay's own clean-up when it had started
-        await self._call.aclose()
-        if self._outcome.finished is None:  # it had not: the client left before the first chunk
-            self._outcome.cancelled = not self._outcome.completed
-            finish(self._outcome)
+    async def send(self, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        left = False
 
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        return _ClosingResponse(super().to_asgi_response(*args, **kwargs), self.close)
+        async def watch() -> None:  # uvicorn drops what is sent to a client that left: ask it instead
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            task.cancel()
 
-
-@dataclass(frozen=True)
-class _ClosingResponse:
-    inner: ASGIResponse
-    on_close: Callable[[], Awaitable[None]]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.get_running_loop().create_task(watch())
+        relay = relay_stream(self.call, self.strip_usage, self.outcome, self.tap)
         try:
-            await self.inner(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": header_list(self.media_type, self.headers)})
+            async for chunk in relay:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()  # the client left: the end of this answer, not an error
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.on_close()
+            # The watcher only runs while this task waits, and a cancel it sent was delivered there (in
+            # the try), so none can interrupt the clean-up below.
+            watcher.cancel()
+            await relay.aclose()  # the relay's own clean-up, when it had started
+            await self.call.aclose()
+            if self.outcome.finished is None:  # it had not: the client left before the first chunk
+                self.outcome.cancelled = not self.outcome.completed
+                finish(self.outcome)
 
 
 def finish(outcome: Outcome) -> None:

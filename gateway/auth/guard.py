@@ -24,7 +24,7 @@ from gateway.auth.principal import Principal, Role
 from gateway.auth.service import Auth, AuthUnavailable, Forbidden
 from gateway.request_id import request_id
 from gateway.telemetry.logs import refused
-from router.errors import GatewayError
+from router.errors import GatewayError, MethodNotAllowed
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN: frozenset[Role] = frozenset({"admin"})
@@ -67,6 +67,10 @@ def check_role(principal: Principal, roles: frozenset[Role]) -> None:
 
 async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """The app-wide guard."""
+    methods = handler.opt.get("methods")  # a raw ASGI handler's methods (Litestar routes any to it)
+    if methods is not None and connection.scope.get("method") not in methods:
+        method = connection.scope.get("method")
+        raise MethodNotAllowed(f"Method {method} is not allowed on {connection.scope['path']}")
     roles = _handler_roles(handler)
     if roles is None:
         return

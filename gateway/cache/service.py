@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from litestar import Response
-
 from gateway.cache.backends import CacheBackend
 from gateway.cache.entry import (
     Entry,
@@ -31,6 +29,7 @@ from gateway.cache.entry import (
 )
 from gateway.cache.keys import cache_key, lock_key
 from gateway.relay import Outcome, finish
+from gateway.replies import Reply
 from gateway.request_id import new_id
 from router.errors import InvalidRequest
 
@@ -44,6 +43,7 @@ HEADER = "x-gateway-cache"
 DIRECTIVES = ("no-store", "refresh")  # the request header's values: opt out, or skip the lookup and store anew
 Kind = Literal["chat", "completion"]
 Status = Literal["hit", "miss", "bypass"]
+SSE = "text/event-stream; charset=utf-8"  # as vLLM sends it
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Ticket:
             self.body = body
 
     def respond(self, fields: ChatFields | CompletionFields, outcome: Outcome,
-                headers: dict[str, str]) -> Response[bytes]:
+                headers: dict[str, str]) -> Reply:
         """The answer to a hit (see `ResponseCache.respond`)."""
         assert self.cache is not None
         return self.cache.respond(self, fields, outcome, headers)
@@ -181,21 +181,21 @@ class ResponseCache:
         return ticket
 
     def respond(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome,
-                headers: dict[str, str]) -> Response[bytes]:
+                headers: dict[str, str]) -> Reply:
         """The answer to a hit, as JSON or as an SSE stream (whichever the request asked for), and its
         record: the cached answer's tokens, no worker cost, the cost it saved."""
         entry = ticket.entry
         assert entry is not None
         if fields.stream:
             opts = fields.stream_options
-            content, media_type = render_sse(entry, bool(opts and opts.include_usage)), "text/event-stream"
+            content, media_type = render_sse(entry, bool(opts and opts.include_usage)), SSE
         else:
             content, media_type = render_json(entry), "application/json"
         outcome.cache_hit, outcome.usage, outcome.status, outcome.completed = True, entry.usage, 200, True
         outcome.first_byte = time.perf_counter()
         finish(outcome)
         headers["x-gateway-model"], headers[HEADER] = ticket.model or entry.model, "hit"
-        return Response(content, status_code=200, media_type=media_type, headers=headers)
+        return Reply(content, 200, media_type, headers)
 
     # --- after the call -----------------------------------------------------------------------------
 
