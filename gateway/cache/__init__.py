@@ -17,6 +17,7 @@ from gateway.cache.service import BYPASS, HEADER, CacheConfig, ResponseCache, Ti
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.redis_batch import RedisBatcher
     from gateway.settings import Settings
 
 __all__ = [
@@ -25,8 +26,9 @@ __all__ = [
 ]
 
 
-def build_cache(settings: Settings, redis: Redis | None) -> ResponseCache:
-    """Redis when the gateway has one (`redis_url`), else this process's memory."""
+def build_cache(settings: Settings, redis: Redis | None, batcher: RedisBatcher | None = None) -> ResponseCache:
+    """Redis when the gateway has one (`redis_url`), else this process's memory. `batcher`: the app's
+    auto-pipelining for `redis` (shared with the limits), else the backend makes its own."""
     config = CacheConfig(
         enabled=settings.cache_enabled,
         key_prefix=settings.cache_key_prefix,
@@ -37,7 +39,7 @@ def build_cache(settings: Settings, redis: Redis | None) -> ResponseCache:
     )
     backend: CacheBackend
     if redis is not None:
-        backend = RedisBackend(redis)
+        backend = RedisBackend(redis, batcher)
     else:
         backend = MemoryBackend(settings.cache_memory_max_entries, settings.cache_memory_max_bytes)
     return ResponseCache(backend if settings.cache_enabled else None, config)

@@ -20,6 +20,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from gateway.cache.keys import lock_key
+from gateway.redis_batch import LuaScript, RedisBatcher
 
 # Compare-and-delete: only the holder's token releases a lock (a lock that expired and was taken by
 # someone else is left alone).
@@ -53,6 +54,7 @@ if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then
 end
 return 0
 """
+RELEASE, LOOKUP, CONCLUDE = (LuaScript.of(text) for text in (RELEASE_LUA, LOOKUP_LUA, CONCLUDE_LUA))
 
 
 def _ms(seconds: float) -> int:
@@ -90,26 +92,26 @@ class CacheBackend(Protocol):
 
 class RedisBackend:
     """Entries as plain keys with PX expiry; a lock is `SET lock token NX PX ttl`, released by a Lua
-    compare-and-delete; waiters poll the entry and the lock together (one MGET) with a growing interval."""
+    compare-and-delete; waiters poll the entry and the lock together (one MGET) with a growing interval.
+    The scripts go through `batcher` (the app's, shared with the limits; else one of its own), so the
+    lookups and stores of concurrent requests share round trips."""
 
     name = "redis"
     POLL_FIRST_S = 0.005
     POLL_MAX_S = 0.05
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, batcher: RedisBatcher | None = None) -> None:
         self.redis = redis
-        self._release = redis.register_script(RELEASE_LUA)
-        self._lookup = redis.register_script(LOOKUP_LUA)
-        self._conclude = redis.register_script(CONCLUDE_LUA)
+        self.batcher = batcher if batcher is not None else RedisBatcher(redis)
 
     async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
-        found = await self._lookup(keys=[key, lock], args=[token, _ms(lock_ttl_s)])
+        found = await self.batcher.evalsha(LOOKUP, (key, lock), (token, _ms(lock_ttl_s)))
         if isinstance(found, int):
             return None, found == 1
         return _as_bytes(found), False
 
     async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
-        await self._conclude(keys=[key, lock], args=[value or b"", _ms(ttl_s), token or ""])
+        await self.batcher.evalsha(CONCLUDE, (key, lock), (value or b"", _ms(ttl_s), token or ""))
 
     async def get(self, key: str) -> bytes | None:
         value = await self.redis.get(key)
@@ -122,7 +124,7 @@ class RedisBackend:
         return bool(await self.redis.set(lock, token, nx=True, px=_ms(ttl_s)))
 
     async def release(self, lock: str, token: str) -> None:
-        await self._release(keys=[lock], args=[token])
+        await self.batcher.evalsha(RELEASE, (lock,), (token,))
 
     async def wait(self, key: str, lock: str, timeout_s: float) -> bytes | None:
         deadline = time.monotonic() + timeout_s

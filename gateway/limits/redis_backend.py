@@ -1,19 +1,17 @@
 """Rate limits and budgets in Redis, shared by every gateway process: `limits.lua` checks and takes all
 the limits of a call in one round trip (EVALSHA; the script is loaded again if Redis lost it).
 
-At most `MAX_IN_FLIGHT` calls to Redis at once from this process: the app's connection pool is shared
-(the cache uses it too) and refuses commands beyond its size; a Redis round trip is ~0.1 ms, so calls
-past that wait their turn for microseconds rather than fail."""
+The calls go through a `RedisBatcher` (the app's, shared with the cache; else one of its own): the
+admissions and settlements of concurrent requests share pipelines, and at most a few pipelines (so a few
+pooled connections) are in flight at once, whatever the load."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from gateway.limits.backend import (
     OK,
@@ -28,30 +26,19 @@ from gateway.limits.backend import (
     RateSettle,
     RateState,
 )
+from gateway.redis_batch import LuaScript, RedisBatcher
 
-SCRIPT = (Path(__file__).with_name("limits.lua")).read_text()
-MAX_IN_FLIGHT = 32
+SCRIPT = LuaScript.of((Path(__file__).with_name("limits.lua")).read_text())
 
 
 class RedisBackend:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, batcher: RedisBatcher | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._sha: str | None = None
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.batcher = batcher if batcher is not None else RedisBatcher(redis)
 
-    async def _call(self, keys: list[str], args: list[Any]) -> Any:
-        async with self._slots:
-            return await self._eval(keys, args)
-
-    async def _eval(self, keys: list[str], args: list[Any]) -> Any:
-        if self._sha is None:
-            self._sha = await self.redis.script_load(SCRIPT)
-        try:
-            return await self.redis.evalsha(self._sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self._sha = await self.redis.script_load(SCRIPT)
-            return await self.redis.evalsha(self._sha, len(keys), *keys, *args)
+    def _call(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self.batcher.evalsha(SCRIPT, keys, args)
 
     def _budget_keys(self, key: str) -> list[str]:
         return [self.prefix + key, self.prefix + key + ":r"]
@@ -94,7 +81,7 @@ class RedisBackend:
         await self._call([self.prefix + key], ["seed", f"{spent} {ttl_ms}"])
 
     async def read(self, keys: Sequence[str]) -> list[tuple[int, int] | None]:
-        async with self._slots, self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for k in keys:
                 pipe.hmget(self.prefix + k, "spent", "committed", "seeded")
             rows = await pipe.execute()

@@ -497,12 +497,14 @@ def rate_headers(states: tuple[RateState, ...]) -> dict[str, str]:
 
 
 async def start_limits(settings: Any, catalogue: PriceCatalogue, engine: AsyncEngine | None,
-                       redis: Any | None) -> Limits:
-    """The app's `Limits`: counters in Redis when `redis_url` is set, else in this process."""
+                       redis: Any | None, batcher: Any | None = None) -> Limits:
+    """The app's `Limits`: counters in Redis when `redis_url` is set, else in this process. `batcher`:
+    the app's auto-pipelining for `redis` (shared with the cache), else the backend makes its own."""
     from gateway.limits.backend import MemoryBackend
     from gateway.limits.redis_backend import RedisBackend
 
-    backend: Backend = RedisBackend(redis, settings.limits_key_prefix) if redis is not None else MemoryBackend()
+    backend: Backend = (RedisBackend(redis, settings.limits_key_prefix, batcher) if redis is not None
+                        else MemoryBackend())
     limits = Limits(backend, catalogue, engine, soft_pct=settings.budget_soft_pct,
                     reservation_ttl_s=settings.budget_reservation_ttl_s,
                     prompt_margin_pct=settings.budget_prompt_margin_pct)

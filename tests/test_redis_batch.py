@@ -1,0 +1,193 @@
+"""Auto-pipelining (`gateway/redis_batch.py`) against the real Redis: concurrent commands share round
+trips, each caller gets its own answer or error, lost scripts are reloaded, a dead Redis fails every
+caller promptly, a cancelled caller leaves the others alone.
+
+When the batcher is idle a command goes out alone at once; the commands issued meanwhile queue and go
+out together. So N concurrent callers from idle take two round trips: the first alone, the rest batched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.cache.backends import RedisBackend as CacheRedisBackend
+from gateway.limits.backend import OK, RateCheck
+from gateway.limits.redis_backend import RedisBackend as LimitsRedisBackend
+from gateway.redis_batch import LuaScript, RedisBatcher
+from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
+from tests.test_accounting_support import free_port
+
+
+def fresh_script(body: str) -> LuaScript:
+    """A script Redis has never seen (its text is unique), so its first EVALSHA meets NOSCRIPT."""
+    return LuaScript.of(f"-- {uuid.uuid4().hex}\n{body}")
+
+
+ECHO = "return ARGV[1]"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Redis]:
+    require_redis()
+    c = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = unique_prefix()
+    yield p
+    delete_prefix(p)
+
+
+async def test_one_caller_at_a_time_goes_alone(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client)
+    for i in range(5):
+        assert await batcher.execute("INCR", f"{prefix}n") == i + 1
+    assert batcher.round_trips == batcher.commands == 5
+
+
+async def test_concurrent_calls_share_round_trips_and_get_their_own_answers(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client)
+    echo = fresh_script(ECHO)
+    await batcher.evalsha(echo, (), ("warm",))  # loads it (NOSCRIPT, then SCRIPT LOAD + the call)
+    before = batcher.round_trips
+    sets = [batcher.execute("SET", f"{prefix}{i}", f"v{i}") for i in range(20)]
+    echoes = [batcher.evalsha(echo, (f"{prefix}x",), (f"e{i}",)) for i in range(20)]
+    assert await asyncio.gather(*sets, *echoes) == [True] * 20 + [f"e{i}".encode() for i in range(20)]
+    assert batcher.round_trips == before + 2  # the first alone, the 39 others in one pipeline
+    gets = await asyncio.gather(*(batcher.execute("GET", f"{prefix}{i}") for i in range(20)))
+    assert gets == [f"v{i}".encode() for i in range(20)]
+    assert batcher.round_trips == before + 4
+
+
+async def test_batches_grow_while_the_flushes_are_in_flight(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client, max_flushes=1)
+    slow = asyncio.ensure_future(batcher.execute("BLPOP", f"{prefix}empty", 0.1))  # the only round trip, 100 ms
+    await asyncio.sleep(0.02)
+    assert batcher.round_trips == 1
+    rest = [asyncio.ensure_future(batcher.execute("INCR", f"{prefix}n")) for _ in range(30)]
+    await asyncio.sleep(0.02)
+    assert batcher.round_trips == 1  # they wait for the round trip in flight ...
+    assert await slow is None
+    assert sorted(await asyncio.gather(*rest)) == list(range(1, 31))
+    assert batcher.round_trips == 2  # ... then go out together
+
+
+async def test_a_failing_command_fails_only_its_caller(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client)
+    boom = fresh_script("return redis.error_reply('boom')")
+    echo = fresh_script(ECHO)
+    await client.set(f"{prefix}str", "x")
+    results = await asyncio.gather(
+        batcher.execute("PING"),  # alone; the others share a pipeline
+        batcher.execute("SET", f"{prefix}a", "1"),
+        batcher.execute("LPUSH", f"{prefix}str", "y"),  # WRONGTYPE
+        batcher.evalsha(boom, (), ()),
+        batcher.evalsha(echo, (), ("ok",)),
+        batcher.execute("GET", f"{prefix}a"),
+        return_exceptions=True,
+    )
+    assert results[0] is True and results[1] is True and results[4] == b"ok" and results[5] == b"1"
+    assert isinstance(results[2], ResponseError) and "WRONGTYPE" in str(results[2])
+    assert isinstance(results[3], ResponseError) and "boom" in str(results[3])
+    with pytest.raises(ResponseError, match="WRONGTYPE"):  # and alone
+        await batcher.execute("LPUSH", f"{prefix}str", "y")
+
+
+async def test_scripts_lost_by_redis_are_loaded_again(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client, max_flushes=1)
+    echo = fresh_script(ECHO)
+    incr = fresh_script("return redis.call('incr', KEYS[1])")
+    assert await batcher.evalsha(echo, (), ("first",)) == b"first"
+    assert batcher.round_trips == 2  # NOSCRIPT, then SCRIPT LOAD + the call again
+    assert await batcher.evalsha(echo, (), ("second",)) == b"second"
+    assert batcher.round_trips == 3
+    await client.script_flush()  # as after a Redis restart
+    before = batcher.round_trips
+    results = await asyncio.gather(
+        batcher.execute("BLPOP", f"{prefix}empty", 0.05),  # alone: the others queue behind it, in one batch
+        *(batcher.evalsha(echo, (), (f"e{i}",)) for i in range(5)),
+        *(batcher.evalsha(incr, (f"{prefix}n",), ()) for _ in range(5)),
+        batcher.execute("PING"),
+    )
+    assert results[1:6] == [f"e{i}".encode() for i in range(5)]
+    assert sorted(results[6:11]) == [1, 2, 3, 4, 5]  # each call ran exactly once
+    assert results[11] is True
+    assert batcher.round_trips == before + 3  # BLPOP; the batch; both scripts loaded and the ten re-sent
+    assert (await client.script_exists(echo.sha, incr.sha)) == [True, True]
+
+
+async def test_an_unreachable_redis_fails_every_caller_promptly() -> None:
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    batcher = RedisBatcher(dead)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(batcher.execute("GET", f"k{i}") for i in range(10)),
+                                       batcher.evalsha(fresh_script(ECHO), (), ("x",)), return_exceptions=True)
+        assert time.monotonic() - started < 0.5
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+        assert batcher.round_trips == 2  # the first alone, the ten others together
+        with pytest.raises(RedisConnectionError):  # and the next call tries again
+            await batcher.execute("PING")
+    finally:
+        await dead.aclose()
+
+
+async def test_a_cancelled_caller_does_not_break_its_batch(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client)
+
+    async def call(*args: str | float) -> Any:  # a request awaiting its command
+        return await batcher.execute(*args)
+
+    alone = asyncio.create_task(call("BLPOP", f"{prefix}empty", 0.1))
+    slow = asyncio.create_task(call("BLPOP", f"{prefix}empty", 0.1))  # holds up its batch for 100 ms
+    calls = [asyncio.create_task(call("INCR", f"{prefix}n")) for _ in range(5)]
+    await asyncio.sleep(0.02)
+    assert batcher.round_trips == 2  # the batch is in flight
+    slow.cancel()
+    calls[2].cancel()
+    results: list[Any] = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert sorted(r for i, r in enumerate(results) if i != 2) == [1, 2, 4, 5]  # its INCR ran all the same
+    assert await alone is None
+    assert await batcher.execute("INCR", f"{prefix}n") == 6  # the batcher goes on
+
+    # A caller cancelled before its batch goes out: its command is not sent at all.
+    first = asyncio.create_task(call("INCR", f"{prefix}n"))  # alone
+    skipped = asyncio.create_task(call("INCR", f"{prefix}n"))
+    kept = asyncio.create_task(call("INCR", f"{prefix}n"))
+    sent = batcher.commands
+    await asyncio.sleep(0)  # the three are issued; the first is in flight, the others queued
+    skipped.cancel()
+    assert await first == 7 and await kept == 8
+    assert batcher.commands == sent + 2
+    assert await client.get(f"{prefix}n") == b"8"
+
+
+async def test_the_cache_and_the_limits_share_round_trips(client: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(client)
+    cache = CacheRedisBackend(client, batcher)
+    limits = LimitsRedisBackend(client, prefix + "limits:", batcher)
+    await cache.lookup(f"{prefix}warm", f"{prefix}warm:lock", "t", 1)  # the scripts loaded
+    await limits.seed("warm", 0, 1000)
+    before = batcher.round_trips
+    rate = RateCheck("r:key", "key", "requests", 1000, 1)
+    looked, admitted = await asyncio.gather(
+        asyncio.gather(*(cache.lookup(f"{prefix}k{i}", f"{prefix}k{i}:lock", "t", 5) for i in range(16))),
+        asyncio.gather(*(limits.admit([rate], [], f"m{i}", 60_000) for i in range(16))),
+    )
+    assert looked == [(None, True)] * 16  # each took its own lock
+    assert [a.status for a in admitted] == [OK] * 16
+    assert batcher.round_trips == before + 2  # the first alone, the 31 others in one pipeline
