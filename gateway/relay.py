@@ -147,7 +147,7 @@ async def relay_stream(
     except UPSTREAM_ERRORS as exc:
         # The worker failed mid-stream: end the client's stream cleanly, in OpenAI's shape.
         is_timeout = failure_kind(exc) == "timeout"
-        outcome.error = "UpstreamTimeout" if is_timeout else type(exc.__cause__ or exc).__name__
+        outcome.error = "UpstreamTimeout" if is_timeout else type(exc).__name__
         call.broke(f"stream broke: {outcome.error}")
         log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
         yield error_event(

@@ -1,25 +1,25 @@
 """Calls to a pool's replicas through one pooled client, with failover before the first byte.
 
-The client is httpx's API over aiohttp's connection pool (httpx-aiohttp's transport): httpx's own
-transport (httpcore) cost ~0.9 ms of CPU per call here, polling every idle pooled connection on each
-request; aiohttp's pool costs ~0.1 ms (bench/results/upstream_client.json). Calls go straight to the
-transport (`Upstream.send`): the client's auth, redirect and cookie layers do nothing for us and cost
-another ~70 us a call. Transport errors are translated here, at the boundary, into the gateway's
-error tree (`failure_kind`).
+Calls go over aiohttp's connection pool. Measured here (bench/upstream_client_bench.py, CPU per call
+at 64 concurrent calls to nginx): httpx with its own transport ~0.9 ms (httpcore polls every idle
+pooled connection on each request); httpx's API over aiohttp's pool (httpx-aiohttp) ~0.19 ms, or
+~0.12 ms straight to its transport; aiohttp itself ~0.07 ms. The gateway sits in front of every
+token, so the calls use aiohttp; httpx stays the client for everything else (health checks, admin,
+tests). aiohttp's errors are translated here, at the boundary, into the gateway's error tree
+(`failure_kind`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import aiohttp
 import anyio
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from router.errors import NoHealthyReplica, UpstreamTimeout
 from workers.pool import Gate, Pool, Replica
@@ -29,12 +29,55 @@ log = logging.getLogger("gateway.workers")
 RETRY_AFTER_S = "1"
 
 
+class WorkerResponse(Protocol):
+    """A worker's answer as the gateway reads it (httpx.Response has this shape too)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class AiohttpResponse:
+    """aiohttp's response under the names the gateway reads."""
+
+    raw: aiohttp.ClientResponse
+
+    @property
+    def status_code(self) -> int:
+        return self.raw.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.raw.headers
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.raw.content.iter_any()  # whatever has arrived: events are relayed as they come
+
+    async def aread(self) -> bytes:
+        return await self.raw.read()
+
+    async def aclose(self) -> None:
+        if self.raw.content.is_eof():
+            self.raw.release()  # read to its end: the connection goes back to the pool
+        else:
+            self.raw.close()  # not: the connection is closed, so the worker stops generating
+
+
 @dataclass(eq=False)
 class UpstreamCall:
     """One open call on a replica; `aclose` must be called exactly once, whatever happens."""
 
     replica: Replica
-    response: httpx.Response
+    response: WorkerResponse
     gate: Gate | None = None
     _closed: bool = False
 
@@ -56,63 +99,48 @@ class UpstreamCall:
             await self.response.aclose()
 
 
-# What a call to a worker may raise besides the gateway's own errors: httpx's errors, and aiohttp's
-# that httpx-aiohttp does not translate.
-UPSTREAM_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, aiohttp.ClientError)
+# What a call to a worker may raise besides the gateway's own errors.
+UPSTREAM_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError, httpx.HTTPError)
 
 
 def failure_kind(exc: BaseException) -> Literal["connect", "timeout", "other"]:
-    """What went wrong, from the transport's own exception (httpx-aiohttp's translation blurs it: every
-    aiohttp connection error becomes a ConnectTimeout)."""
-    cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None else exc
-    if isinstance(cause, aiohttp.ClientError | TimeoutError):
-        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            return "connect"
-        return "timeout" if isinstance(cause, TimeoutError) else "other"
-    if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):  # another httpx transport
+    """What went wrong: the worker could not be reached, was too slow, or failed otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return "connect"
-    return "timeout" if isinstance(cause, httpx.TimeoutException) else "other"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "connect"
+    return "timeout" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "other"
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """The one pooled client to the workers."""
+    """The pooled clients to the workers: aiohttp for calls, httpx for the rest (health checks)."""
 
-    client: httpx.AsyncClient  # for everything but calls (health checks)
-    transport: httpx.AsyncBaseTransport
-    timeout: dict[str, float | None]
-    # Parsed once: parsing a URL is most of the cost of an httpx.Request. Bounded: replicas x endpoints.
-    _urls: dict[str, httpx.URL] = field(default_factory=dict)
+    session: aiohttp.ClientSession
+    client: httpx.AsyncClient
 
-    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        request = httpx.Request("POST", parsed, content=body, headers=headers, extensions={"timeout": self.timeout})
-        return await self.transport.handle_async_request(request)
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AiohttpResponse:
+        return AiohttpResponse(await self.session.post(url, data=body, headers=headers, allow_redirects=False))
 
     async def aclose(self) -> None:
+        await self.session.close()
         await self.client.aclose()
 
 
 def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -> Upstream:
-    def session() -> aiohttp.ClientSession:  # made on first use, inside the event loop
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
-            auto_decompress=False,  # passthrough: bytes as the worker sent them
-            trust_env=False,
-        )
-
-    transport = AiohttpTransport(client=session, trust_env=False)
-    limits = httpx.Timeout(timeout, connect=connect_timeout)
+    """Both clients (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
+        auto_decompress=False,  # passthrough: bytes as the worker sent them
+        trust_env=False,  # callers never choose where we connect: no proxies from the environment
+    )
     client = httpx.AsyncClient(
-        transport=transport,
-        timeout=limits,
-        # Callers never choose where we connect: no redirects, no proxies from the environment.
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
         follow_redirects=False,
         trust_env=False,
     )
-    return Upstream(client, transport, limits.as_dict())
+    return Upstream(session, client)
 
 
 def _failed(replica: Replica, why: str, failures: list[str]) -> None:
@@ -179,7 +207,7 @@ async def _open(
             response = await upstream.send(replica.url + path, body, headers)
         except UPSTREAM_ERRORS as exc:
             kind = failure_kind(exc)
-            name = type(exc.__cause__ or exc).__name__
+            name = type(exc).__name__
             if kind == "connect":
                 _failed(replica, f"connect failed: {name}", failures)
                 replica.healthy = False  # the health checker brings it back
