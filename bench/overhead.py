@@ -306,14 +306,15 @@ class Run:
         what = PROFILED[scenario.key]
         stem = self.args.out.with_suffix("").name
         raw = self.tmp / "py-spy.raw.txt"  # collapsed stacks; the SVG and the summary are made from it
-        print(f"  profile: py-spy on the gateway, {what} at 64 connections (an extra, unrecorded run)", flush=True)
+        conns = self.args.profile_connections
+        print(f"  profile: py-spy on the gateway, {what} at {conns} connections (an extra, unrecorded run)", flush=True)
         load = self.load(scenario, server.url, server.auth, self.expect(scenario))
-        wrklib.run(load, 64, max(1.0, self.args.warmup), self.load_core, self.wrk_log, "profile-warmup")
+        wrklib.run(load, conns, max(1.0, self.args.warmup), self.load_core, self.wrk_log, "profile-warmup")
         self.settle(server.pid)
         spy = profiling.record(exe, server.pid, self.args.duration, raw, self.tmp / "py-spy.log", self.load_core)
         before = profiling.thread_cpu(server.pid)
         time.sleep(0.5)  # py-spy attaches
-        r = wrklib.run(load, 64, self.args.duration, self.load_core, self.wrk_log, "gateway-profiled")
+        r = wrklib.run(load, conns, self.args.duration, self.load_core, self.wrk_log, "gateway-profiled")
         self.requests_sent["gateway"] += r.requests
         try:
             spy.proc.wait(timeout=60)
@@ -324,7 +325,7 @@ class Run:
         if not raw.exists():
             raise BenchError(f"py-spy wrote nothing:\n{spy.tail()}")
         prof = profiling.parse(raw, server.pid)
-        title = (f"gateway, {what}, 64 connections, {r.rps:,.0f} req/s under py-spy "
+        title = (f"gateway, {what}, {conns} connections, {r.rps:,.0f} req/s under py-spy "
                  f"({prof.samples} samples, {dt.date.today()})")
         svg = self.args.out.parent / f"{stem}-profile.svg"
         txt = self.args.out.parent / f"{stem}-profile.txt"
@@ -429,6 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="soak duration at 64 connections (default 600; 0 = none; none with --quick)")
     p.add_argument("--skip-litellm", action="store_true", help="measure only the gateway (and the mock)")
     p.add_argument("--profile", action="store_true", help="py-spy flamegraph + top functions (first of --scenarios)")
+    p.add_argument("--profile-connections", type=int, default=64, help="connections while profiling (default 64)")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 10, quick 3)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each point (default 2, quick 1)")
     p.add_argument("--max-point", type=float, default=None,

@@ -8,6 +8,10 @@ The encoding is built once, lazily, on first use (`warm_up()` forces it at start
 Long texts are not tokenized whole: up to `exact_chars` characters are counted exactly; beyond that,
 samples from the head, the middle and the tail are tokenized and their measured chars/token ratio is
 extrapolated to the whole length, so a megabyte prompt costs as much as a kilobyte.
+
+Exact counts are per piece (a message's text, a tool definition), and the counts of longer pieces are
+remembered: a conversation sends its whole history, system prompt first, with every turn, and those
+pieces need not be tokenized again. The memo holds no text, only (hash, length) -> count, bounded.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +77,25 @@ def count_tokens(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
+MEMO_MIN_CHARS = 64  # shorter pieces cost less to tokenize than to remember
+MEMO_ENTRIES = 8192
+_memo: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+
+def _piece_tokens(enc: tiktoken.Encoding, text: str) -> int:
+    if len(text) < MEMO_MIN_CHARS:
+        return len(enc.encode_ordinary(text))
+    key = (hash(text), len(text))  # str hashes are keyed per process: no text kept, collisions negligible
+    count = _memo.get(key)
+    if count is None:
+        count = _memo[key] = len(enc.encode_ordinary(text))
+        if len(_memo) > MEMO_ENTRIES:
+            _memo.popitem(last=False)
+    else:
+        _memo.move_to_end(key)
+    return count
+
+
 def _head(pieces: Sequence[str], limit: int) -> str:
     out: list[str] = []
     left = limit
@@ -127,17 +151,17 @@ def _middle(pieces: Sequence[str], total: int, limit: int) -> str:
 
 
 def estimate_tokens(pieces: Sequence[str], total_chars: int, exact_chars: int, sample_chars: int) -> tuple[int, bool]:
-    """Tokens in the concatenation of `pieces` (whose lengths sum to `total_chars`); True when exact.
+    """Tokens in `pieces` (whose lengths sum to `total_chars`); True when exact.
 
-    Up to `exact_chars` characters the count is exact. Beyond, `sample_chars` characters (a third each
-    from the head, the middle and the tail) are tokenized and their chars/token ratio is extrapolated.
+    Up to `exact_chars` characters the count is exact (each piece tokenized on its own). Beyond,
+    `sample_chars` characters (a third each from the head, the middle and the tail) are tokenized and
+    their chars/token ratio is extrapolated.
     """
     if total_chars == 0:
         return 0, True
     enc = encoding()
     if total_chars <= exact_chars:
-        text = pieces[0] if len(pieces) == 1 else "".join(pieces)
-        return len(enc.encode_ordinary(text)), True
+        return sum(_piece_tokens(enc, piece) for piece in pieces), True
     third = max(1, sample_chars // 3)
     # Separate samples so that no token spans two of them, cut at spaces so that no word is split
     # (a split word costs an extra token, a bias that the extrapolation would multiply).

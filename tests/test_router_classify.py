@@ -64,7 +64,8 @@ def test_exact_token_count_for_short_prompts() -> None:
     two = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
     f2 = feats(two)
     assert f2.messages == 2 and f2.turns == 1
-    assert f2.prompt_tokens == tokens.count_tokens("Be brief." + text) + 2 * 3 + 3
+    # each message's text is tokenized on its own (as the chat template separates them)
+    assert f2.prompt_tokens == tokens.count_tokens("Be brief.") + tokens.count_tokens(text) + 2 * 3 + 3
     f3 = feats({"prompt": text}, "completion")
     assert f3.prompt_tokens == tokens.count_tokens(text) and f3.tokens_exact
 
@@ -290,3 +291,17 @@ def test_only_headers_that_rules_match_on_are_kept(tmp_path: Path) -> None:
 def test_default_classifier_is_the_shipped_one() -> None:
     body = chat("What is 17 * 23?")
     assert classify(body, "chat", {}) == classify(body, "chat", {}, SHIPPED.classifier)
+
+
+def test_long_pieces_are_counted_once_and_remembered_without_their_text() -> None:
+    system = "You are a careful assistant. " * 10  # a system prompt every turn of a conversation resends
+    tokens._memo.clear()
+    first = feats({"messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]})
+    assert len(tokens._memo) == 1  # "Hi" is too short to remember
+    (key, count), = tokens._memo.items()
+    assert count == tokens.count_tokens(system) and all(isinstance(k, int) for k in key)  # no text kept
+    again = feats({"messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]})
+    assert again.prompt_tokens == first.prompt_tokens == count + tokens.count_tokens("Hi") + 2 * 3 + 3
+    for i in range(tokens.MEMO_ENTRIES + 10):  # bounded: the oldest go
+        tokens.estimate_tokens([f"{i} " + "x" * tokens.MEMO_MIN_CHARS], tokens.MEMO_MIN_CHARS + 8, 10_000, 1000)
+    assert len(tokens._memo) == tokens.MEMO_ENTRIES
