@@ -415,8 +415,9 @@ def versions() -> dict[str, Any]:
     out["wrk"] = _cmd(["wrk", "--version"]).split(" [")[0]
     out["postgresql_client"] = _cmd(["psql", "--version"])
     out["redis_server"] = _cmd(["redis-server", "--version"])
-    head = _cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    src = servers.SOURCE  # BENCH_GATEWAY_SRC: another checkout's code, measured with this venv
+    head = _cmd(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     out["gateway_commit"] = head + ("+local changes" if dirty else "")
     return out

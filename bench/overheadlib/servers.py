@@ -20,6 +20,9 @@ from overheadlib.procs import BenchError, Child, free_port, http_get, pinned, wa
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
+# The gateway code measured: this checkout, or another (e.g. a worktree of an earlier commit, to see what a
+# change bought) run with this checkout's venv.
+SOURCE = Path(os.environ.get("BENCH_GATEWAY_SRC") or ROOT).resolve()
 WORK = ROOT / "bench" / ".work"  # gitignored: LiteLLM's throwaway virtual environment lives here
 LITELLM_VENV = WORK / "litellm-venv"
 LITELLM_KEY = "sk-bench-overhead-0123456789"  # LiteLLM's master key
@@ -34,6 +37,13 @@ SSE_POOL, SSE_MODEL = "large", "demo-large"  # -> the mock's SSE port
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "LITELLM_", "DATABASE_URL"))}
     env.update(extra)
+    return env
+
+
+def _gateway_env(**extra: str) -> dict[str, str]:
+    env = _clean_env(**extra)
+    if SOURCE != ROOT:  # ahead of the venv's editable install of this checkout
+        env["PYTHONPATH"] = str(SOURCE)
     return env
 
 
@@ -105,7 +115,7 @@ def bench_policies(workdir: Path, cache_ttl_s: int) -> Path:
     stored (cache misses) at thousands per second, and Redis must not keep 10 minutes of them. What a
     call costs does not depend on the TTL."""
     dest = workdir / "policies"
-    shutil.copytree(ROOT / "policies", dest, dirs_exist_ok=True)
+    shutil.copytree(SOURCE / "policies", dest, dirs_exist_ok=True)
     routing = dest / "routing.yaml"
     data = yaml.safe_load(routing.read_text()) if routing.exists() else None
     cache = data.get("defaults", {}).get("cache") if isinstance(data, dict) else None
@@ -228,7 +238,7 @@ class Server:
 
 
 def _gateway_command(args: list[str], cfg: Path, workdir: Path, what: str) -> str:
-    env = _clean_env(GATEWAY_CONFIG=str(cfg))
+    env = _gateway_env(GATEWAY_CONFIG=str(cfg))
     done = subprocess.run([str(VENV_BIN / "gateway"), *args], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:
@@ -254,7 +264,7 @@ def start_gateway(workdir: Path, core: str, config: dict[str, Any], feats: list[
     port = free_port()
     child = Child("gateway", pinned(core, [str(VENV_BIN / "gateway"), "serve", "--config", str(cfg),
                                            "--port", str(port)]), workdir / "gateway.log", cwd=workdir,
-                  env=_clean_env())
+                  env=_gateway_env())
     server = Server("gateway", child, f"http://127.0.0.1:{port}", auth=key or LITELLM_KEY)
     wait_until("gateway /readyz", lambda: http_get(server.url + "/readyz")[0] == 200, 90, child)
     return server
