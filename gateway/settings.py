@@ -74,7 +74,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     database_url: str | None = None
     auto_migrate: bool | None = None  # migrate at start; unset: only the embedded SQLite
     prices_file: str | None = None  # unset: the shipped policies/prices.yaml
-    recorder_queue_max: int = 50_000  # records held in memory; beyond, they go to the spool
+    # Records held in memory (~2 KB each) while the database is slow or down; beyond, they go to the spool.
+    recorder_queue_max: int = 10_000
     recorder_batch_max: int = 1000  # records per INSERT
     recorder_flush_interval_s: float = 0.25  # longest a record waits in memory
     recorder_retry_interval_s: float = 2.0  # how often an unreachable database is tried again

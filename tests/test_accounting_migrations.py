@@ -34,8 +34,48 @@ def _tables(conn: Connection) -> set[str]:
 
 
 def test_one_head() -> None:
-    heads = ScriptDirectory.from_config(db.alembic_config()).get_heads()
+    script = ScriptDirectory.from_config(db.alembic_config())
+    heads = script.get_heads()
     assert len(heads) == 1, heads
+    # The start-up check reads the scripts without Alembic: it must agree with Alembic.
+    assert db.head_revision() == heads[0]
+    assert db.revisions() == ({s.revision for s in script.walk_revisions()}, set(heads))
+
+
+def test_serving_on_postgresql_imports_neither_alembic_nor_sqlite(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Alembic and Mako are ~10 MB of a gateway's memory, SQLite's modules ~1.5 MB: a start on a migrated
+    PostgreSQL database (and the recorder's check when the database comes back) must not import them."""
+    assert _cli("db", "--database-url", pg_url, "upgrade", cwd=tmp_path).returncode == 0
+    check = (
+        "import asyncio, sys\n"
+        "import gateway.app, gateway.cli\n"
+        "from gateway.accounting import db\n"
+        "async def main():\n"
+        f"    engine = db.create_engine({pg_url!r})\n"
+        f"    await db.prepare(engine, {pg_url!r}, auto_migrate=True)\n"
+        "    await engine.dispose()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako') or 'sqlite' in m))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+async def test_a_database_from_a_newer_gateway_is_refused(pg_url: str) -> None:  # noqa: F811
+    engine = db.create_engine(pg_url)
+    try:
+        await db.upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(db.DatabaseError, match="at revision 9999, which this gateway does not know"):
+            await db.check_migrated(engine, pg_url)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        with pytest.raises(db.DatabaseError, match=f"at revision 0001, not {db.head_revision()}: run `gateway db"):
+            await db.check_migrated(engine, pg_url)
+    finally:
+        await engine.dispose()
 
 
 async def test_stairway_up_down_up(any_url: str) -> None:  # noqa: F811

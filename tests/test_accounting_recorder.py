@@ -81,7 +81,10 @@ async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_
         for r in records:
             rec.record(r)
         await rec.close()
-        assert len(inserts) == 3  # 1000 + 1000 + 500 rows: one multi-row INSERT per batch
+        if engine.dialect.name == "postgresql":
+            assert len(inserts) == 3  # 1000 + 1000 + 500 rows: one INSERT per batch
+        else:  # chunks of 64 rows at most: 15 x 64 + 32 + 8 per 1000, 7 x 64 + 32 + 16 + 4 for 500
+            assert len(inserts) == 17 + 17 + 10
         assert await count_rows(engine) == (2500, 2500)
 
         report = await reports.usage_report(engine, group_by=())
@@ -100,6 +103,30 @@ async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_
         raw = await reports.usage_report(engine, group_by=("team", "model", "day"), source="records")
         rolled = await reports.usage_report(engine, group_by=("team", "model", "day"))
         assert [r.as_dict() for r in raw.rows] == [r.as_dict() for r in rolled.rows]
+
+
+async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Each distinct SQL text is a prepared statement cached per connection (and on the PostgreSQL server):
+    batches of every size must not each make their own (issue 8: the gateway grew by hundreds of MB)."""
+    async with migrated_engine(any_url) as engine:
+        texts: dict[str, set[str]] = {"usage_records": set(), "usage_daily": set()}
+
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+            for table, found in texts.items():
+                if statement.startswith(f"INSERT INTO {table}"):
+                    found.add(statement)
+
+        n = 0
+        for size in (*range(1, 70), 100, 127, 128, 129, 255, 500, 999, 1000):
+            assert await store.write_records(engine, [record(n + i) for i in range(size)]) == size
+            n += size
+        assert await count_rows(engine) == (n, n)
+        assert (await reports.verify(engine))[1] == []
+        # PostgreSQL: one statement whatever the size; SQLite: chunks of 1, 2, 4, ... 64 rows.
+        most = 1 if engine.dialect.name == "postgresql" else store.SQLITE_CHUNK.bit_length()
+        assert 1 <= len(texts["usage_records"]) <= most
+        assert 1 <= len(texts["usage_daily"]) <= most
 
 
 async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path) -> None:  # noqa: F811

@@ -9,9 +9,11 @@ from decimal import Decimal
 
 import pytest
 
+from gateway.accounting import records
 from gateway.accounting.money import ZERO
 from gateway.accounting.records import build_record, estimate_prompt_tokens, failure_of, to_row
 from gateway.relay import Outcome, PromptTokensDetails, Usage
+from router import tokens
 from router.errors import InvalidRequest, ModelNotFound, NoHealthyReplica, UpstreamTimeout
 from tests.test_accounting_support import catalogue
 
@@ -59,6 +61,12 @@ def test_a_cancelled_stream_without_usage_is_estimated() -> None:
     assert r.completion_tokens == 7
     assert r.prompt_tokens == estimate_prompt_tokens(messages) > 10
     assert r.cost > 0
+
+
+def test_estimates_use_the_tokenizer_routing_loaded() -> None:
+    """One cl100k_base per process (~35 MB each): accounting's estimates use routing's copy."""
+    assert estimate_prompt_tokens("Once upon a time") == tokens.count_tokens("Once upon a time")
+    assert records._encoding() is tokens.encoding()
 
 
 def test_calls_the_gateway_ended_itself_have_a_status_and_no_tokens() -> None:

@@ -2,23 +2,28 @@
 
 Alembic's configuration is built here, in code, with `script_location` resolved relative to the
 package, so `gateway db ...` and the gateway's start-up check work from any working directory.
+
+Alembic itself (and Mako, which it imports: ~10 MB of modules) is imported only to migrate: checking
+that a database is at this code's head, which every start and every reconnection of the recorder
+does, reads the `alembic_version` table and the `revision` / `down_revision` lines of
+migrations/versions/ directly.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
-import sqlite3
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("gateway.accounting")
 
@@ -98,7 +103,10 @@ def is_unreachable(error: BaseException) -> bool:
         name = type(orig).__name__ if orig is not None else ""
         return name in ("ConnectionDoesNotExistError", "InterfaceError", "CannotConnectNowError",
                         "ConnectionFailureError", "AdminShutdownError", "TooManyConnectionsError")
-    if isinstance(error, exc.TimeoutError | sqlite3.OperationalError):
+    if isinstance(error, exc.TimeoutError):
+        return True
+    sqlite3 = sys.modules.get("sqlite3")  # imported by SQLAlchemy for a SQLite database only
+    if sqlite3 is not None and isinstance(error, sqlite3.OperationalError):
         return True
     return type(error).__module__.startswith("asyncpg") and "Connection" in type(error).__name__
 
@@ -106,7 +114,12 @@ def is_unreachable(error: BaseException) -> bool:
 # --- migrations ----------------------------------------------------------------------------------
 
 
+VERSION_TABLE = "alembic_version"  # Alembic's default: where a database's revision is kept
+
+
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
@@ -114,20 +127,45 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+def _assigned(tree: ast.Module, name: str) -> Any:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            return ast.literal_eval(node.value) if node.value is not None else None
+    raise ValueError(f"no `{name} = ...`")
+
+
+def revisions() -> tuple[set[str], set[str]]:
+    """(every revision in migrations/versions/, the heads): from each script's `revision` and
+    `down_revision` assignments, without importing the scripts (nor Alembic)."""
+    known: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        try:
+            revision, down = _assigned(tree, "revision"), _assigned(tree, "down_revision")
+        except ValueError as error:
+            raise DatabaseError(f"migration script {path}: {error}") from None
+        known.add(revision)
+        parents.update((down,) if isinstance(down, str) else down or ())
+    return known, known - parents
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    heads = revisions()[1]
+    if len(heads) != 1:
+        raise DatabaseError(f"the migration scripts in {MIGRATIONS_DIR} have {len(heads)} heads, not one")
+    return next(iter(heads))
 
 
 def _current(conn: Connection) -> str | None:
-    quiet = logging.getLogger("alembic.runtime.migration")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # not "Context impl ..." on every check
-    try:
-        return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        quiet.setLevel(level)
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(found) > 1:
+        raise DatabaseError(f"the accounting database has {len(found)} revisions in {VERSION_TABLE}, not one")
+    return found[0] if found else None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -156,10 +194,14 @@ def _with_connection(conn: Connection, fn: Callable[[Config], None]) -> None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    from alembic import command
+
     await _run(engine, lambda cfg: command.upgrade(cfg, revision))
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
+    from alembic import command
+
     await _run(engine, lambda cfg: command.downgrade(cfg, revision))
 
 
@@ -172,8 +214,7 @@ async def check_migrated(engine: AsyncEngine, url: str) -> None:
     where = safe_url(url)
     if current is None:
         raise DatabaseError(f"the accounting database {where} is not migrated: run `gateway db upgrade`")
-    known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
-    if current not in known:
+    if current not in revisions()[0]:
         raise DatabaseError(
             f"the accounting database {where} is at revision {current}, which this gateway does not know "
             "(migrated by a newer version?)")

