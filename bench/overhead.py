@@ -66,7 +66,7 @@ CONNECTIONS = (1, 16, 64, 256)
 MAX_ERROR_RATE = 0.01
 NOISE_PCT = 10.0  # other jobs' CPU (% of a core) during a point above which the point is flagged as noisy
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-PG_BENCH_DB = "gateway_overhead_bench"
+PG_BENCH_DB = f"gateway_overhead_bench_{os.getpid()}"  # its own per run: runs side by side never share one
 
 # A realistic short chat call (~700 bytes). temperature 0 makes it cacheable; the nonce makes each
 # request distinct, so a configured cache looks it up and misses, as on real traffic.

@@ -47,7 +47,7 @@ class _UsageCarrier(msgspec.Struct):
 _decode_carrier = msgspec.json.Decoder(_UsageCarrier).decode
 
 
-@dataclass
+@dataclass(slots=True)  # one per call in flight and per queued record: no per-instance dict
 class Outcome:
     """What became of one call, for the access log and accounting (gateway/accounting/records.py)."""
 

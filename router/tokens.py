@@ -62,9 +62,13 @@ def encoding() -> tiktoken.Encoding:
         ranks = load_tiktoken_bpe(str(path), expected_hash=CL100K_BASE_SHA256)
     except ValueError as exc:  # tiktoken's hash mismatch
         raise RuntimeError(f"{path} does not match cl100k_base's published sha256: {exc}") from exc
-    return tiktoken.Encoding(
+    enc = tiktoken.Encoding(
         name="cl100k_base", pat_str=_PAT_STR, mergeable_ranks=ranks, special_tokens=_SPECIAL_TOKENS
     )
+    # The Rust core has its own copy of the vocabulary; tiktoken keeps this one only to be pickled,
+    # which the gateway never does: 14 MB of the process's memory.
+    enc._mergeable_ranks = {}
+    return enc
 
 
 def warm_up() -> None:
