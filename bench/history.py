@@ -50,7 +50,13 @@ def measure(src: Path, options: list[str], out: Path) -> list[dict[str, Any]]:
     done = subprocess.run(cmd, env=env, text=True, capture_output=True)
     if done.returncode != 0 and not out.exists():
         raise SystemExit(f"overhead.py failed on {src}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return [p for p in json.loads(out.read_text())["points"] if p["target"] == "gateway"]
+    return points(out)
+
+
+def points(out: Path) -> list[dict[str, Any]]:
+    """The gateway's points of one run; a point with more than 1% errors is no measurement (left out)."""
+    return [p for p in json.loads(out.read_text())["points"]
+            if p["target"] == "gateway" and p.get("error_rate", 0) <= 0.01]
 
 
 def main() -> int:
@@ -61,18 +67,25 @@ def main() -> int:
     p.add_argument("commits", nargs="+")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results" / "history.json")
+    p.add_argument("--report", action="store_true", help="only summarize the runs already in bench/.work/history")
     args = p.parse_args(argv)
-    trees = {c: worktree(c) for c in args.commits}
     runs: dict[str, list[list[dict[str, Any]]]] = {c: [] for c in args.commits}
-    for r in range(args.rounds):
-        for c, tree in trees.items():
-            print(f"round {r + 1}/{args.rounds}: {c} ({git('log', '-1', '--format=%s', c)[:70]})", flush=True)
-            runs[c].append(measure(tree, extra, WORK / f"{c.replace('/', '_')}-{r}.json"))
+    if args.report:
+        for c in args.commits:
+            runs[c] = [points(f) for f in sorted(WORK.glob(f"{c.replace('/', '_')}-*.json"))]
+    else:
+        trees = {c: worktree(c) for c in args.commits}
+        for r in range(args.rounds):
+            for c, tree in trees.items():
+                print(f"round {r + 1}/{args.rounds}: {c} ({git('log', '-1', '--format=%s', c)[:70]})", flush=True)
+                runs[c].append(measure(tree, extra, WORK / f"{c.replace('/', '_')}-{r}.json"))
     rows = []
     for c, rounds in runs.items():
         keys = sorted({(p["scenario"], p["connections"]) for pts in rounds for p in pts})
         for scenario, conns in keys:
             pts = [p for pts in rounds for p in pts if p["scenario"] == scenario and p["connections"] == conns]
+            if not pts:
+                continue
             rows.append({
                 "commit": git("rev-parse", "--short", c), "subject": git("log", "-1", "--format=%s", c),
                 "scenario": scenario, "connections": conns,
