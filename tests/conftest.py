@@ -71,3 +71,12 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     finally:
         await client.aclose()
         delete_prefix(prefix)
+
+
+@pytest.fixture
+async def aredis() -> AsyncIterator[Redis]:
+    """An asyncio client of the test Redis."""
+    require_redis()
+    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    yield client
+    await client.aclose()

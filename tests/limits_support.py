@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
-from redis.asyncio import Redis
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -46,11 +45,3 @@ def redis_prefix() -> Iterator[str]:
     prefix = unique_prefix()
     yield prefix
     delete_prefix(prefix)
-
-
-@pytest.fixture
-async def aredis() -> AsyncIterator[Redis]:
-    require_redis()
-    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-    yield client
-    await client.aclose()

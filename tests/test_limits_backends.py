@@ -22,7 +22,7 @@ from gateway.limits.backend import (
     RateSettle,
 )
 from gateway.limits.redis_backend import RedisBackend
-from tests.limits_support import REDIS_URL, aredis, delete_prefix, require_redis, unique_prefix  # noqa: F401
+from tests.limits_support import delete_prefix, unique_prefix
 
 HOUR_MS = 3_600_000
 
@@ -157,7 +157,7 @@ async def test_counters_expire_with_their_period(backend: Backend) -> None:
     assert (await backend.admit([], [BudgetCheck(key, "key", 100, 1, 200)], "a", HOUR_MS)).status == SEED
 
 
-async def test_the_hot_path_is_one_round_trip(aredis: Redis) -> None:  # noqa: F811
+async def test_the_hot_path_is_one_round_trip(aredis: Redis) -> None:
     """Every limit of a call (two rate counters, two tokens counters, two budgets) in one EVALSHA."""
     prefix = unique_prefix()
     backend = RedisBackend(aredis, prefix)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from gateway.cache.backends import RedisBackend as CacheRedisBackend
 from gateway.limits.backend import OK, RateCheck
 from gateway.limits.redis_backend import RedisBackend as LimitsRedisBackend
 from gateway.redis_batch import LuaScript, RedisBatcher
-from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
+from tests.limits_support import delete_prefix, unique_prefix
 from tests.test_accounting_support import free_port
 
 
@@ -35,29 +35,21 @@ ECHO = "return ARGV[1]"
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Redis]:
-    require_redis()
-    c = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
 def prefix() -> Iterator[str]:
     p = unique_prefix()
     yield p
     delete_prefix(p)
 
 
-async def test_one_caller_at_a_time_goes_alone(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client)
+async def test_one_caller_at_a_time_goes_alone(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis)
     for i in range(5):
         assert await batcher.execute("INCR", f"{prefix}n") == i + 1
     assert batcher.round_trips == batcher.commands == 5
 
 
-async def test_concurrent_calls_share_round_trips_and_get_their_own_answers(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client)
+async def test_concurrent_calls_share_round_trips_and_get_their_own_answers(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis)
     echo = fresh_script(ECHO)
     await batcher.evalsha(echo, (), ("warm",))  # loads it (NOSCRIPT, then SCRIPT LOAD + the call)
     before = batcher.round_trips
@@ -70,8 +62,8 @@ async def test_concurrent_calls_share_round_trips_and_get_their_own_answers(clie
     assert batcher.round_trips == before + 4
 
 
-async def test_batches_grow_while_the_flushes_are_in_flight(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client, max_flushes=1)
+async def test_batches_grow_while_the_flushes_are_in_flight(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis, max_flushes=1)
     slow = asyncio.ensure_future(batcher.execute("BLPOP", f"{prefix}empty", 0.1))  # the only round trip, 100 ms
     await asyncio.sleep(0.02)
     assert batcher.round_trips == 1
@@ -83,11 +75,11 @@ async def test_batches_grow_while_the_flushes_are_in_flight(client: Redis, prefi
     assert batcher.round_trips == 2  # ... then go out together
 
 
-async def test_a_failing_command_fails_only_its_caller(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client)
+async def test_a_failing_command_fails_only_its_caller(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis)
     boom = fresh_script("return redis.error_reply('boom')")
     echo = fresh_script(ECHO)
-    await client.set(f"{prefix}str", "x")
+    await aredis.set(f"{prefix}str", "x")
     results = await asyncio.gather(
         batcher.execute("PING"),  # alone; the others share a pipeline
         batcher.execute("SET", f"{prefix}a", "1"),
@@ -104,15 +96,15 @@ async def test_a_failing_command_fails_only_its_caller(client: Redis, prefix: st
         await batcher.execute("LPUSH", f"{prefix}str", "y")
 
 
-async def test_scripts_lost_by_redis_are_loaded_again(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client, max_flushes=1)
+async def test_scripts_lost_by_redis_are_loaded_again(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis, max_flushes=1)
     echo = fresh_script(ECHO)
     incr = fresh_script("return redis.call('incr', KEYS[1])")
     assert await batcher.evalsha(echo, (), ("first",)) == b"first"
     assert batcher.round_trips == 2  # NOSCRIPT, then SCRIPT LOAD + the call again
     assert await batcher.evalsha(echo, (), ("second",)) == b"second"
     assert batcher.round_trips == 3
-    await client.script_flush()  # as after a Redis restart
+    await aredis.script_flush()  # as after a Redis restart
     before = batcher.round_trips
     results = await asyncio.gather(
         batcher.execute("BLPOP", f"{prefix}empty", 0.05),  # alone: the others queue behind it, in one batch
@@ -124,7 +116,7 @@ async def test_scripts_lost_by_redis_are_loaded_again(client: Redis, prefix: str
     assert sorted(results[6:11]) == [1, 2, 3, 4, 5]  # each call ran exactly once
     assert results[11] is True
     assert batcher.round_trips == before + 3  # BLPOP; the batch; both scripts loaded and the ten re-sent
-    assert (await client.script_exists(echo.sha, incr.sha)) == [True, True]
+    assert (await aredis.script_exists(echo.sha, incr.sha)) == [True, True]
 
 
 async def test_an_unreachable_redis_fails_every_caller_promptly() -> None:
@@ -143,8 +135,8 @@ async def test_an_unreachable_redis_fails_every_caller_promptly() -> None:
         await dead.aclose()
 
 
-async def test_a_cancelled_caller_does_not_break_its_batch(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client)
+async def test_a_cancelled_caller_does_not_break_its_batch(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis)
 
     async def call(*args: str | float) -> Any:  # a request awaiting its command
         return await batcher.execute(*args)
@@ -173,13 +165,13 @@ async def test_a_cancelled_caller_does_not_break_its_batch(client: Redis, prefix
     skipped.cancel()
     assert await first == 7 and await kept == 8
     assert batcher.commands == sent + 2
-    assert await client.get(f"{prefix}n") == b"8"
+    assert await aredis.get(f"{prefix}n") == b"8"
 
 
-async def test_the_cache_and_the_limits_share_round_trips(client: Redis, prefix: str) -> None:
-    batcher = RedisBatcher(client)
-    cache = CacheRedisBackend(client, batcher)
-    limits = LimitsRedisBackend(client, prefix + "limits:", batcher)
+async def test_the_cache_and_the_limits_share_round_trips(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis)
+    cache = CacheRedisBackend(aredis, batcher)
+    limits = LimitsRedisBackend(aredis, prefix + "limits:", batcher)
     await cache.lookup(f"{prefix}warm", f"{prefix}warm:lock", "t", 1)  # the scripts loaded
     await limits.seed("warm", 0, 1000)
     before = batcher.round_trips
