@@ -58,7 +58,7 @@ class Recorder:
         spool_dir: str | Path,
         *,
         url: str = "",
-        queue_max: int = 50_000,
+        queue_max: int = 10_000,  # as settings.recorder_queue_max
         batch_max: int = 1000,
         flush_interval_s: float = 0.25,
         retry_interval_s: float = 2.0,
