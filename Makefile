@@ -53,7 +53,7 @@ test: venv vllm-env lint
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
 
-# The gateway's own cost vs LiteLLM (issue #8): `make bench` (full, ~20 min) or `make bench BENCH_QUICK=1`;
+# The gateway's own cost vs LiteLLM (issue #8): `make bench` (full, ~25 min) or `make bench BENCH_QUICK=1`;
 # more options after BENCH_ARGS=..., e.g. BENCH_ARGS=--profile (see bench/overhead.py --help).
 .PHONY: bench
 bench: venv
