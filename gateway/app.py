@@ -116,6 +116,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
                 ))
                 stack.push_async_callback(redis.aclose)
                 batcher = RedisBatcher(redis)  # the cache's and the limits' commands share pipelines
+                stack.push_async_callback(batcher.aclose)  # its own connections, after the cache and limits
             cache = build_cache(settings, redis, batcher)
             stack.push_async_callback(cache.aclose)  # pending stores, before the Redis pool closes
             auth = await start_auth(settings, accounting.engine, redis)

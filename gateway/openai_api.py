@@ -14,7 +14,7 @@ from litestar.types import Receive, Scope, Send
 from gateway.accounting.records import failure_of
 from gateway.auth.principal import principal_of
 from gateway.cache import HEADER as CACHE_HEADER
-from gateway.cache import begin_cache
+from gateway.cache import ask_cache
 from gateway.context import GatewayContext
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
@@ -104,15 +104,22 @@ async def _forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayCont
         outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
         if trace is not None:
             trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
+        # The cache's lookup is issued first and awaited after the limits' admission: the two share one
+        # Redis round trip (gateway/redis_batch.py).
+        mark = time.perf_counter()
+        ticket = ask_cache(ctx.cache, request.headers, chosen, parsed.data, kind, outcome)
         # Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call finishes.
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
-            mark = time.perf_counter()
-            limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome)
+            limits_mark = time.perf_counter()
+            try:
+                limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome)
+            except BaseException:
+                ticket.abandon()
+                raise
             if trace is not None:
-                trace.step("gateway.limits", mark, time.perf_counter())
-        mark = time.perf_counter()
-        cached = await begin_cache(ctx.cache, request.headers, chosen, parsed.data, parsed.fields, kind, outcome)
+                trace.step("gateway.limits", limits_mark, time.perf_counter())
+        cached = await ticket.resolve(parsed.fields, outcome)
         outcome.cache = "hit" if cached.entry is not None else cached.status
         if trace is not None:
             trace.step("gateway.cache", mark, time.perf_counter(), {"gateway.cache.result": outcome.cache})

@@ -1,12 +1,20 @@
 """Auto-pipelining: the Redis commands that concurrent requests issue go out together, in one pipeline
-(one connection checkout, one write, one read loop), instead of paying redis-py's per-command machinery
-(pool checkout, timeouts, retry wrapper) once each.
+(one write, one read loop), instead of paying redis-py's per-command machinery once each.
 
 When Redis is idle (nothing in flight, nothing queued) a command goes out at once, from its caller's
 own task: alone, batching could only add a loop tick and a task (a third more CPU at concurrency 1).
 Otherwise it is queued and a flush scheduled for the next tick (`loop.call_soon`), so the commands of
 that tick coalesce. At most `max_flushes` round trips are in flight; while they are, commands keep
 queueing and go out together when one returns, so batches grow with the load.
+
+Writes nobody waits for on the request path (the cache's store, the limits' settlements) are sent
+`later`: with the next round trip that goes out anyway, or after `later_s` at the latest. At one
+connection that folds a request's follow-up writes into the next request's lookups.
+
+Round trips use connections of the batcher's own (redis-py `Connection`s made like the client's pool
+makes them: same address, credentials, TLS), at most one per round trip in flight, with one timeout per
+round trip, and no automatic retry: a script that reached Redis is never sent twice (a retried rate
+admission would count twice). A connection whose round trip failed is dropped and the next opens anew.
 
 Each caller gets its own result or its own error (a `ResponseError` stays with its command); an error
 of the round trip itself (connection refused, timeout) reaches every caller of that batch. Scripts are
@@ -19,15 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 MAX_FLUSHES = 2  # round trips in flight at once: few, so that under load commands wait and batch
+LATER_S = 0.002  # the longest a `later` write waits for a round trip to ride along with
+TIMEOUT_S = 1.0  # a round trip's limit when the client's pool sets no socket timeout
 
 Command = tuple[EncodableT, ...]
 
@@ -47,37 +59,74 @@ class _Queued:
     command: Command
     future: asyncio.Future[Any]
     script: LuaScript | None
+    parse: Callable[..., Any] | None = None  # redis-py's response callback, for plain commands
 
 
 class RedisBatcher:
     """One per app (per Redis client): the cache's and the limits' commands share its batches."""
 
-    def __init__(self, redis: Redis, max_flushes: int = MAX_FLUSHES) -> None:
+    def __init__(self, redis: Redis, max_flushes: int = MAX_FLUSHES, later_s: float = LATER_S) -> None:
         if max_flushes < 1:
             raise ValueError("max_flushes must be at least 1")
         self.redis = redis
         self.max_flushes = max_flushes
+        self.later_s = later_s
+        pool = redis.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        self.timeout_s: float = kwargs.get("socket_timeout") or TIMEOUT_S
+        kwargs["socket_timeout"] = None  # one timeout per round trip instead (below), not one per read
+        self._new_connection: Callable[[], AbstractConnection] = lambda: pool.connection_class(**kwargs)
+        self._idle: list[AbstractConnection] = []
         self.round_trips = 0  # pipelines and lone commands sent
         self.commands = 0  # commands sent (a NOSCRIPT re-send counts again, with its SCRIPT LOAD)
         self._queue: list[_Queued] = []
+        self._later: list[_Queued] = []
+        self._later_timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._in_flight = 0
         self._flushes: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
     async def evalsha(self, script: LuaScript, keys: Sequence[EncodableT], args: Sequence[EncodableT]) -> Any:
         """The script's answer (the script is loaded if Redis does not have it)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        if self._in_flight or self._queue:
-            return await self._submit(command, script)
-        return await self._alone(command, script)
+        return await self._issue(("EVALSHA", script.sha, len(keys), *keys, *args), script, None)
 
     async def execute(self, *args: EncodableT) -> Any:
         """Any plain command, e.g. `await batcher.execute("GET", key)` (redis-py's response callbacks apply)."""
-        if self._in_flight or self._queue:
-            return await self._submit(args, None)
-        return await self._alone(args, None)
+        return await self._issue(args, None, self.redis.response_callbacks.get(str(args[0])))
 
-    async def _alone(self, command: Command, script: LuaScript | None) -> Any:
+    def submit(self, script: LuaScript, keys: Sequence[EncodableT], args: Sequence[EncodableT],
+               later: bool = False) -> asyncio.Future[Any]:
+        """`evalsha`, issued now rather than when awaited: commands submitted one after the other, before
+        either is awaited, share a round trip (it goes out on the next loop tick). `later`: a write that
+        may wait up to `later_s` for a round trip to ride along with."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if not later:
+            return self._submit(command, script)
+        queued = _Queued(command, asyncio.get_running_loop().create_future(), script)
+        self._later.append(queued)
+        if self._later_timer is None:
+            self._later_timer = asyncio.get_running_loop().call_later(self.later_s, self._later_due)
+        return queued.future
+
+    def _issue(self, command: Command, script: LuaScript | None, parse: Callable[..., Any] | None) -> Any:
+        if self._in_flight or self._queue:
+            return self._submit(command, script, parse)
+        if self._later:  # idle, but writes are waiting: they go along, now
+            queued = _Queued(command, asyncio.get_running_loop().create_future(), script, parse)
+            self._queue.append(queued)
+            self._flush()
+            return queued.future
+        return self._alone(command, script, parse)
+
+    async def aclose(self) -> None:
+        if self._flushes:
+            await asyncio.wait(set(self._flushes), timeout=self.timeout_s)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+    async def _alone(self, command: Command, script: LuaScript | None, parse: Callable[..., Any] | None = None,
+                     ) -> Any:
         self._in_flight += 1
         try:
             result = (await self._round_trip([command]))[0]
@@ -88,21 +137,37 @@ class RedisBatcher:
             self._next()
         if isinstance(result, Exception):
             raise result
-        return result
+        return parse(result) if parse is not None else result
 
-    def _submit(self, command: Command, script: LuaScript | None) -> asyncio.Future[Any]:
+    def _submit(self, command: Command, script: LuaScript | None,
+                parse: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Queued(command, future, script))
+        self._queue.append(_Queued(command, future, script, parse))
         if not self._scheduled and self._in_flight < self.max_flushes:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
 
+    def _later_due(self) -> None:
+        self._later_timer = None
+        if self._later and not self._scheduled:
+            if self._in_flight < self.max_flushes:
+                self._flush()
+            else:  # they go out when a round trip returns (`_next`)
+                self._queue.extend(self._later)
+                self._later = []
+
     def _flush(self) -> None:
         self._scheduled = False
         batch = [q for q in self._queue if not q.future.done()]  # callers cancelled before the send: skipped
         self._queue = []
+        if self._later:
+            batch.extend(q for q in self._later if not q.future.done())
+            self._later = []
+            if self._later_timer is not None:
+                self._later_timer.cancel()
+                self._later_timer = None
         if batch:
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
@@ -141,15 +206,23 @@ class RedisBatcher:
         """Each command's answer, or its `ResponseError`; raises when the round trip itself fails."""
         self.round_trips += 1
         self.commands += len(commands)
-        if len(commands) == 1:  # a pipeline of one costs a third more than the plain command
-            try:
-                return [await self.redis.execute_command(*commands[0])]
-            except ResponseError as exc:
-                return [exc]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)
+        conn = self._idle.pop() if self._idle else self._new_connection()
+        results: list[Any] = []
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
+        except BaseException as exc:
+            await conn.disconnect(nowait=True)  # half-read or broken: never reused
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g}s") from None
+            raise
+        self._idle.append(conn)
+        return results
 
 
 def _resolve(batch: list[_Queued], results: list[Any], retry: bool = True) -> list[_Queued]:
@@ -163,5 +236,5 @@ def _resolve(batch: list[_Queued], results: list[Any], retry: bool = True) -> li
         elif isinstance(result, Exception):
             q.future.set_exception(result)
         else:
-            q.future.set_result(result)
+            q.future.set_result(q.parse(result) if q.parse is not None else result)
     return lost

@@ -332,3 +332,16 @@ async def test_redis_down_is_a_bypass_counted_and_reported() -> None:
     finally:
         await dead.aclose()
     assert lock_key("k") == "k:lock"
+
+
+async def test_a_lookup_abandoned_before_its_answer_leaves_no_lock(cache: ResponseCache) -> None:
+    """The request path issues the lookup, then awaits the rate limits; refused there (429) or left by its
+    client, it abandons the lookup: a lock the lookup took is released, so the same question asked next
+    goes to the worker at once instead of waiting for the lock to expire."""
+    t = cache.ask({}, decision(), REQUEST.data, "chat", outcome())
+    assert t.lookup is not None
+    t.abandon()
+    await cache.aclose()
+    t2 = await begin(cache, outcome())
+    assert t2.status == "miss" and t2.token is not None
+    assert cache.counts["waits"] == 0

@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.cache.backends import RedisBackend as CacheRedisBackend
 from gateway.limits.backend import OK, RateCheck
@@ -183,3 +184,59 @@ async def test_the_cache_and_the_limits_share_round_trips(aredis: Redis, prefix:
     assert looked == [(None, True)] * 16  # each took its own lock
     assert [a.status for a in admitted] == [OK] * 16
     assert batcher.round_trips == before + 2  # the first alone, the 31 others in one pipeline
+
+
+async def test_a_lookup_issued_before_an_admission_shares_its_round_trip(aredis: Redis, prefix: str) -> None:
+    """What the request path does: the cache's lookup is issued, the limits' admission awaited, then the
+    lookup: one round trip for both."""
+    batcher = RedisBatcher(aredis)
+    cache = CacheRedisBackend(aredis, batcher)
+    limits = LimitsRedisBackend(aredis, prefix + "limits:", batcher)
+    await cache.lookup(f"{prefix}warm", f"{prefix}warm:lock", "t", 1)  # the scripts loaded
+    await limits.seed("warm", 0, 1000)
+    rate = RateCheck("r:key", "key", "requests", 1000, 1)
+    for i in range(3):
+        before = batcher.round_trips
+        lookup = cache.lookup(f"{prefix}k{i}", f"{prefix}k{i}:lock", "t", 5)
+        admitted = await limits.admit([rate], [], f"m{i}", 60_000)
+        assert admitted.status == OK and await lookup == (None, True)
+        assert batcher.round_trips == before + 1
+
+
+async def test_later_writes_ride_along_with_the_next_round_trip(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis, later_s=5.0)  # no timer within this test: only company sends them
+    incr = fresh_script("return redis.call('incr', KEYS[1])")
+    await batcher.evalsha(incr, (f"{prefix}warm",), ())
+    before = batcher.round_trips
+    later = [batcher.submit(incr, (f"{prefix}n",), (), later=True) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert batcher.round_trips == before and await aredis.get(f"{prefix}n") is None  # waiting for company
+    assert await batcher.execute("GET", f"{prefix}n") is None  # goes first, the writes after it
+    assert sorted(await asyncio.gather(*later)) == [1, 2, 3]
+    assert batcher.round_trips == before + 1
+
+
+async def test_later_writes_go_alone_after_later_s(aredis: Redis, prefix: str) -> None:
+    batcher = RedisBatcher(aredis, later_s=0.02)
+    incr = fresh_script("return redis.call('incr', KEYS[1])")
+    await batcher.evalsha(incr, (f"{prefix}warm",), ())
+    before = batcher.round_trips
+    started = time.monotonic()
+    assert await batcher.submit(incr, (f"{prefix}n",), (), later=True) == 1
+    assert 0.015 < time.monotonic() - started < 0.5
+    assert batcher.round_trips == before + 1
+
+
+async def test_a_round_trip_past_the_timeout_fails_its_callers_and_the_next_one_works(prefix: str) -> None:
+    """One timeout per round trip (the client's socket timeout); the connection it left half-read is
+    dropped, never reused, and scripts are not retried behind the caller's back."""
+    client = Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=0.1)
+    batcher = RedisBatcher(client)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await batcher.execute("BLPOP", f"{prefix}empty", 1)  # Redis answers after 1 s
+        assert await batcher.execute("INCR", f"{prefix}n") == 1
+        assert batcher.round_trips == 2
+    finally:
+        await batcher.aclose()
+        await client.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
-from gateway.cache.service import BYPASS, HEADER, CacheConfig, ResponseCache, Ticket, begin_cache
+from gateway.cache.service import BYPASS, HEADER, CacheConfig, ResponseCache, Ticket, ask_cache
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BYPASS", "HEADER", "CacheBackend", "CacheConfig", "MemoryBackend", "RedisBackend", "ResponseCache", "Ticket",
-    "begin_cache", "build_cache",
+    "ask_cache", "build_cache",
 ]
 
 

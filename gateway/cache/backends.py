@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -64,8 +65,9 @@ def _ms(seconds: float) -> int:
 class CacheBackend(Protocol):
     name: str
 
-    async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
-        """(the entry, False) when there is one; else (None, whether the lock was taken with `token`)."""
+    def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> Awaitable[tuple[bytes | None, bool]]:
+        """(the entry, False) when there is one; else (None, whether the lock was taken with `token`).
+        The answer must be awaited; Redis sends the lookup when called, with the commands issued before."""
         ...
 
     async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
@@ -104,14 +106,12 @@ class RedisBackend:
         self.redis = redis
         self.batcher = batcher if batcher is not None else RedisBatcher(redis)
 
-    async def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> tuple[bytes | None, bool]:
-        found = await self.batcher.evalsha(LOOKUP, (key, lock), (token, _ms(lock_ttl_s)))
-        if isinstance(found, int):
-            return None, found == 1
-        return _as_bytes(found), False
+    def lookup(self, key: str, lock: str, token: str, lock_ttl_s: float) -> Awaitable[tuple[bytes | None, bool]]:
+        return _looked_up(self.batcher.submit(LOOKUP, (key, lock), (token, _ms(lock_ttl_s))))
 
     async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
-        await self.batcher.evalsha(CONCLUDE, (key, lock), (value or b"", _ms(ttl_s), token or ""))
+        # After the call, off the request path: it rides along with the next round trip (`later`).
+        await self.batcher.submit(CONCLUDE, (key, lock), (value or b"", _ms(ttl_s), token or ""), later=True)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.redis.get(key)
@@ -124,7 +124,7 @@ class RedisBackend:
         return bool(await self.redis.set(lock, token, nx=True, px=_ms(ttl_s)))
 
     async def release(self, lock: str, token: str) -> None:
-        await self.batcher.evalsha(RELEASE, (lock,), (token,))
+        await self.batcher.submit(RELEASE, (lock,), (token,), later=True)
 
     async def wait(self, key: str, lock: str, timeout_s: float) -> bytes | None:
         deadline = time.monotonic() + timeout_s
@@ -146,6 +146,13 @@ class RedisBackend:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+
+async def _looked_up(answer: Awaitable[Any]) -> tuple[bytes | None, bool]:
+    found = await answer
+    if isinstance(found, int):
+        return None, found == 1
+    return _as_bytes(found), False
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -71,6 +71,16 @@ class Ticket:
     entry: Entry | None = None  # a hit
     collector: StreamCollector | None = None
     body: bytes | None = None
+    lookup: tuple[str, Awaitable[tuple[bytes | None, bool]]] | None = None  # (lock token, answer) until resolved
+
+    async def resolve(self, fields: ChatFields | CompletionFields, outcome: Outcome) -> Ticket:
+        """What the lookup found (see `ResponseCache.resolve`); a bypass is its own answer."""
+        return self if self.cache is None else await self.cache.resolve(self, fields, outcome)
+
+    def abandon(self) -> None:
+        """The request ended before `resolve`: see `ResponseCache.abandon`."""
+        if self.cache is not None:
+            self.cache.abandon(self)
 
     def stream_tap(self) -> Callable[[bytes], None] | None:
         """What the relay hands each batch of events to; None (no parsing at all) unless storable."""
@@ -121,17 +131,22 @@ class ResponseCache:
 
     # --- the request path ---------------------------------------------------------------------------
 
-    async def begin(
+    async def begin(self, headers: Mapping[str, str], chosen: Route, body: dict[str, Any],
+                    fields: ChatFields | CompletionFields, kind: Kind, outcome: Outcome) -> Ticket:
+        """`ask`, then `resolve`: the lookup in one step."""
+        return await self.ask(headers, chosen, body, kind, outcome).resolve(fields, outcome)
+
+    def ask(
         self,
         headers: Mapping[str, str],
         chosen: Route,
         body: dict[str, Any],
-        fields: ChatFields | CompletionFields,
         kind: Kind,
         outcome: Outcome,
     ) -> Ticket:
-        """Look the request up. A hit carries its entry; a miss may hold the single-flight lock. Call
-        before the body is changed for the worker (`upstream_body`)."""
+        """Issue the request's lookup, without waiting for it (`Ticket.resolve` does), so that it shares
+        a round trip with the commands issued meanwhile (the rate limits' admission). Call before the body
+        is changed for the worker (`upstream_body`)."""
         directive = headers.get(HEADER)
         if directive is not None:
             directive = directive.strip().lower()
@@ -149,11 +164,21 @@ class ResponseCache:
         key = cache_key(self.config.key_prefix, kind, body, decision.model, decision.max_tokens, outcome.tenant,
                         policy.namespace)
         ticket = Ticket("miss", self, kind, key, decision.model, float(policy.ttl_s or 0), store=True)
+        if directive != "refresh":
+            token = new_id()
+            # One atomic step: the entry, or else the lock (so no answer lands between the two).
+            ticket.lookup = (token, backend.lookup(key, lock_key(key), token, self.config.lock_ttl_s))
+        return ticket
+
+    async def resolve(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome) -> Ticket:
+        """The lookup's answer: a hit carries its entry; a miss may hold the single-flight lock."""
+        backend, key = self.backend, ticket.key
+        assert backend is not None and key is not None
         try:
-            if directive != "refresh":
-                token = new_id()
-                # One atomic step: the entry, or else the lock (so no answer lands between the two).
-                raw, locked = await backend.lookup(key, lock_key(key), token, self.config.lock_ttl_s)
+            if ticket.lookup is not None:
+                token, lookup = ticket.lookup
+                ticket.lookup = None
+                raw, locked = await lookup
                 if locked:
                     ticket.token = token
                 elif raw is None:  # someone else is asking the worker this very question: wait for their answer
@@ -176,9 +201,22 @@ class ResponseCache:
             return BYPASS
         self.counts["misses"] += 1
         if fields.stream:
-            ticket.collector = StreamCollector(kind, self.config.max_entry_bytes)
+            ticket.collector = StreamCollector(ticket.kind, self.config.max_entry_bytes)
         _after_finish(outcome, ticket.settle)
         return ticket
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The request ends before `resolve` (refused by its limits, the client left): the lookup is
+        still answered, and a lock it took is released."""
+        if ticket.lookup is not None:
+            token, lookup = ticket.lookup
+            ticket.lookup = None
+            self.spawn(self._abandoned(ticket.key or "", token, lookup))
+
+    async def _abandoned(self, key: str, token: str, lookup: Awaitable[tuple[bytes | None, bool]]) -> None:
+        with contextlib.suppress(Exception):
+            if (await lookup)[1]:
+                await self._release(key, token)
 
     def respond(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome,
                 headers: dict[str, str]) -> Reply:
@@ -299,16 +337,15 @@ def _after_finish(outcome: Outcome, then: Callable[[Outcome], None]) -> None:
     outcome.sink = chained
 
 
-async def begin_cache(
+def ask_cache(
     cache: ResponseCache | None,
     headers: Mapping[str, str],
     chosen: Route,
     body: dict[str, Any],
-    fields: ChatFields | CompletionFields,
     kind: Kind,
     outcome: Outcome,
 ) -> Ticket:
-    """`cache.begin(...)`, or a bypass when the gateway has no cache."""
+    """`cache.ask(...)`, or a bypass when the gateway has no cache."""
     if cache is None:
         return BYPASS
-    return await cache.begin(headers, chosen, body, fields, kind, outcome)
+    return cache.ask(headers, chosen, body, kind, outcome)

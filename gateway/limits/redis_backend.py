@@ -74,7 +74,8 @@ class RedisBackend:
         for b in budgets:
             keys += self._budget_keys(b.key)
             args += [f"{b.member}:{b.reserved}", b.actual - b.reserved, b.actual, b.ttl_ms]
-        out = await self._call(keys, ["settle", " ".join(map(str, args))])
+        # Off the request path: it rides along with the next round trip (`later`).
+        out = await self.batcher.submit(SCRIPT, keys, ["settle", " ".join(map(str, args))], later=True)
         return [int(x) for x in out]
 
     async def seed(self, key: str, spent: int, ttl_ms: int) -> None:
