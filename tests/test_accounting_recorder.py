@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import event, func, select, text
 
 from gateway.accounting import reports, store
@@ -127,6 +128,25 @@ async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: 
         most = 1 if engine.dialect.name == "postgresql" else store.SQLITE_CHUNK.bit_length()
         assert 1 <= len(texts["usage_records"]) <= most
         assert 1 <= len(texts["usage_daily"]) <= most
+
+
+async def test_amounts_are_stored_exactly_rounded_half_to_even(any_url: str) -> None:  # noqa: F811
+    """Amounts reach SQL without a float (PostgreSQL: as decimal strings inside the batch's JSON document;
+    SQLite: as scaled integers), rounded half to even at 10 places, and a float is refused."""
+    wide = Decimal("123456789.0000000001")  # 19 digits: beyond a double's, within SQLite's scaled BIGINT
+    async with migrated_engine(any_url) as engine:
+        records = [record(1, request_id="half-down", cost=Decimal("0.00000000005"), reference_cost=wide),
+                   record(2, request_id="half-up", cost=Decimal("0.00000000015"), reference_cost=Decimal(7))]
+        assert await store.write_records(engine, records) == 2
+        async with engine.connect() as conn:
+            rows = dict((await conn.execute(select(UsageRecord.request_id, UsageRecord.cost))).all())
+            refs = dict((await conn.execute(select(UsageRecord.request_id, UsageRecord.reference_cost))).all())
+        assert rows == {"half-down": Decimal("0E-10"), "half-up": Decimal("2E-10")}
+        assert refs == {"half-down": wide, "half-up": Decimal(7)}
+        assert all(isinstance(v, Decimal) for v in (*rows.values(), *refs.values()))
+        with pytest.raises(Exception, match="never a float"):  # SQLAlchemy wraps it on SQLite
+            await store.write_records(engine, [record(3, request_id="float", cost=0.1)])
+        assert await count_rows(engine) == (2, 2)
 
 
 async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path) -> None:  # noqa: F811

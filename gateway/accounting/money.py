@@ -24,6 +24,18 @@ def quantize(value: Decimal) -> Decimal:
     return value.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+def exact(value: Any) -> Decimal | None:
+    """An amount as stored: a Decimal (or an int or str, read exactly) rounded to the stored precision.
+    Never a float (its binary value is not the amount meant)."""
+    if value is None:
+        return None
+    if not isinstance(value, Decimal):
+        if isinstance(value, float):
+            raise TypeError("money must be a Decimal (or int/str), never a float")
+        value = Decimal(value)
+    return quantize(value)
+
+
 class Money(TypeDecorator[Decimal]):
     """An exact decimal: NUMERIC(24, 10) on PostgreSQL, a scaled BIGINT on SQLite.
 
@@ -39,13 +51,9 @@ class Money(TypeDecorator[Decimal]):
         return dialect.type_descriptor(Numeric(24, SCALE, asdecimal=True))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        value = exact(value)
         if value is None:
             return None
-        if not isinstance(value, Decimal):
-            if isinstance(value, float):
-                raise TypeError("money must be a Decimal (or int/str), never a float")
-            value = Decimal(value)
-        value = quantize(value)
         if dialect.name == "sqlite":
             return int(value.scaleb(SCALE))
         return value

@@ -7,25 +7,32 @@ VALUES list is a new text for every row count, and at ~2 KB of client memory per
 statement the recorder's varying batch sizes grew a gateway under load by hundreds of MB (and each
 PostgreSQL backend by more). So:
 
-- PostgreSQL: the rows go as one array per column, turned back into rows by `unnest()`: one statement
-  per batch, one prepared statement per connection, whatever the batch size.
+- PostgreSQL: the rows go as one JSON document (encoded by msgspec, in C), turned back into typed rows
+  by `jsonb_to_recordset()`: one statement per batch, one prepared statement per connection, whatever
+  the batch size. Amounts travel as decimal strings, parsed by NUMERIC's own input: exact. Arrays
+  (one per column) did the same with a prepared shape, but cost ~35 µs of the event loop per row
+  (SQLAlchemy's and asyncpg's per-element processing): a quarter second's batch held requests for
+  milliseconds (bench/overhead.py, p99 at one connection).
 - SQLite (no arrays): chunks whose sizes are powers of two up to `SQLITE_CHUNK` (a batch of 100 rows
   goes as 64 + 32 + 4), so there are at most 7 distinct statements of each kind.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, cast, func, select
+import msgspec
+from sqlalchemy import Select, Table, Text, bindparam, cast, column, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.models import ROLLUP_KEY, ROLLUP_SUMS, PriceVersion, UsageDaily, UsageRecord
+from gateway.accounting.money import Money, exact
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.records import UsageRecord as Record
 from gateway.accounting.records import rollup_rows, to_row
@@ -34,6 +41,7 @@ RECORDS: Table = UsageRecord.__table__  # type: ignore[assignment]
 DAILY: Table = UsageDaily.__table__  # type: ignore[assignment]
 PRICES: Table = PriceVersion.__table__  # type: ignore[assignment]
 SQLITE_CHUNK = 64  # rows per statement at most on SQLite (a power of two)
+SLICE = 32  # rows turned into SQL parameters between two turns of the event loop (requests run between)
 
 
 def _insert(dialect: str, table: Table) -> Any:
@@ -44,32 +52,46 @@ def _insert(dialect: str, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-def _unnested(table: Table) -> Select[Any]:
-    """`SELECT * FROM unnest($1::type[], $2::type[], ...)`: the table's rows from one array per column
-    (bound by column name, each element through the column's own type)."""
-    arrays = []
-    for column in table.columns:
-        array = postgresql.ARRAY(column.type)
-        arrays.append(cast(bindparam(column.name, type_=array), array))
-    names = [c.name for c in table.columns]
-    rows = func.unnest(*arrays).table_valued(*names).render_derived()
-    return select(*(rows.c[name] for name in names))
+def _from_json(table: Table) -> Select[Any]:
+    """`SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(name type, ...)`: the table's rows from one JSON
+    array of objects (keys: column names), each value through its column's SQL type's input."""
+    rows = func.jsonb_to_recordset(cast(bindparam("rows", type_=Text), postgresql.JSONB)).table_valued(
+        *(column(c.name, c.type) for c in table.columns)).render_derived("r", with_types=True)
+    return select(*(rows.c[c.name] for c in table.columns))
+
+
+_encode_json = msgspec.json.Encoder(decimal_format="string").encode
+
+
+async def _json_rows(table: Table, rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as one JSON array, amounts made exact in place, encoded in slices between loop turns."""
+    money = [c.name for c in table.columns if isinstance(c.type, Money)]
+    parts = []
+    for start in range(0, len(rows), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        part = rows[start:start + SLICE]
+        for row in part:
+            for name in money:
+                row[name] = exact(row[name])  # as `Money` binds an amount
+        parts.append(_encode_json(part)[1:-1])
+    return "[" + b",".join(parts).decode() + "]"
 
 
 class Statements:
     """The statements of one dialect, built once (SQLAlchemy caches their compiled form)."""
 
     def __init__(self, dialect: str) -> None:
-        self.arrays = dialect == "postgresql"
+        self.json = dialect == "postgresql"
         # Idempotent by request id, returning the ids actually inserted.
         records = _insert(dialect, RECORDS)
-        if self.arrays:
-            records = records.from_select([c.name for c in RECORDS.columns], _unnested(RECORDS))
+        if self.json:
+            records = records.from_select([c.name for c in RECORDS.columns], _from_json(RECORDS))
         self.records: Insert = records.on_conflict_do_nothing(index_elements=["request_id"]).returning(
             RECORDS.c.request_id)
         ins = _insert(dialect, DAILY)
-        if self.arrays:
-            ins = ins.from_select([c.name for c in DAILY.columns], _unnested(DAILY))
+        if self.json:
+            ins = ins.from_select([c.name for c in DAILY.columns], _from_json(DAILY))
         self.rollups: Insert = ins.on_conflict_do_update(
             index_elements=list(ROLLUP_KEY),
             set_={name: DAILY.c[name] + ins.excluded[name] for name in ROLLUP_SUMS},
@@ -80,9 +102,8 @@ class Statements:
                       rows: Sequence[dict[str, Any]]) -> list[Result[Any]]:
         """`statement` for every row (a batch of `table` rows, as `to_row` / `rollup_rows` make them):
         one execution on PostgreSQL, power-of-two chunks on SQLite."""
-        if self.arrays:
-            columns = {c.name: [row[c.name] for row in rows] for c in table.columns}
-            return [await conn.execute(statement, columns)]
+        if self.json:
+            return [await conn.execute(statement, {"rows": await _json_rows(table, rows)})]
         results = []
         start = 0
         while start < len(rows):
@@ -109,8 +130,11 @@ async def insert_records(conn: AsyncConnection, records: list[Record]) -> int:
     were new.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for r in records:
-        rows.setdefault(r.request_id, to_row(r))
+    for i, r in enumerate(records):
+        if i and not i % SLICE:
+            await asyncio.sleep(0)
+        if r.request_id not in rows:
+            rows[r.request_id] = to_row(r)
     if not rows:
         return 0
     st = statements(conn.dialect.name)
