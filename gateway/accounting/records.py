@@ -145,21 +145,23 @@ def needs_estimate(o: Outcome) -> bool:
     return o.usage is None and o.replica is not None and o.status == 200 and not o.cache_hit
 
 
-def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
-    """The record of a finished call, costed with the prices in effect when it was received."""
+def counted_usage(o: Outcome) -> tuple[str, int, int, int]:
+    """(source, prompt, cached, completion tokens) of a finished call: the worker's usage, else an
+    estimate for a stream that started, else none."""
     usage = o.usage
-    prompt = cached = completion = 0
     if usage is not None:
-        source = "worker"
-        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        prompt = usage.prompt_tokens
         details = usage.prompt_tokens_details
         cached = min(details.cached_tokens or 0, prompt) if details is not None else 0
-    elif needs_estimate(o):
-        source = "estimate"
-        completion = o.content_events
-        prompt = estimate_prompt_tokens(o.prompt) if o.prompt is not None else 0
-    else:
-        source = "none"
+        return "worker", prompt, cached, usage.completion_tokens
+    if needs_estimate(o):
+        return "estimate", estimate_prompt_tokens(o.prompt) if o.prompt is not None else 0, 0, o.content_events
+    return "none", 0, 0, 0
+
+
+def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
+    """The record of a finished call, costed with the prices in effect when it was received."""
+    source, prompt, cached, completion = counted_usage(o)
     price = catalogue.price_at(o.model or None, o.received)
     ref_model = o.reference_model or catalogue.reference_model
     ref_price = catalogue.price_at(ref_model, o.received)

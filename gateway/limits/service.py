@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.money import SCALE, ZERO
 from gateway.accounting.prices import PriceCatalogue
-from gateway.accounting.records import build_record, estimate_prompt_tokens, needs_estimate
+from gateway.accounting.records import build_record, counted_usage, estimate_prompt_tokens, needs_estimate
 from gateway.auth.principal import Principal
 from gateway.limits import budgets as budget_db
 from gateway.limits.backend import (
@@ -222,9 +222,10 @@ class Limits:
 
     # --- before the call --------------------------------------------------------------------------
 
-    def estimate(self, chosen: Route, body: Mapping[str, Any], received: float) -> tuple[int, int]:
+    def estimate(self, chosen: Route, body: Mapping[str, Any], received: float,
+                 priced: bool = True) -> tuple[int, int]:
         """(tokens, cost units): what the call is expected to use at most (for token limits), and the
-        most it can cost with the prompt margin (the budget reservation)."""
+        most it can cost with the prompt margin (the budget reservation; 0 unless `priced`)."""
         features, decision = chosen.features, chosen.decision
         n = _n(body)
         if features is not None:
@@ -236,6 +237,8 @@ class Limits:
             asked = _max_tokens(body)
             output = asked if asked is not None else DEFAULT_OUTPUT
         output *= n
+        if not priced:
+            return prompt + output, 0
         padded = prompt + -(-prompt * self.prompt_margin_pct // 100) + PROMPT_MARGIN_TOKENS
         cost = ZERO
         for model, _pool in chosen.targets:
@@ -257,8 +260,9 @@ class Limits:
         kl, tl = principal.key_limits, principal.team_limits
         key_id, team = principal.key_id, principal.team
         team_name = f"{principal.tenant}:{team}" if team is not None else None
-        needs_estimate_ = kl.tpm is not None or tl.tpm is not None or kl.budget is not None or tl.budget is not None
-        tokens, cost = self.estimate(chosen, body, outcome.received) if needs_estimate_ else (0, 0)
+        priced = kl.budget is not None or tl.budget is not None
+        tokens, cost = (self.estimate(chosen, body, outcome.received, priced)
+                        if priced or kl.tpm is not None or tl.tpm is not None else (0, 0))
         rates: list[RateCheck] = []
         budgets: list[_BudgetHold] = []
         for scope, ident, lim in (("key", key_id, kl), ("team", team_name, tl)):
@@ -400,12 +404,16 @@ class Limits:
         if self._wake is not None:
             self._wake.set()
 
-    def _actual(self, outcome: Outcome | None) -> tuple[int, int]:
-        """(tokens, cost units) the call really used, as its usage record says."""
-        if outcome is None:
+    def _actual(self, admission: Admission, outcome: Outcome | None) -> tuple[int, int]:
+        """(tokens, cost units) the call really used, as its usage record says (the cost only when a
+        budget needs it: pricing is most of a record's making)."""
+        if outcome is None or not (admission.token_counters or admission.budgets):
             return 0, 0
+        if not admission.budgets:
+            _, prompt, _, completion = counted_usage(outcome)
+            return (0 if outcome.cache_hit else prompt + completion), 0  # a hit used no worker: no tokens
         record = build_record(outcome, self.catalogue)
-        tokens = 0 if record.cache_hit else record.prompt_tokens + record.completion_tokens  # no worker, no tokens
+        tokens = 0 if record.cache_hit else record.prompt_tokens + record.completion_tokens
         return tokens, to_units(record.cost)
 
     async def _settler(self) -> None:
@@ -443,9 +451,9 @@ class Limits:
     async def _settle(self, batch: list[tuple[Admission, Outcome | None]]) -> None:
         heavy = any(o is not None and needs_estimate(o) for _, o in batch)
         if heavy:  # tokenizing prompts of cancelled streams: off the event loop
-            actuals = await asyncio.to_thread(lambda: [self._actual(o) for _, o in batch])
+            actuals = await asyncio.to_thread(lambda: [self._actual(a, o) for a, o in batch])
         else:
-            actuals = [self._actual(o) for _, o in batch]
+            actuals = [self._actual(a, o) for a, o in batch]
         rate_items: list[RateSettle] = []
         budget_items: list[BudgetSettle] = []
         holds: list[_BudgetHold] = []
