@@ -71,6 +71,10 @@ def configure_logging(level: str, fmt: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
+    # Neither format shows the caller, thread or process: not gathering them spares every line (an access
+    # line per call) a walk up the stack (the logging HOWTO, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def _ms(seconds: float | None) -> float | None:
