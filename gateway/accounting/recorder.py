@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from gateway.relay import Outcome
 
 log = logging.getLogger("gateway.accounting")
-BUILD_SLICE = 32  # records built (and their access lines written) between two turns of the event loop
+BUILD_SLICE = 8  # records built (and their access lines written) between two turns of the event loop
 
 
 @dataclass
