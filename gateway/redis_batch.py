@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
@@ -131,7 +132,7 @@ class RedisBatcher:
         try:
             result = (await self._round_trip([command]))[0]
             if script is not None and isinstance(result, NoScriptError):
-                result = (await self._round_trip([("SCRIPT LOAD", script.text), command]))[1]
+                result = (await self._round_trip([("SCRIPT", "LOAD", script.text), command]))[1]
         finally:
             self._in_flight -= 1
             self._next()
@@ -189,7 +190,7 @@ class RedisBatcher:
             lost = _resolve(batch, await self._round_trip([q.command for q in batch]))
             if lost:
                 scripts = {q.script.sha: q.script for q in lost if q.script is not None}
-                loads: list[Command] = [("SCRIPT LOAD", s.text) for s in scripts.values()]
+                loads: list[Command] = [("SCRIPT", "LOAD", s.text) for s in scripts.values()]
                 results = await self._round_trip(loads + [q.command for q in lost])
                 _resolve(lost, results[len(loads):], retry=False)
         except BaseException as exc:
@@ -210,7 +211,8 @@ class RedisBatcher:
         results: list[Any] = []
         try:
             async with asyncio.timeout(self.timeout_s):
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                # hiredis packs in C (redis-py's asyncio connection packs in Python, ~8 us a command).
+                await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
                 for _ in commands:
                     try:
                         results.append(await conn.read_response())
