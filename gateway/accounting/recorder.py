@@ -30,12 +30,13 @@ from gateway.accounting import db, store
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.records import UsageRecord, build_record, needs_estimate
 from gateway.accounting.spool import Spool
+from gateway.loop_turns import TURN_S, Turns
 
 if TYPE_CHECKING:
     from gateway.relay import Outcome
 
 log = logging.getLogger("gateway.accounting")
-BUILD_SLICE = 8  # records built (and their access lines written) between two turns of the event loop
+MAX_STRETCH = 8  # a recorder that is behind takes turns up to this many times TURN_S long
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Recorder:
         self._closing = False
         self._closed = False
         self._ready = False  # schema checked and prices synced since the database last failed
+        self._turns = Turns()  # the current batch's share of the event loop
         self._down_since: float | None = None
         self._next_try = 0.0
         self._last_overflow_log = 0.0
@@ -181,6 +183,9 @@ class Recorder:
             if self._buf:
                 self._busy = True
                 items = [self._buf.popleft() for _ in range(min(self.batch_max, len(self._buf)))]
+                # Behind (more than a batch still queued): longer turns, so that the recorder's share of
+                # a saturated event loop grows with its backlog instead of the buffer filling up.
+                self._turns = Turns(TURN_S * min(MAX_STRETCH, 1 + len(self._buf) // self.batch_max))
                 try:
                     await self._store(await self._build(items))
                 except asyncio.CancelledError:  # close() gave up waiting: these go to the spool
@@ -200,34 +205,35 @@ class Recorder:
         heavy = any(not isinstance(i, UsageRecord) and needs_estimate(i) for i in items)
         if heavy:  # tokenizing prompts of cancelled streams: keep it off the event loop
             return await asyncio.to_thread(self._build_sync, items)
-        # In slices, letting requests run in between: a whole batch (a quarter second of traffic, with
-        # each record's access line and metrics) would hold the event loop for milliseconds at a time.
+        # Letting requests run in between (gateway/loop_turns.py): a whole batch (a quarter second of
+        # traffic, each record with its access line and metrics) would hold the loop for milliseconds.
         records: list[UsageRecord] = []
-        for start in range(0, len(items), BUILD_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            records += self._build_sync(items[start:start + BUILD_SLICE])
+        turns = self._turns
+        for item in items:
+            await turns.pause()
+            record = self._build_one(item)
+            if record is not None:
+                records.append(record)
         return records
 
     def _build_sync(self, items: list[Any]) -> list[UsageRecord]:
-        records = []
+        return [r for r in map(self._build_one, items) if r is not None]
+
+    def _build_one(self, item: Any) -> UsageRecord | None:
+        try:
+            built = isinstance(item, UsageRecord)
+            record = item if built else build_record(item, self.catalogue)
+        except Exception:
+            log.exception("accounting: could not build a usage record for %s", getattr(item, "request_id", "?"))
+            return None
         hook = self.on_record
-        for item in items:
+        if hook is not None and not built and not item.reported:  # once per call, even if rebuilt
+            item.reported = True
             try:
-                built = isinstance(item, UsageRecord)
-                record = item if built else build_record(item, self.catalogue)
-                records.append(record)
+                hook(item, record)
             except Exception:
-                log.exception("accounting: could not build a usage record for %s",
-                              getattr(item, "request_id", "?"))
-                continue
-            if hook is not None and not built and not item.reported:  # once per call, even if rebuilt
-                item.reported = True
-                try:
-                    hook(item, record)
-                except Exception:
-                    log.exception("accounting: telemetry failed on record %s", record.request_id)
-        return records
+                log.exception("accounting: telemetry failed on record %s", record.request_id)
+        return record
 
     def _spill(self, items: list[Any]) -> None:
         records = self._build_sync(items)
@@ -266,7 +272,7 @@ class Recorder:
         assert self.engine is not None
         async with asyncio.timeout(self.write_timeout_s):
             await self._ensure_ready()
-            n = await store.write_records(self.engine, records)
+            n = await store.write_records(self.engine, records, self._turns)
         self.stats.batches += 1
         return n
 

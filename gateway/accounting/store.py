@@ -19,7 +19,6 @@ PostgreSQL backend by more). So:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,12 +35,13 @@ from gateway.accounting.money import Money, exact
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.records import UsageRecord as Record
 from gateway.accounting.records import rollup_rows, to_row
+from gateway.loop_turns import Turns
 
 RECORDS: Table = UsageRecord.__table__  # type: ignore[assignment]
 DAILY: Table = UsageDaily.__table__  # type: ignore[assignment]
 PRICES: Table = PriceVersion.__table__  # type: ignore[assignment]
 SQLITE_CHUNK = 64  # rows per statement at most on SQLite (a power of two)
-SLICE = 32  # rows turned into SQL parameters between two turns of the event loop (requests run between)
+SLICE = 32  # rows encoded at a time (between two checks of the time spent: gateway/loop_turns.py)
 
 
 def _insert(dialect: str, table: Table) -> Any:
@@ -63,13 +63,12 @@ def _from_json(table: Table) -> Select[Any]:
 _encode_json = msgspec.json.Encoder(decimal_format="string").encode
 
 
-async def _json_rows(table: Table, rows: Sequence[dict[str, Any]]) -> str:
+async def _json_rows(table: Table, rows: Sequence[dict[str, Any]], turns: Turns) -> str:
     """The rows as one JSON array, amounts made exact in place, encoded in slices between loop turns."""
     money = [c.name for c in table.columns if isinstance(c.type, Money)]
     parts = []
     for start in range(0, len(rows), SLICE):
-        if start:
-            await asyncio.sleep(0)
+        await turns.pause()
         part = rows[start:start + SLICE]
         for row in part:
             for name in money:
@@ -99,11 +98,11 @@ class Statements:
         self.prices: Insert = _insert(dialect, PRICES).on_conflict_do_nothing(index_elements=["id"])
 
     async def execute(self, conn: AsyncConnection, statement: Insert, table: Table,
-                      rows: Sequence[dict[str, Any]]) -> list[Result[Any]]:
+                      rows: Sequence[dict[str, Any]], turns: Turns) -> list[Result[Any]]:
         """`statement` for every row (a batch of `table` rows, as `to_row` / `rollup_rows` make them):
         one execution on PostgreSQL, power-of-two chunks on SQLite."""
         if self.json:
-            return [await conn.execute(statement, {"rows": await _json_rows(table, rows)})]
+            return [await conn.execute(statement, {"rows": await _json_rows(table, rows, turns)})]
         results = []
         start = 0
         while start < len(rows):
@@ -123,31 +122,31 @@ def statements(dialect: str) -> Statements:
     return s
 
 
-async def insert_records(conn: AsyncConnection, records: list[Record]) -> int:
+async def insert_records(conn: AsyncConnection, records: list[Record], turns: Turns | None = None) -> int:
     """Insert `records` (those already present are skipped) and add the inserted ones to the rollups.
 
     Runs in the caller's transaction, so records and rollups commit together. Returns how many rows
     were new.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for i, r in enumerate(records):
-        if i and not i % SLICE:
-            await asyncio.sleep(0)
+    turns = turns or Turns()  # requests run in between (gateway/loop_turns.py)
+    for r in records:
+        await turns.pause()
         if r.request_id not in rows:
             rows[r.request_id] = to_row(r)
     if not rows:
         return 0
     st = statements(conn.dialect.name)
-    results = await st.execute(conn, st.records, RECORDS, list(rows.values()))
+    results = await st.execute(conn, st.records, RECORDS, list(rows.values()), turns)
     inserted = [rows[rid] for result in results for (rid,) in result.all()]
     if inserted:
-        await st.execute(conn, st.rollups, DAILY, rollup_rows(inserted))
+        await st.execute(conn, st.rollups, DAILY, rollup_rows(inserted), turns)
     return len(inserted)
 
 
-async def write_records(engine: AsyncEngine, records: list[Record]) -> int:
+async def write_records(engine: AsyncEngine, records: list[Record], turns: Turns | None = None) -> int:
     async with engine.begin() as conn:
-        return await insert_records(conn, records)
+        return await insert_records(conn, records, turns)
 
 
 async def sync_prices(engine: AsyncEngine, catalogue: PriceCatalogue) -> None:
