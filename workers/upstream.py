@@ -65,11 +65,15 @@ class AiohttpResponse:
     async def aread(self) -> bytes:
         return await self.raw.read()
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """aiohttp closes without waiting (so there is nothing for a cancellation to interrupt)."""
         if self.raw.content.is_eof():
             self.raw.release()  # read to its end: the connection goes back to the pool
         else:
             self.raw.close()  # not: the connection is closed, so the worker stops generating
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 @dataclass(eq=False)
@@ -93,8 +97,11 @@ class UpstreamCall:
         self.replica.in_flight -= 1
         if self.gate is not None:
             self.gate.leave()
-        # Shielded: closing must finish even when the client's disconnect cancelled us, or the
-        # worker would go on generating for nobody.
+        if isinstance(self.response, AiohttpResponse):  # closes at once: no shield needed (~8 us saved)
+            self.response.close()
+            return
+        # Others may wait while closing (httpx's, in tests): shielded, so that it finishes even when the
+        # client's disconnect cancelled us, or the worker would go on generating for nobody.
         with anyio.CancelScope(shield=True):
             await self.response.aclose()
 
