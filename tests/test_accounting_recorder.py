@@ -292,6 +292,33 @@ async def test_a_record_the_database_refuses_goes_to_the_dead_letter(pg_url: str
         assert b"x" * 300 in (tmp_path / "spool" / DEAD_LETTER).read_bytes()
 
 
+async def test_a_missing_table_is_a_database_not_ready_not_a_refusal(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """A table gone from under a running gateway (renamed, dropped, a database re-created) spools the
+    records and tries again, as an outage does; they are written once the table is back, and none goes
+    to the dead letter."""
+    async with migrated_engine(pg_url) as engine:
+        rec = recorder(engine, tmp_path)
+        await rec.start()
+        for n in range(10):
+            rec.record(record(n))
+        await wait_rows(engine, 10)
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE usage_records RENAME TO usage_records_away"))
+        for n in range(10, 20):
+            rec.record(record(n))
+        for _ in range(200):  # up to 10 s for the flush, the failure and the spool
+            if rec.stats.spooled >= 10:
+                break
+            await asyncio.sleep(0.05)
+        assert rec.stats.spooled == 10 and rec.stats.dead_lettered == 0
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE usage_records_away RENAME TO usage_records"))
+        await wait_rows(engine, 20)
+        await rec.close()
+        assert await count_rows(engine) == (20, 20)
+        assert rec.stats.dead_lettered == 0 and not (tmp_path / "spool" / DEAD_LETTER).exists()
+
+
 async def test_enqueueing_costs_microseconds(tmp_path: Path) -> None:
     rec = recorder(None, tmp_path, queue_max=1_000_000)
     items = [record(n) for n in range(20_000)]

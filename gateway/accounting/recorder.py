@@ -345,9 +345,17 @@ class Recorder:
                 log.info("accounting: replayed %d record(s) from the spool", replayed)
 
 
+# PostgreSQL's SQLSTATEs of a schema that is missing or behind (a table renamed or dropped, a database
+# re-created, migrations not run yet): the database is not ready, it does not refuse these records.
+NOT_READY_STATES = frozenset(("42P01", "42703", "3F000", "3D000"))
+
+
 def _transient(error: BaseException) -> bool:
     """The database is unreachable or not ready: keep the records and try again later."""
-    return isinstance(error, db.DatabaseError | TimeoutError) or db.is_unreachable(error)
+    if isinstance(error, db.DatabaseError | TimeoutError) or db.is_unreachable(error):
+        return True
+    orig = getattr(error, "orig", None)  # SQLAlchemy's wrapper of the driver's error
+    return getattr(orig, "sqlstate", None) in NOT_READY_STATES or getattr(error, "sqlstate", None) in NOT_READY_STATES
 
 
 def _describe(error: BaseException) -> str:
