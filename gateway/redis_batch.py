@@ -103,20 +103,18 @@ class RedisBatcher:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         if not later:
             return self._submit(command, script)
-        queued = _Queued(command, asyncio.get_running_loop().create_future(), script)
-        self._later.append(queued)
+        future = _queue_on(self._later, command, script)
         if self._later_timer is None:
             self._later_timer = asyncio.get_running_loop().call_later(self.later_s, self._later_due)
-        return queued.future
+        return future
 
     def _issue(self, command: Command, script: LuaScript | None, parse: Callable[..., Any] | None) -> Any:
         if self._in_flight or self._queue:
             return self._submit(command, script, parse)
         if self._later:  # idle, but writes are waiting: they go along, now
-            queued = _Queued(command, asyncio.get_running_loop().create_future(), script, parse)
-            self._queue.append(queued)
+            future = _queue_on(self._queue, command, script, parse)
             self._flush()
-            return queued.future
+            return future
         return self._alone(command, script, parse)
 
     async def aclose(self) -> None:
@@ -142,12 +140,10 @@ class RedisBatcher:
 
     def _submit(self, command: Command, script: LuaScript | None,
                 parse: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append(_Queued(command, future, script, parse))
+        future = _queue_on(self._queue, command, script, parse)
         if not self._scheduled and self._in_flight < self.max_flushes:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         return future
 
     def _later_due(self) -> None:
@@ -225,6 +221,14 @@ class RedisBatcher:
             raise
         self._idle.append(conn)
         return results
+
+
+def _queue_on(queue: list[_Queued], command: Command, script: LuaScript | None,
+              parse: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+    """Append the command to `queue`; the future its caller awaits."""
+    future = asyncio.get_running_loop().create_future()
+    queue.append(_Queued(command, future, script, parse))
+    return future
 
 
 def _resolve(batch: list[_Queued], results: list[Any], retry: bool = True) -> list[_Queued]:

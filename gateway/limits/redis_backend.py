@@ -37,7 +37,10 @@ class RedisBackend:
         self.prefix = prefix
         self.batcher = batcher if batcher is not None else RedisBatcher(redis)
 
-    def _call(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+    def _call(self, keys: list[str], args: list[Any], later: bool = False) -> Awaitable[Any]:
+        """limits.lua; `later`: a write off the request path, riding along with the next round trip."""
+        if later:
+            return self.batcher.submit(SCRIPT, keys, args, later=True)
         return self.batcher.evalsha(SCRIPT, keys, args)
 
     def _budget_keys(self, key: str) -> list[str]:
@@ -74,8 +77,7 @@ class RedisBackend:
         for b in budgets:
             keys += self._budget_keys(b.key)
             args += [f"{b.member}:{b.reserved}", b.actual - b.reserved, b.actual, b.ttl_ms]
-        # Off the request path: it rides along with the next round trip (`later`).
-        out = await self.batcher.submit(SCRIPT, keys, ["settle", " ".join(map(str, args))], later=True)
+        out = await self._call(keys, ["settle", " ".join(map(str, args))], later=True)  # after the call
         return [int(x) for x in out]
 
     async def seed(self, key: str, spent: int, ttl_ms: int) -> None:
