@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from router.regex_search import Search, searcher
 from router.spec import CAPABILITIES, STRUCTURES, CategorySpec, ClassifyFile, RangeSpec, SignalSpec, TierSpec
 from router.tokens import _head, _tail, estimate_tokens
 from router.yamlsrc import PathT, Problems, Source, convert
@@ -88,7 +89,7 @@ class Signal:
     label: str  # e.g. "code/code_fence"
     weight: int
     has_keywords: bool
-    regex: re.Pattern[str] | None
+    regex: Search | None  # the signal's regular expression: does it match in the text?
     structure: str | None
     tests: tuple[Test, ...]
 
@@ -415,11 +416,11 @@ class _Scan:
                 limit = self._cls.fence_chars
                 flag = "```" in self.window or any(t.find("```", 0, limit) >= 0 for t in self._user)
             elif name == "json_block":
-                flag = _JSON_BLOCK.search(self.window) is not None
+                flag = _JSON_BLOCK(self.window)
             elif name == "markdown_table":
-                flag = _TABLE.search(self.window) is not None
+                flag = _TABLE(self.window)
             else:  # latex
-                flag = _LATEX.search(self.window) is not None
+                flag = _LATEX(self.window)
             self._structures[name] = flag
         return flag
 
@@ -431,12 +432,12 @@ class _Scan:
             return False
         if sig.has_keywords and sig not in self.hits():
             return False
-        return sig.regex is None or sig.regex.search(self.window) is not None
+        return sig.regex is None or sig.regex(self.window)
 
 
-_JSON_BLOCK = re.compile(r"""\{\s*"[^"\n]{1,64}"\s*:""")
-_TABLE = re.compile(r"\|\s*:?-{3,}")
-_LATEX = re.compile(r"\$\$|\\(?:frac|sum|int|sqrt|begin\{|\(|\[)")
+_JSON_BLOCK = searcher(re.compile(r"""\{\s*"[^"\n]{1,64}"\s*:"""))
+_TABLE = searcher(re.compile(r"\|\s*:?-{3,}"))
+_LATEX = searcher(re.compile(r"\$\$|\\(?:frac|sum|int|sqrt|begin\{|\(|\[)"))
 
 
 # ------------------------------------------------------------------------------------------------- compile
@@ -530,10 +531,10 @@ def _compile_signal(
         if rng is not None:
             check_range(src, (*path, attr), rng, problems)
             tests.append(_range_test(attr, rng))
-    pattern: re.Pattern[str] | None = None
+    pattern: Search | None = None
     if spec.regex is not None:
         try:
-            pattern = re.compile(spec.regex)
+            pattern = searcher(re.compile(spec.regex))
         except re.error as exc:
             problems.add(src, (*path, "regex"), f"invalid regular expression: {exc}")
             ok = False
