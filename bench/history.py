@@ -7,6 +7,8 @@ The table gives, per commit, the median over rounds of req/s and gateway CPU µs
 
     .venv/bin/python bench/history.py COMMIT [COMMIT ...] [--rounds 2] [-- overhead.py options]
     .venv/bin/python bench/history.py bd9445f HEAD -- --connections 64 --scenarios json,stream
+    .venv/bin/python bench/history.py bd9445f HEAD --rounds 1 -- --instructions --connections 16 \
+        --scenarios json --duration 20 --warmup 5      # instructions per request (callgrind): no noise
 
 Default overhead.py options: --quick --skip-litellm --connections 64 --scenarios json,stream,cache.
 A commit's code runs with today's dependencies (the venv of this checkout). Results:
@@ -92,6 +94,8 @@ def main() -> int:
                 "rps": round(statistics.median(p["rps"] for p in pts), 1),
                 "cpu_us_per_req": round(statistics.median(p["cpu_us_per_req"] for p in pts), 1),
                 "p99_ms": round(statistics.median(p["p99_ms"] for p in pts), 2),
+                "instructions_per_req": round(statistics.median(counts)) if (counts := [
+                    p["instructions_per_req"] for p in pts if p.get("instructions_per_req")]) else None,
                 "rounds": len(pts),
             })
     result = {"benchmark": "overhead per commit (issue #8)",
@@ -100,10 +104,16 @@ def main() -> int:
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print("\n| commit | change | scenario | req/s | CPU µs/req | p99 ms |\n|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['commit']} | {row['subject'][:90]} | {row['scenario']} c{row['connections']} | "
-              f"{row['rps']:,.0f} | {row['cpu_us_per_req']:,.0f} | {row['p99_ms']:,.1f} |")
+    if any(row["instructions_per_req"] for row in rows):  # --instructions: timings under callgrind mean nothing
+        print("\n| commit | change | scenario | instructions/req |\n|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['commit']} | {row['subject'][:90]} | {row['scenario']} c{row['connections']} | "
+                  f"{row['instructions_per_req'] or 0:,} |")
+    else:
+        print("\n| commit | change | scenario | req/s | CPU µs/req | p99 ms |\n|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['commit']} | {row['subject'][:90]} | {row['scenario']} c{row['connections']} | "
+                  f"{row['rps']:,.0f} | {row['cpu_us_per_req']:,.0f} | {row['p99_ms']:,.1f} |")
     print(f"\nresults: {args.out}")
     return 0
 

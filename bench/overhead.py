@@ -40,6 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
+from overheadlib import instructions as instr  # noqa: E402
 from overheadlib import mock as mocklib  # noqa: E402
 from overheadlib import profile as profiling  # noqa: E402
 from overheadlib import report, servers  # noqa: E402
@@ -240,8 +241,12 @@ class Run:
         ticks = cpu_ticks(pids)
         busy = core_busy_ticks()
         procs_before = process_cpu()
+        counting = self.args.instructions and target == "gateway"
+        if counting:
+            instr.zero(pid)
         with Sampler(pid) as sampler:
             r = wrklib.run(load, conns, seconds, self.load_core, self.wrk_log, name)
+        executed = instr.dump(pid, self.tmp / "callgrind") if counting else None
         used = cpu_ticks(tree(pid)) - ticks
         core_busy = core_busy_ticks()[self.server_core] - busy[self.server_core]
         others = other_cpu(procs_before, process_cpu(), {*tree(pid), *self.own_pids}, ("wrk", "taskset"),
@@ -256,6 +261,7 @@ class Run:
             "mean_ms": round(r.mean_ms, 3), "errors": r.errors, "error_rate": round(r.error_rate, 5),
             "cpu_us_per_req": round(used / CLK_TCK * 1e6 / r.requests, 1) if r.requests else None,
             "cpu_util_pct": round(100 * used / CLK_TCK / r.seconds, 1) if r.seconds else None,
+            "instructions_per_req": round(executed / r.requests) if executed and r.requests else None,
             "rss_mb_after": round(rss_after / 1024, 1), "rss_mb_max": round(max(sampler.max_kb, rss_after) / 1024, 1),
             "added_p50_ms": None, "added_p99_ms": None,
             # CPU used on the server core by anything but the server (PostgreSQL and Redis are unpinned)
@@ -275,7 +281,8 @@ class Run:
             point["invalid"] = msg
         print(f"  {name:<28} {r.rps:>9,.1f} req/s  p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  "
               f"cpu {point['cpu_us_per_req'] or 0:>8,.0f} us/req  rss {point['rss_mb_max']:6.1f} MB  "
-              f"errors {r.errors}", flush=True)
+              f"errors {r.errors}"
+              + (f"  {point['instructions_per_req']:,} instructions/req" if counting else ""), flush=True)
         return point
 
     def soak(self, server: servers.Server, seconds: float) -> dict[str, Any]:
@@ -440,6 +447,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="soak duration at 64 connections (default 600; 0 = none; none with --quick)")
     p.add_argument("--skip-litellm", action="store_true", help="measure only the gateway (and the mock)")
     p.add_argument("--profile", action="store_true", help="py-spy flamegraph + top functions (first of --scenarios)")
+    p.add_argument("--instructions", action="store_true",
+                   help="run the gateway under callgrind and count instructions per request (slow: only the "
+                        "count is meaningful; implies --skip-litellm; see overheadlib/instructions.py)")
     p.add_argument("--profile-connections", type=int, default=64, help="connections while profiling (default 64)")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 10, quick 3)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each point (default 2, quick 1)")
@@ -457,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 3 when a target FAILs")
     p.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only print the Markdown summary of a result")
     args = p.parse_args(argv)
+    if args.instructions:
+        args.skip_litellm = True
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.max_point = args.max_point or (15.0 if args.quick else 60.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -520,7 +532,11 @@ def execute(args: argparse.Namespace, tmp: Path,
     print("  gateway features: " + "; ".join(
         f"{f.name} {'ON (' + f.note + ')' if f.applied else f.note}" for f in feats), flush=True)
 
-    gateway = servers.start_gateway(tmp / "gateway", server_core, config, feats)
+    if args.instructions:
+        gateway = servers.start_gateway(tmp / "gateway", server_core, config, feats,
+                                        instr.wrapper(tmp / "callgrind"), ready_s=900)
+    else:
+        gateway = servers.start_gateway(tmp / "gateway", server_core, config, feats)
     for sc in scenarios:
         validate("gateway", gateway.url + "/v1/chat/completions", sc, gateway.auth, run.expect(sc))
     soak: dict[str, Any] | None = None
@@ -529,8 +545,8 @@ def execute(args: argparse.Namespace, tmp: Path,
     try:
         for sc in scenarios:
             for conns in args.connections:
-                direct_pid = mock.child.pid
-                run.measure("direct", direct_pid, sc, direct_url[sc.key], conns)
+                if not args.instructions:  # under callgrind only the gateway's count means anything
+                    run.measure("direct", mock.child.pid, sc, direct_url[sc.key], conns)
                 if sc.key == "cache" and cache_on:
                     refresh_entry(gateway.url + "/v1/chat/completions", sc, gateway.auth)
                 run.measure("gateway", gateway.pid, sc, gateway.url, conns, gateway.auth, header=run.expect(sc))

@@ -246,7 +246,9 @@ def _gateway_command(args: list[str], cfg: Path, workdir: Path, what: str) -> st
     return done.stdout
 
 
-def start_gateway(workdir: Path, core: str, config: dict[str, Any], feats: list[Feature]) -> Server:
+def start_gateway(workdir: Path, core: str, config: dict[str, Any], feats: list[Feature],
+                  wrapper: tuple[str, ...] = (), ready_s: float = 90) -> Server:
+    """The gateway as an operator starts it; `wrapper` runs it under another program (valgrind)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "gateway.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -262,11 +264,11 @@ def start_gateway(workdir: Path, core: str, config: dict[str, Any], feats: list[
         if not key:
             raise BenchError("gateway keys create printed no key")
     port = free_port()
-    child = Child("gateway", pinned(core, [str(VENV_BIN / "gateway"), "serve", "--config", str(cfg),
+    child = Child("gateway", pinned(core, [*wrapper, str(VENV_BIN / "gateway"), "serve", "--config", str(cfg),
                                            "--port", str(port)]), workdir / "gateway.log", cwd=workdir,
                   env=_gateway_env())
     server = Server("gateway", child, f"http://127.0.0.1:{port}", auth=key or LITELLM_KEY)
-    wait_until("gateway /readyz", lambda: http_get(server.url + "/readyz")[0] == 200, 90, child)
+    wait_until("gateway /readyz", lambda: http_get(server.url + "/readyz")[0] == 200, ready_s, child)
     return server
 
 
