@@ -4,8 +4,9 @@ A shared VM's timings move by 10-30% between runs (other tenants' load shows as 
 of instructions the gateway executes for the same requests does not. Under callgrind the gateway runs
 ~50x slower, so only the count means something here, never the req/s or latency of such a run:
 `overhead.py --instructions` (and `history.py ... -- --instructions`) adds `instructions_per_req` to
-each gateway point. Background work the requests cause (accounting batches, Redis writes) is counted
-when it happens during the point.
+each gateway point: the count during the point, less what the idle gateway executes in as much time
+(measured just before), over the calls. Background work the calls cause (accounting batches, Redis
+writes) is counted when it happens during the point.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from overheadlib.procs import BenchError
@@ -46,6 +48,15 @@ def dump(pid: int, out_dir: Path) -> int:
         raise BenchError(f"no totals in {new[-1]}")
     new[-1].unlink()  # a dump of a long run is megabytes; only its total is kept
     return int(found.group(1))
+
+
+def idle_rate(pid: int, out_dir: Path, seconds: float) -> float:
+    """Instructions per second the idle gateway executes (timers, health checks): subtracted from a
+    point's count, so that a slower point (fewer calls in the same time) is not charged more for them."""
+    zero(pid)
+    started = time.monotonic()
+    time.sleep(seconds)
+    return dump(pid, out_dir) / (time.monotonic() - started)
 
 
 def _control(pid: int, action: str) -> None:
