@@ -28,7 +28,7 @@ from workers.upstream import UpstreamCall, open_call
 
 log = logging.getLogger("gateway")
 
-_KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat", "completion"]]] = {
+KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat", "completion"]]] = {
     "/v1/chat/completions": (ChatFields, "chat"),
     "/v1/completions": (CompletionFields, "completion"),
 }
@@ -72,11 +72,11 @@ async def _open(
     raise AssertionError("a route has at least one target")
 
 
-async def _forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,
-                   path: str) -> Reply | RelayStream:
+async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,
+                  path: str) -> Reply | RelayStream:
     started = time.perf_counter()
     rid = request_id(request)
-    fields_type, kind = _KINDS[path]
+    fields_type, kind = KINDS[path]
     # Every call ends in finish(outcome), which hands it to metrics and the recorder (accounting).
     outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.sink, kind=kind)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
@@ -157,16 +157,14 @@ async def _forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayCont
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, path: str) -> None:
-    """Raw ASGI (gateway/replies.py); what `_forward` raises is rendered by the app's exception handlers."""
+    """Raw ASGI (gateway/replies.py); what `forward` raises is rendered by the app's exception handlers."""
     request: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive)
-    answer = await _forward(request, request.app.state.ctx, path)
-    if isinstance(answer, Reply):
-        await answer.send(send)
-    else:
-        await answer.send(receive, send)
+    answer = await forward(request, request.app.state.ctx, path)
+    await answer.send(receive, send)
 
 
-# POST only: the guard answers 405 for other methods (gateway/auth/guard.py), before asking for a key.
+# Served, as POSTs, by gateway/front.py's short way; these routes are Litestar's for everything else
+# (the guard answers 405 for other methods, before asking for a key) and for apps served without it.
 @asgi("/v1/chat/completions", copy_scope=False, opt={"methods": ("POST",)})
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await _serve(scope, receive, send, "/v1/chat/completions")

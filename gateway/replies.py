@@ -33,7 +33,7 @@ class Reply:
     media_type: str
     headers: dict[str, str]
 
-    async def send(self, send: Send) -> None:
+    async def send(self, receive: Receive, send: Send) -> None:  # as RelayStream.send; nothing to receive
         headers = header_list(self.media_type, self.headers)
         headers.append((b"content-length", str(len(self.content)).encode()))
         await send({"type": "http.response.start", "status": self.status_code, "headers": headers})

@@ -72,8 +72,13 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
         method = connection.scope.get("method")
         raise MethodNotAllowed(f"Method {method} is not allowed on {connection.scope['path']}")
     roles = _handler_roles(handler)
-    if roles is None:
-        return
+    if roles is not None:
+        await admit(connection, roles)
+
+
+async def admit(connection: ASGIConnection[Any, Any, Any, Any], roles: frozenset[Role]) -> None:
+    """Authenticate the caller and check its role: the guard's work, also done by the inference calls'
+    own way in (gateway/front.py)."""
     ctx: Any = getattr(connection.app.state, "ctx", None)
     auth: Auth | None = getattr(ctx, "auth", None)
     if auth is None:  # never in a started app; closed rather than open if it ever were

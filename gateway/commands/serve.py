@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.front import with_front
 
     try:
         settings = load_settings(args.config, overrides={"host": args.host, "port": args.port})
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}  # ours, not uvicorn's
     config = uvicorn.Config(
-        create_app(settings),
+        with_front(create_app(settings)),
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
