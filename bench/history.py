@@ -49,6 +49,7 @@ def worktree(commit: str) -> Path:
 def measure(src: Path, options: list[str], out: Path) -> list[dict[str, Any]]:
     env = {**os.environ, "BENCH_GATEWAY_SRC": str(src)}
     cmd = [sys.executable, str(HERE / "overhead.py"), *options, "--out", str(out), "--wait-quiet", "30"]
+    out.unlink(missing_ok=True)  # a failed run must not leave an earlier run's file standing for it
     done = subprocess.run(cmd, env=env, text=True, capture_output=True)
     if done.returncode != 0 and not out.exists():
         raise SystemExit(f"overhead.py failed on {src}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")

@@ -53,4 +53,3 @@ async def _render(app: Litestar, scope: Scope, receive: Receive, send: Send, exc
     handler = next(h for cls in type(exc).__mro__ if (h := EXCEPTION_HANDLERS.get(cls)) is not None)
     request = app.request_class(scope=scope, receive=receive, send=send)
     await handler(request, exc).to_asgi_response(app=None, request=request)(scope, receive, send)
-
