@@ -13,7 +13,7 @@ import pytest
 
 from gateway.relay import DONE_EVENT, Outcome, relay_stream
 from workers.pool import Replica
-from workers.upstream import UpstreamCall
+from workers.upstream import HttpxResponse, UpstreamCall
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
 
@@ -35,7 +35,8 @@ async def relay(raw: bytes, chunk_size: int, strip: bool) -> tuple[bytes, Outcom
         response = await client.send(client.build_request("POST", "http://worker/v1/x"), stream=True)
         replica = Replica("http://worker", "p", healthy=True, in_flight=1)
         outcome = Outcome("rid", "tiny", time.perf_counter())
-        out = b"".join([c async for c in relay_stream(UpstreamCall(replica, response), strip, outcome)])
+        call = UpstreamCall(replica, HttpxResponse(response))
+        out = b"".join([c async for c in relay_stream(call, strip, outcome)])
         assert replica.in_flight == 0
         return out, outcome
 
@@ -102,7 +103,7 @@ async def test_broken_stream_ends_with_error_event_and_done() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         response = await client.send(client.build_request("POST", "http://worker/v1/x"), stream=True)
         outcome = Outcome("rid", "tiny", time.perf_counter())
-        call = UpstreamCall(Replica("http://worker", "p", in_flight=1), response)
+        call = UpstreamCall(Replica("http://worker", "p", in_flight=1), HttpxResponse(response))
         out = b"".join([c async for c in relay_stream(call, True, outcome)])
     assert out.startswith(first_two)
     tail = out[len(first_two) :]
