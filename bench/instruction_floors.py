@@ -51,13 +51,12 @@ def measure(name: str, tmp: Path, core: str, load_core: str, upstream: str, seco
         sc = SCENARIOS["json"]
         load = wrklib.Load(url, body, sc.check, sc.markers, unique=False)
         wrklib.run(load, conns, 5, load_core, tmp / "wrk.log", f"{name}-warmup")
-        idle = instr.idle_rate(child.pid, out, 10)
+        idle = instr.idle_rate(child.pid, out)
         instr.zero(child.pid)
         r = wrklib.run(load, conns, seconds, load_core, tmp / "wrk.log", name)
-        executed = instr.dump(child.pid, out)
+        per_req = instr.per_call(child.pid, out, idle, r.seconds, r.requests) or 0
     finally:
         child.stop()
-    per_req = round((executed - idle * r.seconds) / r.requests)
     print(f"  {name:<9} {per_req:>9,} instructions/call  ({r.requests} calls, {r.errors} errors; {FLOORS[name]})",
           flush=True)
     return {"floor": name, "what": FLOORS[name], "instructions_per_req": per_req, "requests": r.requests,

@@ -65,7 +65,6 @@ FIXTURES = Path(os.environ.get("BENCH_FIXTURES", ROOT.parent / "shared" / "fixtu
 RESULTS = BENCH / "results"
 CONNECTIONS = (1, 16, 64, 256)
 MAX_ERROR_RATE = 0.01
-IDLE_S = 10.0  # --instructions: seconds of idle counted before each point
 NOISE_PCT = 10.0  # other jobs' CPU (% of a core) during a point above which the point is flagged as noisy
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BENCH_DB = f"gateway_overhead_bench_{os.getpid()}"  # its own per run: runs side by side never share one
@@ -238,18 +237,20 @@ class Run:
             w = wrklib.run(load, conns, warm, self.load_core, self.wrk_log, name + "-warmup")
             self.requests_sent[target] = self.requests_sent.get(target, 0) + w.requests
         self.settle(pid)
+        counting = self.args.instructions and target == "gateway"
+        idle_rate = 0.0
+        if counting:  # what the gateway executes with no calls (timers, health checks) is not theirs
+            idle_rate = instr.idle_rate(pid, self.tmp / "callgrind")
         pids = tree(pid)
         ticks = cpu_ticks(pids)
         busy = core_busy_ticks()
         procs_before = process_cpu()
-        counting = self.args.instructions and target == "gateway"
-        idle_rate = 0.0
-        if counting:  # what the gateway executes with no calls (timers, health checks) is not theirs
-            idle_rate = instr.idle_rate(pid, self.tmp / "callgrind", IDLE_S)
+        if counting:
             instr.zero(pid)
         with Sampler(pid) as sampler:
             r = wrklib.run(load, conns, seconds, self.load_core, self.wrk_log, name)
-        executed = instr.dump(pid, self.tmp / "callgrind") if counting else None
+        per_call = (instr.per_call(pid, self.tmp / "callgrind", idle_rate, r.seconds, r.requests)
+                    if counting else None)
         used = cpu_ticks(tree(pid)) - ticks
         core_busy = core_busy_ticks()[self.server_core] - busy[self.server_core]
         others = other_cpu(procs_before, process_cpu(), {*tree(pid), *self.own_pids}, ("wrk", "taskset"),
@@ -264,8 +265,7 @@ class Run:
             "mean_ms": round(r.mean_ms, 3), "errors": r.errors, "error_rate": round(r.error_rate, 5),
             "cpu_us_per_req": round(used / CLK_TCK * 1e6 / r.requests, 1) if r.requests else None,
             "cpu_util_pct": round(100 * used / CLK_TCK / r.seconds, 1) if r.seconds else None,
-            "instructions_per_req": round((executed - idle_rate * r.seconds) / r.requests)
-            if executed and r.requests else None,
+            "instructions_per_req": per_call,
             "idle_instructions_per_s": round(idle_rate) if counting else None,
             "rss_mb_after": round(rss_after / 1024, 1), "rss_mb_max": round(max(sampler.max_kb, rss_after) / 1024, 1),
             "added_p50_ms": None, "added_p99_ms": None,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from overheadlib.procs import BenchError
 
+IDLE_S = 10.0  # seconds of idle counted before a point
 _TOTALS = re.compile(r"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
 
 
@@ -50,13 +51,19 @@ def dump(pid: int, out_dir: Path) -> int:
     return int(found.group(1))
 
 
-def idle_rate(pid: int, out_dir: Path, seconds: float) -> float:
+def idle_rate(pid: int, out_dir: Path, seconds: float = IDLE_S) -> float:
     """Instructions per second the idle gateway executes (timers, health checks): subtracted from a
     point's count, so that a slower point (fewer calls in the same time) is not charged more for them."""
     zero(pid)
     started = time.monotonic()
     time.sleep(seconds)
     return dump(pid, out_dir) / (time.monotonic() - started)
+
+
+def per_call(pid: int, out_dir: Path, idle_per_s: float, seconds: float, calls: int) -> int | None:
+    """Instructions per call of a point that ran `seconds` since `zero`, less the idle rate's share."""
+    executed = dump(pid, out_dir)
+    return round((executed - idle_per_s * seconds) / calls) if calls else None
 
 
 def _control(pid: int, action: str) -> None:
