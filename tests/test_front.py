@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,7 +127,7 @@ def test_only_inference_posts_take_the_short_way(pair: tuple[InProcessGateway, I
 
 
 def test_a_failure_inside_the_handler_is_the_apps_500(pair: tuple[InProcessGateway, InProcessGateway],
-                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected exception before the answer starts: the app's own 500 envelope, with the request id."""
     import gateway.front
 
