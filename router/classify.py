@@ -123,7 +123,7 @@ class Classifier:
     lowest_tier: int
     words: Mapping[bytes, frozenset[Signal]]  # one-word keyword -> the signals it fires
     word_set: frozenset[bytes]
-    phrases: tuple[tuple[bytes, bytes, frozenset[Signal]], ...]  # (first word, b" phrase ", signals)
+    phrases: Mapping[bytes, tuple[tuple[bytes, frozenset[Signal]], ...]]  # first word -> (b" phrase ", signals)
     phrase_starts: frozenset[bytes]
     # Request headers that routing rules look at (lower-cased); the others are not kept. None: keep all.
     header_names: frozenset[str] | None = None
@@ -401,11 +401,13 @@ class _Scan:
                 present = set(words)
                 for word in cls.word_set & present:
                     found |= cls.words[word]
-                if not cls.phrase_starts.isdisjoint(present):
+                starts = cls.phrase_starts & present  # only phrases whose first word occurs are looked for
+                if starts:
                     joined = b" " + b" ".join(words) + b" "
-                    for first, phrase, sigs in cls.phrases:
-                        if first in present and phrase in joined:
-                            found |= sigs
+                    for first in starts:
+                        for phrase, sigs in cls.phrases[first]:
+                            if phrase in joined:
+                                found |= sigs
             self._hits = frozenset(found)
         return self._hits
 
@@ -644,9 +646,11 @@ def compile_classifier(src: Source, problems: Problems) -> Classifier | None:
         return None
 
     single = {w: frozenset(sigs) for w, sigs in keywords.items() if b" " not in w}
-    phrases = tuple(
-        (w.split(b" ", 1)[0], b" " + w + b" ", frozenset(sigs)) for w, sigs in keywords.items() if b" " in w
-    )
+    by_first: dict[bytes, list[tuple[bytes, frozenset[Signal]]]] = {}
+    for w, sigs in keywords.items():
+        if b" " in w:
+            by_first.setdefault(w.split(b" ", 1)[0], []).append((b" " + w + b" ", frozenset(sigs)))
+    phrases = {first: tuple(found) for first, found in by_first.items()}
     return Classifier(
         tokens=TokenSettings(
             exact_chars=t.exact_chars,
@@ -671,5 +675,5 @@ def compile_classifier(src: Source, problems: Problems) -> Classifier | None:
         words=single,
         word_set=frozenset(single),
         phrases=phrases,
-        phrase_starts=frozenset(first for first, _, _ in phrases),
+        phrase_starts=frozenset(phrases),
     )

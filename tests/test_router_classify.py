@@ -234,6 +234,22 @@ def test_keywords_match_whole_words_case_insensitively(tmp_path: Path) -> None:
     assert feats(chat("tl;dr please"), classifier=cls).category == "code"
 
 
+def test_phrases_that_share_their_first_word_each_count(tmp_path: Path) -> None:
+    classify_yaml = """\
+        categories:
+          ops:
+            signals: [{name: dump, keywords: [core dump], weight: 1}, {name: file, keywords: [core file], weight: 2}]
+        """
+    cls = load_policy_set(write_policy(tmp_path / "p", classify=classify_yaml,
+                                       models="models: [{name: m, pool: p, context_window: 99, tier: 1}]\n",
+                                       routing="rules: []\n")).classifier
+    assert feats(chat("the core is fine, the dump is not"), classifier=cls).category == "chat"
+    assert feats(chat("a core dump"), classifier=cls).signals == ("ops/dump",)
+    assert feats(chat("a CORE FILE"), classifier=cls).signals == ("ops/file",)
+    f = feats(chat("core file and core   dump"), classifier=cls)
+    assert (sorted(f.signals), f.category_score) == (["ops/dump", "ops/file"], 3)
+
+
 def test_min_score_and_ties(tmp_path: Path) -> None:
     classify_yaml = """\
         categories:
