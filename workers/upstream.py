@@ -158,6 +158,7 @@ def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -
         connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
         auto_decompress=False,  # passthrough: bytes as the worker sent them
+        cookie_jar=aiohttp.DummyCookieJar(),  # a worker's cookies are never kept, nor sent on another's call
         trust_env=False,  # callers never choose where we connect: no proxies from the environment
     )
     client = httpx.AsyncClient(
