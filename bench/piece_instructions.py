@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from overheadlib.instructions import wrapper  # noqa: E402
-
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "vllm-0.32"
-_TOTALS = re.compile(rb"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
-
+from overhead import FIXTURES, SCENARIOS  # noqa: E402
+from overheadlib.instructions import take_total, wrapper  # noqa: E402
 
 # --- the pieces: each takes the number of calls and returns the loop to count ----------------------------
 
 
 def _bodies(n: int) -> list[dict[str, Any]]:
-    from overhead import SCENARIOS
-
     raw = SCENARIOS["json"].body().decode()
     return [json.loads(raw.replace("@@NONCE@@", f"check-{i}")) for i in range(n + 1)]  # distinct prompts
 
@@ -201,11 +195,7 @@ def count(piece: str, calls: int, out_dir: Path) -> int:
     if done.returncode != 0:
         raise SystemExit(f"{piece} failed:\n{done.stderr[-3000:]}")
     (dump,) = set(out_dir.glob("callgrind.out.*")) - before
-    found = _TOTALS.search(dump.read_bytes())
-    dump.unlink()
-    if found is None:
-        raise SystemExit(f"no totals in the callgrind output of {piece}")
-    return int(found.group(1))
+    return take_total(dump)
 
 
 def main() -> int:

@@ -44,10 +44,15 @@ def dump(pid: int, out_dir: Path) -> int:
     new = sorted(set(out_dir.glob(f"callgrind.out.{pid}*")) - before, key=lambda p: p.stat().st_mtime)
     if not new:
         raise BenchError(f"callgrind wrote no dump for pid {pid} in {out_dir}")
-    found = _TOTALS.search(new[-1].read_text(errors="replace"))
+    return take_total(new[-1])
+
+
+def take_total(dump_file: Path) -> int:
+    """The instructions a callgrind output file counts; the file is removed (a long run's is megabytes)."""
+    found = _TOTALS.search(dump_file.read_text(errors="replace"))
     if found is None:
-        raise BenchError(f"no totals in {new[-1]}")
-    new[-1].unlink()  # a dump of a long run is megabytes; only its total is kept
+        raise BenchError(f"no totals in {dump_file}")
+    dump_file.unlink()
     return int(found.group(1))
 
 
