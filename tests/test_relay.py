@@ -6,16 +6,45 @@ Every way the worker's bytes can be cut into network chunks must give the client
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
 from gateway.relay import DONE_EVENT, Outcome, relay_stream
 from workers.pool import Replica
-from workers.upstream import HttpxResponse, UpstreamCall
+from workers.upstream import UpstreamCall
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+
+
+@dataclass(slots=True)
+class HttpxResponse:
+    """httpx's streamed response as a `WorkerResponse` (the workers here are httpx.MockTransport): its close
+    may wait, so it is shielded from the caller's cancellation, as the protocol asks."""
+
+    raw: httpx.Response
+
+    @property
+    def status_code(self) -> int:
+        return self.raw.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.raw.headers
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.raw.aiter_raw()
+
+    async def aread(self) -> bytes:
+        return await self.raw.aread()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.raw.aclose()
 
 
 def fixture_bytes(name: str) -> bytes:

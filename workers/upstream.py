@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import aiohttp
-import anyio
 import httpx
 
 from router.errors import NoHealthyReplica, UpstreamTimeout
@@ -72,32 +71,6 @@ class AiohttpResponse:
             self.raw.release()  # read to its end: the connection goes back to the pool
         else:
             self.raw.close()  # not: the connection is closed, so the worker stops generating
-
-
-@dataclass(slots=True)
-class HttpxResponse:
-    """httpx's streamed response (workers the tests mock with httpx): its close may wait, so it is
-    shielded from the caller's cancellation."""
-
-    raw: httpx.Response
-
-    @property
-    def status_code(self) -> int:
-        return self.raw.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.raw.headers
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        return self.raw.aiter_raw()
-
-    async def aread(self) -> bytes:
-        return await self.raw.aread()
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.raw.aclose()
 
 
 @dataclass(eq=False)
