@@ -1,4 +1,4 @@
-"""The stream relay on real vLLM 0.32 bytes (shared/fixtures), through httpx.MockTransport.
+"""The stream relay on real vLLM 0.32 bytes (shared/fixtures), cut into every kind of network chunk.
 
 Every way the worker's bytes can be cut into network chunks must give the client the same events.
 """
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
-import httpx
+import aiohttp
 import pytest
 
 from gateway.relay import DONE_EVENT, Outcome, relay_stream
@@ -21,30 +20,29 @@ from workers.upstream import UpstreamCall
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
 
 
-@dataclass(slots=True)
-class HttpxResponse:
-    """httpx's streamed response as a `WorkerResponse` (the workers here are httpx.MockTransport): its close
-    may wait, so it is shielded from the caller's cancellation, as the protocol asks."""
+@dataclass
+class ChunkedResponse:
+    """A stand-in for a worker's streamed answer (a `WorkerResponse`), fed from memory: the relay gets
+    exactly these chunks, which a socket would not promise. The same relay runs over real sockets against
+    real vLLM (test_real_vllm*.py) and the simulator (test_gateway*.py, test_accounting_gateway.py)."""
 
-    raw: httpx.Response
+    chunks: list[bytes]
+    fail: Exception | None = None  # raised after the chunks, as aiohttp raises a connection cut mid-body
+    status_code: int = 200
+    headers: Mapping[str, str] = field(default_factory=lambda: {"content-type": "text/event-stream"})
+    closed: bool = False
 
-    @property
-    def status_code(self) -> int:
-        return self.raw.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.raw.headers
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        return self.raw.aiter_raw()
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.fail is not None:
+            raise self.fail
 
     async def aread(self) -> bytes:
-        return await self.raw.aread()
+        return b"".join(self.chunks)
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.raw.aclose()
+        self.closed = True
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -56,27 +54,12 @@ def events(raw: bytes) -> list[bytes]:
 
 
 async def relay(raw: bytes, chunk_size: int, strip: bool) -> tuple[bytes, Outcome]:
-    def handler(request: httpx.Request) -> httpx.Response:
-        chunks = [raw[i : i + chunk_size] for i in range(0, len(raw), chunk_size)]
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(chunks))
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        response = await client.send(client.build_request("POST", "http://worker/v1/x"), stream=True)
-        replica = Replica("http://worker", "p", healthy=True, in_flight=1)
-        outcome = Outcome("rid", "tiny", time.perf_counter())
-        call = UpstreamCall(replica, HttpxResponse(response))
-        out = b"".join([c async for c in relay_stream(call, strip, outcome)])
-        assert replica.in_flight == 0
-        return out, outcome
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self):  # type: ignore[override]
-        for c in self.chunks:
-            yield c
+    response = ChunkedResponse([raw[i : i + chunk_size] for i in range(0, len(raw), chunk_size)])
+    replica = Replica("http://worker", "p", healthy=True, in_flight=1)
+    outcome = Outcome("rid", "tiny", time.perf_counter())
+    out = b"".join([c async for c in relay_stream(UpstreamCall(replica, response), strip, outcome)])
+    assert replica.in_flight == 0 and response.closed
+    return out, outcome
 
 
 @pytest.mark.parametrize("name", ["chat_stream_usage.sse", "completion_stream_usage.sse"])
@@ -121,21 +104,15 @@ async def test_broken_stream_ends_with_error_event_and_done() -> None:
     raw = fixture_bytes("chat_stream_usage.sse")
     first_two = b"".join(events(raw)[:2])
 
-    class Breaking(httpx.AsyncByteStream):
-        async def __aiter__(self):  # type: ignore[override]
-            yield first_two
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Breaking())
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        response = await client.send(client.build_request("POST", "http://worker/v1/x"), stream=True)
-        outcome = Outcome("rid", "tiny", time.perf_counter())
-        call = UpstreamCall(Replica("http://worker", "p", in_flight=1), HttpxResponse(response))
-        out = b"".join([c async for c in relay_stream(call, True, outcome)])
+    # What aiohttp raises when the worker's connection closes before the body's end.
+    response = ChunkedResponse([first_two], fail=aiohttp.ClientPayloadError("Response payload is not completed"))
+    outcome = Outcome("rid", "tiny", time.perf_counter())
+    replica = Replica("http://worker", "p", in_flight=1)
+    out = b"".join([c async for c in relay_stream(UpstreamCall(replica, response), True, outcome)])
+    assert response.closed and replica.in_flight == 0
+    assert replica.last_error == "stream broke: ClientPayloadError"  # counted against its breaker
     assert out.startswith(first_two)
     tail = out[len(first_two) :]
     assert tail.startswith(b'data: {"error":{"message":"The worker failed mid-stream.","type":"upstream_error"')
     assert tail.endswith(DONE_EVENT)
-    assert not outcome.completed and outcome.error == "RemoteProtocolError"
+    assert not outcome.completed and outcome.error == "ClientPayloadError"

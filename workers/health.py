@@ -1,34 +1,46 @@
-"""Live state of each replica: its GET /health and the load gauges of its /metrics, on an interval."""
+"""Live state of each replica: its GET /health and the load gauges of its /metrics, on an interval.
+
+The checks go over the calls' own aiohttp session (workers/upstream.py): the serving process needs no
+second HTTP client.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-import httpx
+import aiohttp
 
 from workers.engine_metrics import parse_load
 from workers.pool import Pools, Replica
-from workers.upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("gateway.workers")
 
+# The calls' session leaves bodies as sent (auto_decompress=False): ask for /metrics uncompressed.
+CHECK_HEADERS = {"accept-encoding": "identity"}
 
-async def check_replica(client: httpx.AsyncClient, replica: Replica, timeout: float) -> None:
-    try:
-        health, metrics = await asyncio.gather(
-            client.get(f"{replica.url}/health", timeout=timeout),
-            client.get(f"{replica.url}/metrics", timeout=timeout),
-            return_exceptions=True,
-        )
-        if isinstance(health, BaseException):
+
+async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, bytes]:
+    async with session.get(url, headers=CHECK_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout),
+                           allow_redirects=False) as response:
+        return response.status, await response.read()
+
+
+async def check_replica(session: aiohttp.ClientSession, replica: Replica, timeout: float) -> None:
+    health, metrics = await asyncio.gather(
+        _get(session, f"{replica.url}/health", timeout),
+        _get(session, f"{replica.url}/metrics", timeout),
+        return_exceptions=True,
+    )
+    if isinstance(health, BaseException):
+        if not isinstance(health, Exception):  # cancelled: the checker is stopping
             raise health
-        ok, error = health.status_code == 200, f"/health answered {health.status_code}"
-        if isinstance(metrics, httpx.Response) and metrics.status_code == 200:
-            load = parse_load(metrics.text)
-            replica.running, replica.waiting, replica.kv_cache = load.running, load.waiting, load.kv_cache
-    except UPSTREAM_ERRORS as exc:
-        ok, error = False, f"/health failed: {type(exc).__name__}"
+        ok, error = False, f"/health failed: {type(health).__name__}"
+    else:
+        ok, error = health[0] == 200, f"/health answered {health[0]}"
+    if not isinstance(metrics, BaseException) and metrics[0] == 200:
+        load = parse_load(metrics[1].decode("utf-8", "replace"))
+        replica.running, replica.waiting, replica.kv_cache = load.running, load.waiting, load.kv_cache
     if ok != replica.healthy:
         log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")
     replica.healthy = ok
@@ -36,12 +48,12 @@ async def check_replica(client: httpx.AsyncClient, replica: Replica, timeout: fl
         replica.last_error = error
 
 
-async def check_all(client: httpx.AsyncClient, pools: Pools, timeout: float) -> None:
-    await asyncio.gather(*(check_replica(client, r, timeout) for r in pools.replicas()))
+async def check_all(session: aiohttp.ClientSession, pools: Pools, timeout: float) -> None:
+    await asyncio.gather(*(check_replica(session, r, timeout) for r in pools.replicas()))
 
 
-async def watch_health(client: httpx.AsyncClient, pools: Pools, interval: float) -> None:
+async def watch_health(session: aiohttp.ClientSession, pools: Pools, interval: float) -> None:
     """Runs until cancelled."""
     while True:
-        await check_all(client, pools, timeout=max(0.5, min(interval, 5.0)))
+        await check_all(session, pools, timeout=max(0.5, min(interval, 5.0)))
         await asyncio.sleep(interval)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import httpx
+import aiohttp
 
 from workers.launcher import ReplicaPlan
 
@@ -116,14 +116,15 @@ class Supervisor:
         """True once /health answers; otherwise sets last_error (exited, or too slow and then killed)."""
         assert r.process is not None
         deadline = time.monotonic() + r.plan.ready_timeout_s
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=2.0)) as session:
             while time.monotonic() < deadline:
                 if r.process.returncode is not None:
                     r.last_error = f"exited with status {r.process.returncode} before it was ready"
                     return False
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(r.url + "/health", timeout=2.0)).status_code == 200:
-                        return True
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(r.url + "/health") as response:
+                        if response.status == 200:
+                            return True
                 await asyncio.sleep(0.1 if time.monotonic() - r.started_at < 10 else 1.0)
         r.last_error = f"not healthy after {r.plan.ready_timeout_s:.0f}s"
         await self._kill(r)

@@ -4,9 +4,9 @@ Calls go over aiohttp's connection pool. Measured here (bench/upstream_client_be
 at 64 concurrent calls to nginx): httpx with its own transport ~0.9 ms (httpcore polls every idle
 pooled connection on each request); httpx's API over aiohttp's pool (httpx-aiohttp) ~0.19 ms, or
 ~0.12 ms straight to its transport; aiohttp itself ~0.07 ms. The gateway sits in front of every
-token, so the calls use aiohttp; httpx stays the client for everything else (health checks, admin,
-tests). aiohttp's errors are translated here, at the boundary, into the gateway's error tree
-(`failure_kind`).
+token, so the calls use aiohttp, and so do the health checks (workers/health.py): one client in the
+serving process (httpx, a second one, cost ~6 MB of resident memory). aiohttp's errors are translated
+here, at the boundary, into the gateway's error tree (`failure_kind`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import aiohttp
-import httpx
 
 from router.errors import NoHealthyReplica, UpstreamTimeout
 from workers.pool import Gate, Pool, Replica
@@ -98,35 +97,31 @@ class UpstreamCall:
 
 
 # What a call to a worker may raise besides the gateway's own errors.
-UPSTREAM_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError, httpx.HTTPError)
+UPSTREAM_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError,)
 
 
 def failure_kind(exc: BaseException) -> Literal["connect", "timeout", "other"]:
     """What went wrong: the worker could not be reached, was too slow, or failed otherwise."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return "connect"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return "connect"
-    return "timeout" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "other"
+    return "timeout" if isinstance(exc, TimeoutError) else "other"
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """The pooled clients to the workers: aiohttp for calls, httpx for the rest (health checks)."""
+    """The pooled client to the workers, for calls and health checks."""
 
     session: aiohttp.ClientSession
-    client: httpx.AsyncClient
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AiohttpResponse:
         return AiohttpResponse(await self.session.post(url, data=body, headers=headers, allow_redirects=False))
 
     async def aclose(self) -> None:
         await self.session.close()
-        await self.client.aclose()
 
 
 def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -> Upstream:
-    """Both clients (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
+    """The client (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
@@ -134,12 +129,7 @@ def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -
         cookie_jar=aiohttp.DummyCookieJar(),  # a worker's cookies are never kept, nor sent on another's call
         trust_env=False,  # callers never choose where we connect: no proxies from the environment
     )
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        follow_redirects=False,
-        trust_env=False,
-    )
-    return Upstream(session, client)
+    return Upstream(session)
 
 
 def _failed(replica: Replica, why: str, failures: list[str]) -> None:

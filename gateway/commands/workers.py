@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from gateway.settings import Settings, SettingsError, load_settings
 
 
@@ -59,6 +57,8 @@ def run_status(args: argparse.Namespace) -> int:
         return 2
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}/admin/workers"
+    import httpx  # here: `gateway serve` registers this command too, and serves without httpx
+
     try:
         from gateway.auth.keys import known_dev_key
 

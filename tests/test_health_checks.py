@@ -1,0 +1,106 @@
+"""The health checker (workers/health.py) against a real HTTP server standing in for a vLLM replica.
+
+It serves vLLM 0.32's real /metrics page (shared/fixtures), gzip-compressed when the client accepts it, as
+vLLM's Prometheus endpoint does; the checker's session leaves bodies compressed (calls are passthrough).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from workers.health import check_replica
+from workers.pool import Replica
+from workers.upstream import Upstream, new_upstream
+
+METRICS = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32" / "metrics.prom").read_text()
+BUSY = (
+    'vllm:num_requests_running{engine="0",model_name="tiny"} 3.0\n'
+    'vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0\n'
+    'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.5\n'
+)
+
+
+@dataclass
+class Worker:
+    url: str
+    health_status: int = 200
+    health_delay_s: float = 0.0
+    metrics: str = METRICS
+    encodings: list[str] = field(default_factory=list)  # the Accept-Encoding of each /metrics request
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[Worker]:
+    state = Worker("")
+
+    async def health(request: web.Request) -> web.Response:
+        await asyncio.sleep(state.health_delay_s)
+        return web.Response(status=state.health_status)
+
+    async def metrics(request: web.Request) -> web.Response:
+        accepted = request.headers.get("Accept-Encoding", "")
+        state.encodings.append(accepted)
+        body = state.metrics.encode()
+        if "gzip" in accepted:
+            return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+        return web.Response(body=body, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    client = new_upstream(connect_timeout=1.0, timeout=5.0, max_connections=4)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_load_gauges_are_read_from_the_metrics_page(worker: Worker, upstream: Upstream) -> None:
+    worker.metrics = METRICS + BUSY
+    replica = Replica(worker.url, "p", healthy=False)
+    await check_replica(upstream.session, replica, timeout=2.0)
+    assert replica.healthy
+    assert (replica.running, replica.waiting, replica.kv_cache) == (3.0, 2.0, 0.5)
+    assert worker.encodings == ["identity"]  # never a compressed page the checker could not read
+
+
+async def test_a_failing_or_slow_health_check_marks_the_replica_unhealthy(worker: Worker, upstream: Upstream) -> None:
+    replica = Replica(worker.url, "p", healthy=True)
+    worker.health_status = 503
+    await check_replica(upstream.session, replica, timeout=2.0)
+    assert not replica.healthy and replica.last_error == "/health answered 503"
+
+    worker.health_status = 200
+    await check_replica(upstream.session, replica, timeout=2.0)
+    assert replica.healthy
+
+    worker.health_delay_s = 1.0
+    await check_replica(upstream.session, replica, timeout=0.2)
+    assert not replica.healthy and replica.last_error is not None and "Timeout" in replica.last_error
+
+
+async def test_an_unreachable_replica_is_unhealthy(upstream: Upstream) -> None:
+    replica = Replica("http://127.0.0.1:9", "p", healthy=True)  # the discard port: nothing listens
+    await check_replica(upstream.session, replica, timeout=1.0)
+    assert not replica.healthy
+    assert replica.last_error == "/health failed: ClientConnectorError"
