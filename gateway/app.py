@@ -100,9 +100,9 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
                 settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
             )
             stack.push_async_callback(upstream.aclose)
-            await check_all(upstream.session, pools, timeout=2.0)
+            await check_all(upstream.checks, pools, timeout=2.0)
             warm_up()  # the tokenizer, before the first request rather than during it
-            for job in (watch_health(upstream.session, pools, settings.health_interval_s), policies.watch()):
+            for job in (watch_health(upstream.checks, pools, settings.health_interval_s), policies.watch()):
                 stack.push_async_callback(_cancel, asyncio.create_task(job))
             install_sighup(policies)
             redis = batcher = None

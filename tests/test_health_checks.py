@@ -1,7 +1,7 @@
 """The health checker (workers/health.py) against a real HTTP server standing in for a vLLM replica.
 
 It serves vLLM 0.32's real /metrics page (shared/fixtures), gzip-compressed when the client accepts it, as
-vLLM's Prometheus endpoint does; the checker's session leaves bodies compressed (calls are passthrough).
+vLLM's Prometheus endpoint does (the calls' session would leave it compressed: calls are passthrough).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Worker:
     health_status: int = 200
     health_delay_s: float = 0.0
     metrics: str = METRICS
-    encodings: list[str] = field(default_factory=list)  # the Accept-Encoding of each /metrics request
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the answers of /v1/slow
 
 
 @pytest.fixture
@@ -45,16 +45,23 @@ async def worker() -> AsyncIterator[Worker]:
         return web.Response(status=state.health_status)
 
     async def metrics(request: web.Request) -> web.Response:
-        accepted = request.headers.get("Accept-Encoding", "")
-        state.encodings.append(accepted)
         body = state.metrics.encode()
-        if "gzip" in accepted:
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
             return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
         return web.Response(body=body, content_type="text/plain")
+
+    async def slow(request: web.Request) -> web.StreamResponse:  # a long stream: headers now, the end later
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {}\n\n")
+        await state.release.wait()
+        await response.write_eof()
+        return response
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -68,7 +75,7 @@ async def worker() -> AsyncIterator[Worker]:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
-    client = new_upstream(connect_timeout=1.0, timeout=5.0, max_connections=4)
+    client = new_upstream(connect_timeout=1.0, timeout=5.0, max_connections=1)
     try:
         yield client
     finally:
@@ -78,29 +85,42 @@ async def upstream() -> AsyncIterator[Upstream]:
 async def test_load_gauges_are_read_from_the_metrics_page(worker: Worker, upstream: Upstream) -> None:
     worker.metrics = METRICS + BUSY
     replica = Replica(worker.url, "p", healthy=False)
-    await check_replica(upstream.session, replica, timeout=2.0)
+    await check_replica(upstream.checks, replica, timeout=2.0)
     assert replica.healthy
     assert (replica.running, replica.waiting, replica.kv_cache) == (3.0, 2.0, 0.5)
-    assert worker.encodings == ["identity"]  # never a compressed page the checker could not read
+
+
+async def test_calls_holding_every_connection_do_not_hold_up_health_checks(worker: Worker,
+                                                                           upstream: Upstream) -> None:
+    call = await upstream.send(worker.url + "/v1/slow", b"{}", {})  # the calls' pool has one connection
+    try:
+        assert call.status_code == 200
+        replica = Replica(worker.url, "p", healthy=True)
+        await check_replica(upstream.checks, replica, timeout=1.0)
+        assert replica.healthy, replica.last_error
+    finally:
+        worker.release.set()
+        await call.aread()
+        await call.aclose()
 
 
 async def test_a_failing_or_slow_health_check_marks_the_replica_unhealthy(worker: Worker, upstream: Upstream) -> None:
     replica = Replica(worker.url, "p", healthy=True)
     worker.health_status = 503
-    await check_replica(upstream.session, replica, timeout=2.0)
+    await check_replica(upstream.checks, replica, timeout=2.0)
     assert not replica.healthy and replica.last_error == "/health answered 503"
 
     worker.health_status = 200
-    await check_replica(upstream.session, replica, timeout=2.0)
+    await check_replica(upstream.checks, replica, timeout=2.0)
     assert replica.healthy
 
     worker.health_delay_s = 1.0
-    await check_replica(upstream.session, replica, timeout=0.2)
+    await check_replica(upstream.checks, replica, timeout=0.2)
     assert not replica.healthy and replica.last_error is not None and "Timeout" in replica.last_error
 
 
 async def test_an_unreachable_replica_is_unhealthy(upstream: Upstream) -> None:
     replica = Replica("http://127.0.0.1:9", "p", healthy=True)  # the discard port: nothing listens
-    await check_replica(upstream.session, replica, timeout=1.0)
+    await check_replica(upstream.checks, replica, timeout=1.0)
     assert not replica.healthy
     assert replica.last_error == "/health failed: ClientConnectorError"

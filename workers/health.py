@@ -1,7 +1,6 @@
 """Live state of each replica: its GET /health and the load gauges of its /metrics, on an interval.
 
-The checks go over the calls' own aiohttp session (workers/upstream.py): the serving process needs no
-second HTTP client.
+The checks use aiohttp, as calls do, on a session of their own (`Upstream.checks`, workers/upstream.py).
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ from workers.pool import Pools, Replica
 
 log = logging.getLogger("gateway.workers")
 
-# The calls' session leaves bodies as sent (auto_decompress=False): ask for /metrics uncompressed.
-CHECK_HEADERS = {"accept-encoding": "identity"}
-
 
 async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, bytes]:
-    async with session.get(url, headers=CHECK_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout),
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout),
                            allow_redirects=False) as response:
         return response.status, await response.read()
 

@@ -4,9 +4,9 @@ Calls go over aiohttp's connection pool. Measured here (bench/upstream_client_be
 at 64 concurrent calls to nginx): httpx with its own transport ~0.9 ms (httpcore polls every idle
 pooled connection on each request); httpx's API over aiohttp's pool (httpx-aiohttp) ~0.19 ms, or
 ~0.12 ms straight to its transport; aiohttp itself ~0.07 ms. The gateway sits in front of every
-token, so the calls use aiohttp, and so do the health checks (workers/health.py): one client in the
-serving process (httpx, a second one, cost ~6 MB of resident memory). aiohttp's errors are translated
-here, at the boundary, into the gateway's error tree (`failure_kind`).
+token, so the calls use aiohttp, and so do the health checks (workers/health.py), on a session of their
+own: one HTTP library in the serving process (httpx beside it cost ~6 MB of resident memory). aiohttp's
+errors are translated here, at the boundary, into the gateway's error tree (`failure_kind`).
 """
 
 from __future__ import annotations
@@ -109,19 +109,23 @@ def failure_kind(exc: BaseException) -> Literal["connect", "timeout", "other"]:
 
 @dataclass(frozen=True)
 class Upstream:
-    """The pooled client to the workers, for calls and health checks."""
+    """The pooled clients to the workers: `session` for calls, `checks` for health checks. Apart, so that
+    calls holding every connection of the pool (long streams) never hold up a health check, which would
+    then time out and take healthy replicas out of service."""
 
     session: aiohttp.ClientSession
+    checks: aiohttp.ClientSession
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AiohttpResponse:
         return AiohttpResponse(await self.session.post(url, data=body, headers=headers, allow_redirects=False))
 
     async def aclose(self) -> None:
         await self.session.close()
+        await self.checks.close()
 
 
 def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -> Upstream:
-    """The client (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
+    """Both clients (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
@@ -129,7 +133,12 @@ def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -
         cookie_jar=aiohttp.DummyCookieJar(),  # a worker's cookies are never kept, nor sent on another's call
         trust_env=False,  # callers never choose where we connect: no proxies from the environment
     )
-    return Upstream(session)
+    checks = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),  # a replica's /health and /metrics at once
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+    return Upstream(session, checks)
 
 
 def _failed(replica: Replica, why: str, failures: list[str]) -> None:
