@@ -50,7 +50,7 @@ vllm-env: $(VLLM_VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy router
+	$(BIN)/mypy router workers
 
 test: venv vllm-env lint
 	$(BIN)/pytest
