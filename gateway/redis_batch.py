@@ -208,7 +208,8 @@ class RedisBatcher:
         try:
             async with asyncio.timeout(self.timeout_s):
                 # hiredis packs in C (redis-py's asyncio connection packs in Python, ~8 us a command).
-                await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+                packed = b"".join(map(pack_command, commands))  # type: ignore[arg-type]  # hiredis's stub: a 1-tuple
+                await conn.send_packed_command(packed, check_health=False)
                 for _ in commands:
                     try:
                         results.append(await conn.read_response())

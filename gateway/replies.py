@@ -50,7 +50,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # an http.request message
         if chunk:
             size += len(chunk)
             if size > limit:

@@ -196,8 +196,12 @@ def _decimal(loader: _Loader, node: yaml.ScalarNode) -> Decimal:
     return Decimal(loader.construct_scalar(node).replace("_", ""))
 
 
+def _text(loader: _Loader, node: yaml.ScalarNode) -> str:
+    return loader.construct_scalar(node)  # as PyYAML's construct_yaml_str
+
+
 _Loader.add_constructor("tag:yaml.org,2002:float", _decimal)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _text)
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _MSGSPEC_AT = re.compile(r" - at `\$([^`]*)`$")
@@ -205,11 +209,13 @@ _MSGSPEC_AT = re.compile(r" - at `\$([^`]*)`$")
 
 def _child(node: yaml.Node | None, key: str | int) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
+        pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
+        for k, v in pairs:
             if k.value == key:
                 return v
     if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-        return node.value[key]
+        items: list[yaml.Node] = node.value
+        return items[key]
     return None
 
 
@@ -247,7 +253,7 @@ def _make_price(model: str, currency: str, entry: _Entry) -> Price:
                             ("output_per_million", pt.output_per_million)):
             if not value.is_finite() or value < 0:
                 raise ValueError(f"per_token.{name} must be a number >= 0")
-        content = ("per_token", currency, effective.isoformat(), pt.input_per_million.normalize(),
+        content: tuple[object, ...] = ("per_token", currency, effective.isoformat(), pt.input_per_million.normalize(),
                    cached.normalize(), pt.output_per_million.normalize())
         return Price(
             id=f"{model}@{effective.date().isoformat()}#{_digest(content)}", model=model, mode="per_token",

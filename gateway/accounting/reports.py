@@ -119,9 +119,9 @@ def _money_sum(expr: Any) -> ColumnElement[Decimal]:
 def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if source == "rollups":
         d = UsageDaily
-        groups = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model, "pool": d.pool,
-                  "day": d.day, "month": d.month}
-        measures = {name: func.coalesce(func.sum(getattr(d, name)), 0) for name in COUNTS}
+        groups: dict[str, Any] = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model,
+                                  "pool": d.pool, "day": d.day, "month": d.month}
+        measures: dict[str, Any] = {name: func.coalesce(func.sum(getattr(d, name)), 0) for name in COUNTS}
         measures.update(cost=_money_sum(d.cost), reference_cost=_money_sum(d.reference_cost),
                         routing_savings=_money_sum(d.routing_saving), cache_savings=_money_sum(d.cache_saving))
         return groups, measures, (d.day, d.currency)
@@ -182,12 +182,9 @@ async def usage_report(
     async with engine.connect() as conn:
         result = await conn.execute(stmt)
         for row in result.mappings():
-            report.rows.append(ReportRow(
-                {g: _text(row[f"g_{g}"]) for g in group_by},
-                row["currency"],
-                **{name: int(row[name]) for name in COUNTS},
-                **{name: row[name] for name in AMOUNTS},
-            ))
+            measures: dict[str, Any] = {name: int(row[name]) for name in COUNTS}
+            measures.update((name, row[name]) for name in AMOUNTS)
+            report.rows.append(ReportRow({g: _text(row[f"g_{g}"]) for g in group_by}, row["currency"], **measures))
     return report
 
 

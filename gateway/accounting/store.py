@@ -103,7 +103,7 @@ class Statements:
         one execution on PostgreSQL, power-of-two chunks on SQLite."""
         if self.json:
             return [await conn.execute(statement, {"rows": await _json_rows(table, rows, turns)})]
-        results = []
+        results: list[Result[Any]] = []
         start = 0
         while start < len(rows):
             size = min(SQLITE_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
