@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import keys, store
+from gateway.auth import keys, service, store
 from gateway.auth.principal import Limits
 from gateway.auth.service import REVOKED_CHANNEL, Auth, AuthUnavailable, Unauthenticated, presented_key
 from gateway.settings import load_settings
@@ -125,6 +125,23 @@ async def test_auth_caches_and_a_revoked_key_stops_within_the_ttl(engine: AsyncE
     await asyncio.sleep(0.35)
     with pytest.raises(Unauthenticated, match="revoked"):  # ... for at most the TTL
         await auth.authenticate(bearer(key))
+
+
+async def test_keys_not_found_are_cached_apart_and_never_push_out_keys_in_use(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "MAX_UNKNOWN", 8)
+    key, info = await store.create_key(engine, SECRET, tenant="acme", team="red", role="app")
+    auth = Auth(required=True, engine=engine, secret=SECRET, ttl_s=60)
+    assert (await auth.authenticate(bearer(key))).key_id == info.id
+    for i in range(50):  # someone trying keys
+        with pytest.raises(Unauthenticated):
+            await auth.authenticate(bearer(f"sk-gw-guess-{i}"))
+    assert auth.lookups == 51 and len(auth._unknown) <= 8  # bounded
+    assert (await auth.authenticate(bearer(key))).key_id == info.id
+    with pytest.raises(Unauthenticated):  # a bad key sent again (a misconfigured client) is remembered
+        await auth.authenticate(bearer("sk-gw-guess-49"))
+    assert auth.lookups == 51  # the key in use is still cached
 
 
 async def test_concurrent_misses_share_one_query(engine: AsyncEngine) -> None:

@@ -35,7 +35,10 @@ from router.errors import GatewayError
 log = logging.getLogger("gateway.auth")
 
 REVOKED_CHANNEL = "gateway:auth:revoked"  # messages: a key id, or "*" (drop every cached key)
-MAX_CACHED = 100_000  # entries; past that the cache starts over (unknown keys must not grow it forever)
+MAX_CACHED = 100_000  # keys found; past that their cache starts over
+# Keys not found (unknown, revoked, expired), cached apart and fewer: someone trying random keys fills this
+# one only (at 100k they took ~20 MB), and never pushes out the keys in use.
+MAX_UNKNOWN = 4096
 BEARER = "bearer "
 
 
@@ -103,7 +106,8 @@ class Auth:
         self.secret = secret
         self.ttl_s = ttl_s
         self.redis = redis
-        self._cache: dict[bytes, _Entry] = {}
+        self._cache: dict[bytes, _Entry] = {}  # keys found
+        self._unknown: dict[bytes, _Entry] = {}  # keys not found (their problem: unknown, revoked, expired)
         self._stale: dict[bytes, Principal] = {}  # last known principal per key, for a database outage
         self._inflight: dict[bytes, asyncio.Future[_Entry]] = {}
         self._dev: tuple[bytes, Principal] | None = None
@@ -140,6 +144,8 @@ class Auth:
         if self._dev is not None and hmac.compare_digest(h, self._dev[0]):
             return self._dev[1]
         entry = self._cache.get(h)
+        if entry is None:
+            entry = self._unknown.get(h)
         if entry is None or entry.until <= time.monotonic():
             entry = await self._load(h)
         p = entry.principal
@@ -183,15 +189,20 @@ class Auth:
                 return _Entry(stale, None, now + self.ttl_s)
             raise AuthUnavailable("The gateway cannot check API keys right now.",
                                   headers={"retry-after": "1"}) from None
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-            self._stale.clear()
         entry = _Entry(found.principal, found.problem, time.monotonic() + self.ttl_s)
-        self._cache[h] = entry
         if found.principal is not None:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+                self._stale.clear()
+            self._unknown.pop(h, None)
+            self._cache[h] = entry
             self._stale[h] = found.principal
         else:
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._cache.pop(h, None)
             self._stale.pop(h, None)
+            self._unknown[h] = entry
         return entry
 
     # --- revocation -----------------------------------------------------------------------------
@@ -200,6 +211,7 @@ class Auth:
         """Drop cached lookups: of one key (by id), or all."""
         if key_id is None or key_id == "*":
             self._cache.clear()
+            self._unknown.clear()
             return
         for h, entry in list(self._cache.items()):
             if entry.principal is not None and entry.principal.key_id == key_id:
