@@ -25,6 +25,10 @@ from workers.pool import Gate, Pool, Replica
 log = logging.getLogger("gateway.workers")
 
 RETRY_AFTER_S = "1"
+# Idle pooled connections are closed after this, before the worker closes them: vLLM's server does at 5 s
+# (VLLM_HTTP_TIMEOUT_KEEP_ALIVE; uvicorn's default too), aiohttp's own default is 15 s. A call written on a
+# connection the worker is closing fails before any answer, and counts against a healthy replica.
+KEEPALIVE_S = 4.0
 
 
 class WorkerResponse(Protocol):
@@ -127,14 +131,15 @@ class Upstream:
 def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -> Upstream:
     """Both clients (inside the event loop). `timeout`: the longest wait for the worker's next bytes."""
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
         auto_decompress=False,  # passthrough: bytes as the worker sent them
         cookie_jar=aiohttp.DummyCookieJar(),  # a worker's cookies are never kept, nor sent on another's call
         trust_env=False,  # callers never choose where we connect: no proxies from the environment
     )
     checks = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),  # a replica's /health and /metrics at once
+        # A replica's /health and /metrics at once.
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=KEEPALIVE_S),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
     )
