@@ -220,7 +220,7 @@ async def _open(
                 _failed(replica, "timed out", failures)
                 raise UpstreamTimeout(f"The worker for model `{pool.model}` did not answer in time.") from exc
             _failed(replica, name, failures)
-            log.warning("request %s: replica %s failed before answering", request_id, replica.url)
+            log.warning("request %s: replica %s failed before answering (%s)", request_id, replica.url, name)
             continue
         except BaseException:  # cancelled: the client left before the worker answered
             replica.in_flight -= 1
