@@ -297,15 +297,16 @@ def ensure_litellm(refresh: bool) -> str:
     PGO/LTO build runs Python code ~25% faster than one without: README, Performance)."""
     stamp = LITELLM_VENV / ".installed"
     python = base_python()
-    if (stamp.exists() and not refresh and (LITELLM_VENV / "bin" / "litellm").exists()
-            and base_python(LITELLM_VENV / "bin") == python):
+    made_from = base_python(LITELLM_VENV / "bin") if (LITELLM_VENV / "bin" / "python").exists() else None
+    if stamp.exists() and not refresh and (LITELLM_VENV / "bin" / "litellm").exists() and made_from == python:
         return stamp.read_text().strip()
     print(f"  installing LiteLLM into bench/.work/litellm-venv ({python} -m venv + pip install 'litellm[proxy]') ...",
           flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    if (LITELLM_VENV / "bin" / "python").exists() and base_python(LITELLM_VENV / "bin") != python:
+    if made_from is not None and made_from != python:  # another interpreter's: made anew
         shutil.rmtree(LITELLM_VENV)
-    if not (LITELLM_VENV / "bin" / "python").exists():
+        made_from = None
+    if made_from is None:
         subprocess.run([python, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=300)
     pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "--upgrade"]
     done = subprocess.run([*pip, "litellm[proxy]"], capture_output=True, text=True, timeout=1800)
@@ -367,10 +368,12 @@ def start_litellm(workdir: Path, core: str, mock: Mock) -> Server:
 def python_versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    python = base_python()  # the gateway's (and LiteLLM's), which may not be the one running the benchmark
-    done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
-                          text=True, timeout=60)
-    out = {"python": done.stdout.strip() or sys.version.split()[0], "python_executable": python}
+    # The gateway's (and LiteLLM's) interpreter, which may not be the one running the benchmark.
+    done = subprocess.run([str(VENV_BIN / "python"), "-c",
+                           "import platform, sys; print(platform.python_version(), sys._base_executable)"],
+                          capture_output=True, text=True, timeout=60)
+    version, _, executable = done.stdout.strip().partition(" ")
+    out = {"python": version or sys.version.split()[0], "python_executable": executable}
     for pkg in ("litestar", "uvicorn", "uvloop", "httptools", "httpx", "msgspec", "sqlalchemy", "asyncpg"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
