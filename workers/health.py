@@ -16,7 +16,8 @@ from workers.pool import Pools, Replica
 log = logging.getLogger("gateway.workers")
 
 
-async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, bytes]:
+async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, bytes]:
+    """GET `url`: its status and body (raises aiohttp's errors, and TimeoutError past `timeout`)."""
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout),
                            allow_redirects=False) as response:
         return response.status, await response.read()
@@ -24,8 +25,8 @@ async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tupl
 
 async def check_replica(session: aiohttp.ClientSession, replica: Replica, timeout: float) -> None:
     health, metrics = await asyncio.gather(
-        _get(session, f"{replica.url}/health", timeout),
-        _get(session, f"{replica.url}/metrics", timeout),
+        fetch(session, f"{replica.url}/health", timeout),
+        fetch(session, f"{replica.url}/metrics", timeout),
         return_exceptions=True,
     )
     if isinstance(health, BaseException):

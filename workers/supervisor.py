@@ -19,6 +19,7 @@ from typing import Literal
 
 import aiohttp
 
+from workers.health import fetch
 from workers.launcher import ReplicaPlan
 
 log = logging.getLogger("gateway.workers")
@@ -116,15 +117,14 @@ class Supervisor:
         """True once /health answers; otherwise sets last_error (exited, or too slow and then killed)."""
         assert r.process is not None
         deadline = time.monotonic() + r.plan.ready_timeout_s
-        async with aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        async with aiohttp.ClientSession(trust_env=False) as session:
             while time.monotonic() < deadline:
                 if r.process.returncode is not None:
                     r.last_error = f"exited with status {r.process.returncode} before it was ready"
                     return False
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(r.url + "/health") as response:
-                        if response.status == 200:
-                            return True
+                    if (await fetch(session, r.url + "/health", timeout=2.0))[0] == 200:
+                        return True
                 await asyncio.sleep(0.1 if time.monotonic() - r.started_at < 10 else 1.0)
         r.last_error = f"not healthy after {r.plan.ready_timeout_s:.0f}s"
         await self._kill(r)
