@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,39 +26,30 @@ from overheadlib import instructions as instr  # noqa: E402
 from overheadlib import mock as mocklib  # noqa: E402
 from overheadlib import servers  # noqa: E402
 from overheadlib import wrk as wrklib  # noqa: E402
-from overheadlib.procs import Child, cores, free_port, http_post, pinned, wait_until  # noqa: E402
+from overheadlib.procs import cores  # noqa: E402
 
-FLOORS = {
-    "plain": "uvicorn (uvloop, httptools) + raw ASGI: read the body, answer a fixed completion",
-    "litestar": "the same answer from a Litestar @asgi route behind an app-wide guard",
-    "proxy": "uvicorn + raw ASGI forwarding to the mock with aiohttp (the gateway's client settings)",
-}
+FLOORS = ("plain", "litestar", "proxy")
 
 
 def measure(name: str, tmp: Path, core: str, load_core: str, upstream: str, seconds: float, conns: int,
             body: Path) -> dict[str, object]:
-    port = free_port()
     out = tmp / f"callgrind-{name}"
-    argv = pinned(core, [*instr.wrapper(out), str(servers.VENV_BIN / "python"), "-m", "uvicorn",
-                         f"overheadlib.floor_apps:{name}", "--loop", "uvloop", "--http", "httptools",
-                         "--port", str(port), "--no-access-log", "--log-level", "warning"])
-    env = {**os.environ, "PYTHONPATH": str(BENCH), "FLOOR_UPSTREAM": upstream + "/v1/chat/completions"}
-    child = Child(f"floor {name}", argv, tmp / f"{name}.log", cwd=tmp, env=env)
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    floor = servers.start_floor(tmp, core, name, upstream + "/v1/chat/completions", instr.wrapper(out), 600,
+                                body.read_bytes())
+    url = floor.url + "/v1/chat/completions"
     try:
-        wait_until(f"floor {name}", lambda: http_post(url, body.read_bytes(), {})[0] == 200, 600, child)
         sc = SCENARIOS["json"]
         load = wrklib.Load(url, body, sc.check, sc.markers, unique=False)
         wrklib.run(load, conns, 5, load_core, tmp / "wrk.log", f"{name}-warmup")
-        idle = instr.idle_rate(child.pid, out)
-        instr.zero(child.pid)
+        idle = instr.idle_rate(floor.pid, out)
+        instr.zero(floor.pid)
         r = wrklib.run(load, conns, seconds, load_core, tmp / "wrk.log", name)
-        per_req = instr.per_call(child.pid, out, idle, r.seconds, r.requests) or 0
+        per_req = instr.per_call(floor.pid, out, idle, r.seconds, r.requests) or 0
     finally:
-        child.stop()
-    print(f"  {name:<9} {per_req:>9,} instructions/call  ({r.requests} calls, {r.errors} errors; {FLOORS[name]})",
-          flush=True)
-    return {"floor": name, "what": FLOORS[name], "instructions_per_req": per_req, "requests": r.requests,
+        floor.child.stop()
+    what = servers.FLOORS[name]
+    print(f"  {name:<9} {per_req:>9,} instructions/call  ({r.requests} calls, {r.errors} errors; {what})", flush=True)
+    return {"floor": name, "what": what, "instructions_per_req": per_req, "requests": r.requests,
             "errors": r.errors, "idle_instructions_per_s": round(idle)}
 
 

@@ -83,6 +83,10 @@ USER = (
 )
 
 
+# What the libraries alone reach, per scenario (servers.FLOORS): forwarding an answer, relaying a stream,
+# and, for a cache hit, answering with no upstream at all.
+FLOOR_APPS = {"json": "proxy", "stream": "relay", "cache": "plain"}
+
 PROFILED = {"json": "non-streaming", "stream": "streaming (30 chunks)", "cache": "cache hits"}
 
 
@@ -451,6 +455,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                    help="soak duration at 64 connections (default 600; 0 = none; none with --quick)")
     p.add_argument("--skip-litellm", action="store_true", help="measure only the gateway (and the mock)")
+    p.add_argument("--skip-floors", action="store_true",
+                   help="do not measure the floors (uvicorn + aiohttp doing nothing but HTTP, in the same run)")
     p.add_argument("--profile", action="store_true", help="py-spy flamegraph + top functions (first of --scenarios)")
     p.add_argument("--instructions", action="store_true",
                    help="run the gateway under callgrind and count instructions per request (slow: only the "
@@ -473,7 +479,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only print the Markdown summary of a result")
     args = p.parse_args(argv)
     if args.instructions:
-        args.skip_litellm = True
+        args.skip_litellm = args.skip_floors = True
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.max_point = args.max_point or (15.0 if args.quick else 60.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -566,6 +572,17 @@ def execute(args: argparse.Namespace, tmp: Path,
     if db_url:
         records = servers.count_records(db_url)
 
+    if not args.skip_floors:
+        for sc in scenarios:
+            floor = servers.start_floor(tmp / "floors", server_core, FLOOR_APPS[sc.key],
+                                        direct_url[sc.key] + "/v1/chat/completions")
+            try:
+                validate("floor", floor.url + "/v1/chat/completions", sc)
+                for conns in args.connections:
+                    run.measure("floor", floor.pid, sc, floor.url, conns)
+            finally:
+                floor.child.stop()
+
     if litellm_version:
         litellm = servers.start_litellm(tmp / "litellm", server_core, mock)
         try:
@@ -616,6 +633,9 @@ def execute(args: argparse.Namespace, tmp: Path,
             "accounting": {"database": "postgresql" if db_url else "sqlite (embedded)", "records_written": records,
                            "requests_sent": run.requests_sent["gateway"]},
         },
+        "floors": {"measured": not args.skip_floors,
+                   "apps": {key: {"app": f"bench/overheadlib/floor_apps.py:{app}", "what": servers.FLOORS[app]}
+                            for key, app in FLOOR_APPS.items()}},
         "litellm": {"measured": bool(litellm_version), "version": litellm_version,
                     "config": servers.litellm_config(mock) if litellm_version else None,
                     "command": "litellm --config litellm.yaml --host 127.0.0.1 --port PORT --num_workers 1",

@@ -4,7 +4,12 @@
 - `litestar`: the same answer from a Litestar `@asgi` route behind an app-wide guard (the gateway's shape
   before gateway/front.py);
 - `proxy`: raw ASGI forwarding the body to the mock with aiohttp (the gateway's client and settings) and
-  answering what it got: the floor of any gateway built on these libraries.
+  answering what it got: the floor of any gateway built on these libraries;
+- `relay`: the same for a stream, passing each piece on as it arrives.
+
+`bench/overhead.py` also runs `plain` (the floor of a cache hit: nothing but HTTP), `proxy` and `relay` as
+servers in the same run as the gateway, so that each target can be read against what the libraries alone
+reach on the machine. `FLOOR_UPSTREAM` is the mock's endpoint.
 """
 
 from __future__ import annotations
@@ -58,21 +63,36 @@ async def plain(scope: Any, receive: Receive, send: Send) -> None:
 _session: aiohttp.ClientSession | None = None
 
 
-async def proxy(scope: Any, receive: Receive, send: Send) -> None:
+async def _post(body: bytes) -> aiohttp.ClientResponse:
     global _session
-    if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
-    body = await _read(receive)
     if _session is None:  # as workers/upstream.py makes it
         _session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=100, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
             auto_decompress=False, trust_env=False)
-    response = await _session.post(UPSTREAM, data=body, allow_redirects=False, headers={
+    return await _session.post(UPSTREAM, data=body, allow_redirects=False, headers={
         "content-type": "application/json", "accept-encoding": "identity", "x-request-id": "floor"})
+
+
+async def proxy(scope: Any, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    response = await _post(await _read(receive))
     content = await response.read()
     response.release()
     await _answer(send, content)
+
+
+async def relay(scope: Any, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    response = await _post(await _read(receive))
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": [(b"content-type", response.headers.get("content-type", "text/event-stream").encode())]})
+    async for piece in response.content.iter_any():
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    response.release()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 Point = dict[str, Any]
@@ -36,43 +37,59 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 def targets(points: list[Point], soak: dict[str, Any] | None, litellm: bool, cache_on: bool) -> list[dict[str, Any]]:
+    """Each target, PASS/FAIL for the gateway and, where it applies, the same figure for the floor (the
+    libraries alone, doing nothing but HTTP): a target the floor itself fails is out of reach of any
+    gateway built on them, on this machine."""
     out: list[dict[str, Any]] = []
 
-    def add(name: str, figure: float | None, ok: bool | None, unit: str, digits: int = 2,
-            why: str = "") -> None:
-        result = "n/a" if ok is None else "PASS" if ok else "FAIL"
-        shown = f"{_f(figure, digits)} {unit}".strip() if figure is not None else (why or "n/a")
-        out.append({"target": name, "figure": figure, "shown": shown, "result": result})
+    def add(name: str, figure: Callable[[str], float | None], passes: Callable[[float], bool], unit: str,
+            digits: int = 2, why: str = "", floor: bool = True) -> None:
+        row: dict[str, Any] = {"target": name}
+        for target, prefix in (("gateway", ""), ("floor", "floor_")):
+            value = figure(target) if target == "gateway" or floor else None
+            ok = None if value is None else passes(value)
+            row[prefix + "figure"] = value
+            row[prefix + "shown"] = f"{_f(value, digits)} {unit}".strip() if value is not None else (
+                why if target == "gateway" and why else "n/a")
+            row[prefix + "result"] = "n/a" if ok is None else "PASS" if ok else "FAIL"
+        out.append(row)
 
-    g64 = find(points, "json", "gateway", 64)
-    l64 = find(points, "json", "litellm", 64)
-    g1 = find(points, "json", "gateway", 1)
-    s64 = find(points, "stream", "gateway", 64)
-    c64 = find(points, "cache", "gateway", 64)
-    add("non-streaming, 64 connections: >= 3,000 req/s", g64 and g64["rps"],
-        g64 and g64["rps"] >= 3000, "req/s", 0)
-    ratio = g64["rps"] / l64["rps"] if g64 and l64 and l64["rps"] else None
-    add("non-streaming, 64 connections: >= 40x LiteLLM", ratio, None if ratio is None else ratio >= 40, "x", 1,
+    def at(scenario: str, conns: int, key: str) -> Callable[[str], float | None]:
+        def figure(target: str) -> float | None:
+            p = find(points, scenario, target, conns)
+            return p[key] if p and p.get(key) is not None else None
+        return figure
+
+    def litellm_ratio(target: str) -> float | None:
+        mine, theirs = find(points, "json", target, 64), find(points, "json", "litellm", 64)
+        return mine["rps"] / theirs["rps"] if mine and theirs and theirs["rps"] else None
+
+    add("non-streaming, 64 connections: >= 3,000 req/s", at("json", 64, "rps"), lambda v: v >= 3000, "req/s", 0)
+    add("non-streaming, 64 connections: >= 40x LiteLLM", litellm_ratio, lambda v: v >= 40, "x", 1,
         "" if litellm else "LiteLLM skipped")
-    add("added latency, 1 connection: p50 <= 0.3 ms", g1 and g1["added_p50_ms"],
-        g1 and g1["added_p50_ms"] <= 0.3, "ms", 3)
-    add("added latency, 1 connection: p99 <= 1 ms", g1 and g1["added_p99_ms"],
-        g1 and g1["added_p99_ms"] <= 1.0, "ms", 3)
-    add("streaming (30 chunks), 64 connections: >= 1,500 streams/s", s64 and s64["rps"],
-        s64 and s64["rps"] >= 1500, "streams/s", 0)
-    add("cache hit, 64 connections: p99 <= 2 ms", c64 and c64["p99_ms"], c64 and c64["p99_ms"] <= 2.0, "ms", 3,
+    add("added latency, 1 connection: p50 <= 0.3 ms", at("json", 1, "added_p50_ms"), lambda v: v <= 0.3, "ms", 3)
+    add("added latency, 1 connection: p99 <= 1 ms", at("json", 1, "added_p99_ms"), lambda v: v <= 1.0, "ms", 3)
+    add("streaming (30 chunks), 64 connections: >= 1,500 streams/s", at("stream", 64, "rps"), lambda v: v >= 1500,
+        "streams/s", 0)
+    add("cache hit, 64 connections: p99 <= 2 ms", at("cache", 64, "p99_ms"), lambda v: v <= 2.0, "ms", 3,
         "" if cache_on else "no cache in the gateway yet")
     rss = [p["rss_mb_max"] for p in points if p["target"] == "gateway"]
     if soak:
         rss.append(soak["rss_mb_max"])
     peak = max(rss) if rss else None
-    add("resident memory under load: <= 150 MB", peak, None if peak is None else peak <= 150, "MB", 1)
+    add("resident memory under load: <= 150 MB", lambda _t: peak, lambda v: v <= 150, "MB", 1, floor=False)
     if soak:
-        add(f"soak ({soak['seconds']:.0f} s, 64 connections): RSS growth after warm-up <= 5%", soak["growth_pct"],
-            soak["growth_pct"] <= 5.0, "%", 2)
+        add(f"soak ({soak['seconds']:.0f} s, 64 connections): RSS growth after warm-up <= 5%",
+            lambda _t: soak["growth_pct"], lambda v: v <= 5.0, "%", 2, floor=False)
     else:
-        add("soak: RSS growth after warm-up <= 5%", None, None, "", why="no soak in this run")
+        add("soak: RSS growth after warm-up <= 5%", lambda _t: None, lambda v: True, "", why="no soak in this run",
+            floor=False)
     return out
+
+
+def _floor_cell(target: dict[str, Any]) -> str:
+    result = target.get("floor_result", "n/a")
+    return target.get("floor_shown", "n/a") + (f" ({result})" if result != "n/a" else "")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -88,6 +105,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     head = ["scenario", "conns", "mock req/s", "gateway req/s", "p50 / p99 ms", "added p50 / p99 ms", "CPU µs/req",
             "RSS MB"]
+    floors = any(p["target"] == "floor" for p in points)
+    if floors:
+        head += ["floor req/s", "floor added p50 / p99 ms", "gateway ÷ floor"]
     if litellm:
         head += ["LiteLLM req/s", "LiteLLM p50 / p99 ms", "LiteLLM added p50 ms", "LiteLLM CPU µs/req",
                  "LiteLLM RSS MB", "gateway ÷ LiteLLM"]
@@ -105,6 +125,14 @@ def markdown(result: dict[str, Any]) -> str:
                 row += [_f(g["rps"], 0) + _flag(g), f"{_f(g['p50_ms'])} / {_f(g['p99_ms'])}",
                         f"{_f(g['added_p50_ms'], 3)} / {_f(g['added_p99_ms'], 3)}", _f(g["cpu_us_per_req"], 0),
                         _f(g["rss_mb_max"], 0)]
+            if floors:
+                f = find(points, scenario, "floor", conns)
+                if f is None:
+                    row += ["n/a"] * 3
+                else:
+                    share = g["rps"] / f["rps"] if g and f["rps"] else None
+                    row += [_f(f["rps"], 0) + _flag(f), f"{_f(f['added_p50_ms'], 3)} / {_f(f['added_p99_ms'], 3)}",
+                            f"{100 * share:.0f}%" if share else "n/a"]
             if litellm:
                 x = find(points, scenario, "litellm", conns)
                 if x is None:
@@ -118,8 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
     if "cache" not in {p["scenario"] for p in points}:
         lines.append(f"| {SCENARIO_TITLES['cache']} | all | n/a (no response cache in the gateway yet) |"
                      + " |" * (len(head) - 3))
-    lines += ["", "| target | figure | |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['shown']} | {t['result']} |" for t in result["targets"]]
+    lines += ["", "| target | gateway | | floor: the libraries alone |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['shown']} | {t['result']} | {_floor_cell(t)} |" for t in result["targets"]]
     soak = result.get("soak")
     if soak:
         lines += ["", f"Soak: {soak['seconds']:.0f} s at 64 connections non-streaming, {_f(soak['rps'], 0)} req/s, "
@@ -136,5 +164,9 @@ def markdown(result: dict[str, Any]) -> str:
     off = ", ".join(f"{f['name']} ({f['note']})" for f in feats if not f["applied"]) or "none"
     lines += ["", f"Gateway configured as in production: {on}; not on: {off}. "
                   f"Added latency = gateway (or LiteLLM) minus calling the mock directly, same scenario and "
-                  f"connections. CPU = utime+stime of the server's processes per request."]
+                  f"connections. CPU = utime+stime of the server's processes per request."
+                  + (" Floor: uvicorn (uvloop, httptools) with a raw ASGI app and nothing else, on the same core: "
+                     "forwarding to the mock with aiohttp (non-streaming), relaying its stream (streaming), "
+                     "answering a fixed body with no upstream (cache hit); `gateway ÷ floor` is the share of "
+                     "the floor's throughput the gateway keeps." if floors else "")]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The servers under test, configured as in production: our gateway and the LiteLLM proxy."""
+"""The servers under test: our gateway and the LiteLLM proxy, configured as in production, and the
+floors (the libraries the gateway is built on, doing nothing else)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from overheadlib.mock import Mock
-from overheadlib.procs import BenchError, Child, free_port, http_get, pinned, wait_until
+from overheadlib.procs import BenchError, Child, free_port, http_get, http_post, pinned, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -269,6 +270,34 @@ def start_gateway(workdir: Path, core: str, config: dict[str, Any], feats: list[
                   env=_gateway_env())
     server = Server("gateway", child, f"http://127.0.0.1:{port}", auth=key or LITELLM_KEY)
     wait_until("gateway /readyz", lambda: http_get(server.url + "/readyz")[0] == 200, ready_s, child)
+    return server
+
+
+# --- the floors: the libraries alone ------------------------------------------------------------------
+
+
+FLOORS = {
+    "plain": "uvicorn (uvloop, httptools) + raw ASGI: read the body, answer a fixed completion",
+    "litestar": "the same answer from a Litestar @asgi route behind an app-wide guard",
+    "proxy": "uvicorn + raw ASGI forwarding to the mock with aiohttp (the gateway's client settings)",
+    "relay": "the same for a stream: each piece passed on as it arrives",
+}
+
+
+def start_floor(workdir: Path, core: str, app: str, upstream: str, wrapper: tuple[str, ...] = (),
+                ready_s: float = 60, probe: bytes = b"{}") -> Server:
+    """A floor app of overheadlib/floor_apps.py under uvicorn as the gateway runs it (uvloop, httptools,
+    no access log), forwarding to `upstream` (the mock's chat endpoint) where it forwards at all."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = pinned(core, [*wrapper, str(VENV_BIN / "python"), "-m", "uvicorn", f"overheadlib.floor_apps:{app}",
+                         "--loop", "uvloop", "--http", "httptools", "--port", str(port), "--no-access-log",
+                         "--log-level", "warning"])
+    env = {**_clean_env(), "PYTHONPATH": str(ROOT / "bench"), "FLOOR_UPSTREAM": upstream}
+    child = Child(f"floor {app}", argv, workdir / f"floor-{app}.log", cwd=workdir, env=env)
+    server = Server(f"floor {app}", child, f"http://127.0.0.1:{port}")
+    wait_until(f"floor {app}", lambda: http_post(server.url + "/v1/chat/completions", probe, {})[0] == 200,
+               ready_s, child)
     return server
 
 
