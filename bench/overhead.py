@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,10 +210,11 @@ class Run:
                 return
 
     def duration_for(self, target: str, scenario: Scenario, conns: int) -> float:
-        """The point's duration, longer for a slow server: at least 3x the latency the previous (fewer
-        connections) point predicts, so that enough calls complete; bounded."""
+        """The point's duration, longer for a slow server: at least 3x the latency the previous point (at
+        as many connections or fewer: the paired rounds come after the main points) predicts, so that
+        enough calls complete; bounded."""
         prev = [p for p in self.points if p["target"] == target and p["scenario"] == scenario.key and p["rps"] > 0
-                and p["connections"] < conns]
+                and p["connections"] <= conns]
         if not prev:
             return self.args.duration
         latency = conns / prev[-1]["rps"]
@@ -293,6 +295,39 @@ class Run:
               f"errors {r.errors}"
               + (f"  {point['instructions_per_req']:,} instructions/req" if counting else ""), flush=True)
         return point
+
+    def pairs(self, litellm: servers.Server, scenarios: list[Scenario], rounds: int,
+              start_gateway: Callable[[], servers.Server]) -> dict[str, Any]:
+        """The ratios to LiteLLM, measured in alternation: this VM's speed drifts by 10-30% over minutes,
+        and the main points measure LiteLLM a quarter of an hour after the gateway. Both run (each idle
+        while the other is measured), and each round measures the gateway, then LiteLLM, at 64
+        connections; the ratio reported is the median of the rounds'."""
+        conns = 64
+        gateway = start_gateway()
+        rows: list[dict[str, Any]] = []
+        try:
+            print(f"  pairs: {rounds} round(s) of gateway then LiteLLM at {conns} connections", flush=True)
+            for i in range(rounds):
+                for sc in scenarios:
+                    g = self._measure("gateway", gateway.pid, sc, gateway.url, conns, gateway.auth, None,
+                                      self.expect(sc))
+                    x = self._measure("litellm", litellm.pid, sc, litellm.url, conns, litellm.auth,
+                                      max(self.args.warmup, 3.0), None)
+                    for point in (g, x):
+                        if point.get("invalid") and point["target"] == "gateway":
+                            self.problems.append(point["invalid"])
+                    rows.append({"round": i + 1, "scenario": sc.key, "gateway_rps": g["rps"],
+                                 "litellm_rps": x["rps"], "gateway_cpu_us": g["cpu_us_per_req"],
+                                 "litellm_cpu_us": x["cpu_us_per_req"], "litellm_invalid": bool(x.get("invalid")),
+                                 "ratio": round(g["rps"] / x["rps"], 2) if x["rps"] else None})
+        finally:
+            gateway.child.stop()
+        medians = {}
+        for sc in scenarios:
+            ratios = [r["ratio"] for r in rows if r["scenario"] == sc.key and r["ratio"] is not None]
+            medians[sc.key] = statistics.median(ratios) if ratios else None
+        print("  pairs: median ratio " + ", ".join(f"{k} {v:.1f}x" for k, v in medians.items() if v), flush=True)
+        return {"connections": conns, "rounds": rounds, "rows": rows, "median_ratio": medians}
 
     def soak(self, server: servers.Server, seconds: float) -> dict[str, Any]:
         scenario = SCENARIOS["json"]
@@ -473,6 +508,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                    help="extra gateway setting (repeatable), e.g. --set upstream_max_connections=512")
     p.add_argument("--refresh-litellm", action="store_true", help="reinstall the latest LiteLLM first")
+    p.add_argument("--pairs", type=int, default=None, metavar="ROUNDS",
+                   help="rounds of the gateway and LiteLLM measured in alternation at 64 connections, both "
+                        "running, for the ratios (default 3, quick 1; 0 = none)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/overhead.json)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the run's temp dir (configs, logs)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target FAILs")
@@ -484,6 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_point = args.max_point or (15.0 if args.quick else 60.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     args.soak = args.soak if args.soak is not None else (0.0 if args.quick else 600.0)
+    args.pairs = args.pairs if args.pairs is not None else (1 if args.quick else 3)
     args.out = (args.out or RESULTS / ("overhead-quick.json" if args.quick else "overhead.json")).resolve()
     args.connections = [int(c) for c in args.connections.split(",") if c]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -551,6 +590,7 @@ def execute(args: argparse.Namespace, tmp: Path,
     for sc in scenarios:
         validate("gateway", gateway.url + "/v1/chat/completions", sc, gateway.auth, run.expect(sc))
     soak: dict[str, Any] | None = None
+    paired: dict[str, Any] | None = None
     prof: dict[str, Any] | None = None
     records: int | None = None
     try:
@@ -569,8 +609,6 @@ def execute(args: argparse.Namespace, tmp: Path,
         gateway.child.stop()
     if gateway.child.proc.returncode not in (0, None):
         run.problems.append(f"gateway exited with {gateway.child.proc.returncode}: {gateway.child.tail(1500)}")
-    if db_url:
-        records = servers.count_records(db_url)
 
     if not args.skip_floors:
         for sc in scenarios:
@@ -595,9 +633,14 @@ def execute(args: argparse.Namespace, tmp: Path,
                 for conns in args.connections:
                     run.measure("litellm", litellm.pid, sc, litellm.url, conns, litellm.auth,
                                 warmup=max(args.warmup, 3.0))
+            if args.pairs > 0:
+                paired = run.pairs(litellm, [sc for sc in scenarios if sc.key != "cache"], args.pairs,
+                                   lambda: servers.start_gateway(tmp / "gateway-paired", server_core, config, feats))
         finally:
             litellm.child.stop()
     mock.child.stop()
+    if db_url:  # every gateway call's record, the paired rounds' included (each gateway stopped cleanly)
+        records = servers.count_records(db_url)
 
     for p in run.points:
         d = report.find(run.points, p["scenario"], "direct", p["connections"])
@@ -641,11 +684,12 @@ def execute(args: argparse.Namespace, tmp: Path,
                     "command": "litellm --config litellm.yaml --host 127.0.0.1 --port PORT --num_workers 1",
                     "env": {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}},
         "points": run.points,
+        "paired": paired,
         "soak": soak,
         "profile": prof,
         "problems": run.problems,
     }
-    result["targets"] = report.targets(run.points, soak, bool(litellm_version), cache_on)
+    result["targets"] = report.targets(run.points, soak, bool(litellm_version), cache_on, paired)
     return result, run.problems
 
 
