@@ -92,6 +92,18 @@ def targets(points: list[Point], soak: dict[str, Any] | None, litellm: bool, cac
     return out
 
 
+def _floor_cells(f: Point, g: Point | None) -> list[str]:
+    share = g["rps"] / f["rps"] if g and f["rps"] else None
+    return [_f(f["rps"], 0) + _flag(f), f"{_f(f['added_p50_ms'], 3)} / {_f(f['added_p99_ms'], 3)}",
+            f"{100 * share:.0f}%" if share else "n/a"]
+
+
+def _litellm_cells(x: Point, g: Point | None) -> list[str]:
+    ratio = g["rps"] / x["rps"] if g and x["rps"] else None
+    return [_f(x["rps"], 1) + _flag(x), f"{_f(x['p50_ms'], 1)} / {_f(x['p99_ms'], 1)}", _f(x["added_p50_ms"], 1),
+            _f(x["cpu_us_per_req"], 0), _f(x["rss_mb_max"], 0), f"{_f(ratio, 1)}x" if ratio else "n/a"]
+
+
 def _floor_cell(target: dict[str, Any]) -> str:
     result = target.get("floor_result", "n/a")
     return target.get("floor_shown", "n/a") + (f" ({result})" if result != "n/a" else "")
@@ -117,6 +129,11 @@ def markdown(result: dict[str, Any]) -> str:
         head += ["LiteLLM req/s", "LiteLLM p50 / p99 ms", "LiteLLM added p50 ms", "LiteLLM CPU µs/req",
                  "LiteLLM RSS MB", "gateway ÷ LiteLLM"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    others: list[tuple[str, int, Callable[[Point, Point | None], list[str]]]] = []  # beside the gateway's columns
+    if floors:
+        others.append(("floor", 3, _floor_cells))
+    if litellm:
+        others.append(("litellm", 6, _litellm_cells))
     for scenario in result["scenarios"]:
         for conns in result["connections"]:
             g = find(points, scenario, "gateway", conns)
@@ -130,23 +147,9 @@ def markdown(result: dict[str, Any]) -> str:
                 row += [_f(g["rps"], 0) + _flag(g), f"{_f(g['p50_ms'])} / {_f(g['p99_ms'])}",
                         f"{_f(g['added_p50_ms'], 3)} / {_f(g['added_p99_ms'], 3)}", _f(g["cpu_us_per_req"], 0),
                         _f(g["rss_mb_max"], 0)]
-            if floors:
-                f = find(points, scenario, "floor", conns)
-                if f is None:
-                    row += ["n/a"] * 3
-                else:
-                    share = g["rps"] / f["rps"] if g and f["rps"] else None
-                    row += [_f(f["rps"], 0) + _flag(f), f"{_f(f['added_p50_ms'], 3)} / {_f(f['added_p99_ms'], 3)}",
-                            f"{100 * share:.0f}%" if share else "n/a"]
-            if litellm:
-                x = find(points, scenario, "litellm", conns)
-                if x is None:
-                    row += ["n/a"] * 6
-                else:
-                    ratio = g["rps"] / x["rps"] if g and x["rps"] else None
-                    row += [_f(x["rps"], 1) + _flag(x), f"{_f(x['p50_ms'], 1)} / {_f(x['p99_ms'], 1)}",
-                            _f(x["added_p50_ms"], 1), _f(x["cpu_us_per_req"], 0), _f(x["rss_mb_max"], 0),
-                            f"{_f(ratio, 1)}x" if ratio else "n/a"]
+            for target, width, cells in others:
+                x = find(points, scenario, target, conns)
+                row += ["n/a"] * width if x is None else cells(x, g)
             lines.append("| " + " | ".join(row) + " |")
     if "cache" not in {p["scenario"] for p in points}:
         lines.append(f"| {SCENARIO_TITLES['cache']} | all | n/a (no response cache in the gateway yet) |"
