@@ -23,6 +23,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Receive, Scope, Send
 
+from gateway.settings import Settings
+from workers.upstream import new_upstream
+
 BODY = (b'{"id":"chatcmpl-floor","object":"chat.completion","model":"demo-small","choices":[],'
         b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}')
 UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "")
@@ -65,11 +68,10 @@ _session: aiohttp.ClientSession | None = None
 
 async def _post(body: bytes) -> aiohttp.ClientResponse:
     global _session
-    if _session is None:  # as workers/upstream.py makes it
-        _session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=100, limit_per_host=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
-            auto_decompress=False, trust_env=False)
+    if _session is None:  # the gateway's own client, with its default settings
+        defaults = Settings()
+        _session = new_upstream(defaults.upstream_connect_timeout_s, defaults.upstream_timeout_s,
+                                defaults.upstream_max_connections).session
     return await _session.post(UPSTREAM, data=body, allow_redirects=False, headers={
         "content-type": "application/json", "accept-encoding": "identity", "x-request-id": "floor"})
 
