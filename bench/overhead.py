@@ -228,10 +228,18 @@ class Run:
             wait_quiet(self.args.wait_quiet)
             again = self._measure(target, pid, scenario, url, conns, auth, warmup, header)
             point = min(point, again, key=lambda p: p["foreign_cpu_pct"])
-        if point.get("invalid") and target != "litellm":  # LiteLLM's are reported, not a failure of the run
-            self.problems.append(point["invalid"])
+        self._count_problem(point)
         self.points.append(point)
         return point
+
+    def _count_problem(self, point: dict[str, Any]) -> None:
+        """An invalid point fails the run, but LiteLLM's: those are reported, not a failure of ours."""
+        if point.get("invalid") and point["target"] != "litellm":
+            self.problems.append(point["invalid"])
+
+    @property
+    def litellm_warmup(self) -> float:
+        return max(self.args.warmup, 3.0)  # LiteLLM warms up for at least 3 s before each of its points
 
     def _measure(self, target: str, pid: int, scenario: Scenario, url: str, conns: int, auth: str,
                  warmup: float | None, header: tuple[str, str] | None) -> dict[str, Any]:
@@ -312,10 +320,8 @@ class Run:
                     g = self._measure("gateway", gateway.pid, sc, gateway.url, conns, gateway.auth, None,
                                       self.expect(sc))
                     x = self._measure("litellm", litellm.pid, sc, litellm.url, conns, litellm.auth,
-                                      max(self.args.warmup, 3.0), None)
-                    for point in (g, x):
-                        if point.get("invalid") and point["target"] == "gateway":
-                            self.problems.append(point["invalid"])
+                                      self.litellm_warmup, None)
+                    self._count_problem(g)
                     rows.append({"round": i + 1, "scenario": sc.key, "gateway_rps": g["rps"],
                                  "litellm_rps": x["rps"], "gateway_cpu_us": g["cpu_us_per_req"],
                                  "litellm_cpu_us": x["cpu_us_per_req"], "litellm_invalid": bool(x.get("invalid")),
@@ -632,7 +638,7 @@ def execute(args: argparse.Namespace, tmp: Path,
                     continue
                 for conns in args.connections:
                     run.measure("litellm", litellm.pid, sc, litellm.url, conns, litellm.auth,
-                                warmup=max(args.warmup, 3.0))
+                                warmup=run.litellm_warmup)
             if args.pairs > 0:
                 paired = run.pairs(litellm, [sc for sc in scenarios if sc.key != "cache"], args.pairs,
                                    lambda: servers.start_gateway(tmp / "gateway-paired", server_core, config, feats))
