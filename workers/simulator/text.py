@@ -30,6 +30,7 @@ __all__ = [
     "encode",
     "encoding",
     "generate",
+    "last_user_text",
     "render_chat",
     "warm_up",
 ]
@@ -106,12 +107,12 @@ class _Vocab:
         nw = self.n_words
         return piece_id + nw if nw <= piece_id < 2 * nw else piece_id
 
-    def slice(self, start: int, n: int) -> list[int]:
+    def slice(self, start: int, n: int, *, bare_first: bool = True) -> list[int]:
         corpus = self.corpus
         ids = corpus[start : start + n]
         while len(ids) < n:
             ids += corpus[: n - len(ids)]
-        if ids:
+        if ids and bare_first:
             ids[0] = self.bare(ids[0])
         return ids
 
@@ -167,6 +168,25 @@ def render_chat(messages: Iterable[dict[str, Any]]) -> RenderedPrompt:
     return RenderedPrompt("".join(out), other)
 
 
+def last_user_text(messages: Iterable[dict[str, Any]]) -> str:
+    """The text of the last ``user`` message ("" when there is none), text parts joined by newlines."""
+    last: Any = None
+    for m in messages:
+        if m.get("role") == "user":
+            last = m.get("content")
+    return _content_text(last)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _lead_pieces(lead: str) -> tuple[list[str], list[bytes]]:
+    """``lead`` cut into its tokens (texts and JSON literals)."""
+    enc = encoding()
+    texts = [enc.decode([t]) for t in enc.encode_ordinary(lead)]
+    if "".join(texts) != lead:
+        raise ValueError(f"a lead must split into whole-character tokens: {lead!r}")
+    return texts, [msgspec.json.encode(t) for t in texts]
+
+
 class Generated(NamedTuple):
     """The output of one choice: one entry of ``texts``/``jsons`` per emitted token."""
 
@@ -195,6 +215,8 @@ def generate(
     ignore_eos: bool = False,
     stop: Sequence[str] = (),
     include_stop_str_in_output: bool = False,
+    lead: str = "",
+    lead_ends: bool = False,
 ) -> Generated:
     """Deterministic output for (prompt, seed, choice): at most ``max_tokens`` tokens.
 
@@ -203,21 +225,34 @@ def generate(
     or a ``stop`` string appears.  On a stop string the text is cut before it (after it with
     ``include_stop_str_in_output``) and, as in vLLM, the tokens generated up to the one that
     completed the stop string are counted: their texts are clipped (possibly to "").
+
+    ``lead`` (ASCII, not ending in a space) is generated first, one token per piece, and the
+    corpus text follows it after a space; it counts against ``max_tokens`` like any text.  The
+    text does not end by itself inside the lead, and with ``lead_ends`` it ends right after it
+    (unless ``ignore_eos`` or ``min_tokens`` ask for more).
     """
     vocab = _vocab()
     digest = _digest(prompt, seed, choice)
     starts = vocab.starts
     start = starts[digest % len(starts)]
+    lead_texts, lead_jsons = _lead_pieces(lead) if lead else ([], [])
     n = max_tokens
     finish = "length"
-    if mean_output_tokens > 0 and not ignore_eos:
-        natural = mean_output_tokens // 2 + (digest >> 64) % (mean_output_tokens + 1)
-        natural = max(1, natural, min_tokens)
-        if natural < n:
-            n, finish = natural, "stop"
-    ids = vocab.slice(start, n)
+    natural = n  # where the text would end by itself (an EOS)
+    if not ignore_eos:
+        if lead_ends:
+            natural = len(lead_texts)
+        elif mean_output_tokens > 0:
+            natural = mean_output_tokens // 2 + (digest >> 64) % (mean_output_tokens + 1)
+    natural = max(1, natural, min_tokens, len(lead_texts))
+    if natural < n:
+        n, finish = natural, "stop"
+    k = min(n, len(lead_texts))
+    ids = vocab.slice(start, n - k, bare_first=not lead)
     pieces = vocab.pieces
     texts = [pieces[i] for i in ids]
+    if k:
+        texts = lead_texts[:k] + texts
     text = "".join(texts)
     stop_reason: str | None = None
     if stop:
@@ -247,4 +282,7 @@ def generate(
                 hit_stop,
             )
     pieces_json = vocab.pieces_json
-    return Generated(texts, [pieces_json[i] for i in ids], text, finish, stop_reason)
+    jsons = [pieces_json[i] for i in ids]
+    if k:
+        jsons = lead_jsons[:k] + jsons
+    return Generated(texts, jsons, text, finish, stop_reason)
