@@ -41,10 +41,10 @@ def _bodies(n: int) -> list[dict[str, Any]]:
 
 
 def classify(n: int) -> Callable[[], None]:
-    from router.classify import _default_policy
     from router.classify import classify as run
+    from router.policy import default_policy_dir, load_policy_set
 
-    cls = _default_policy().classifier
+    cls = load_policy_set(default_policy_dir()).classifier
     bodies = _bodies(n)
     run(bodies[-1], "chat", {}, cls)  # the tokenizer and the memo of the system prompt: set-up
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 
+from router.catalogue import Model
 from router.classify import Features
 from router.decision import CachePolicy, Caller, PoolState, RouteDecision, Target, TraceStep
 from router.errors import ModelNotFound, NoCapableModel, NoHealthyModel, PolicyDenied
-from router.policy import Model, PolicySet, Rule
+from router.policy import PolicySet
 from router.pricing import TokenRates, expected_cost
+from router.rules import Rule
 from router.spec import CAPABILITIES
 
 __all__ = ["CachePolicy", "Caller", "PoolState", "RouteDecision", "Target", "TraceStep", "decide"]

@@ -2,7 +2,8 @@
 
 Lists of items that each deserve their own error (models, rules, categories, signals, test cases) are
 typed `Any` here and converted one by one, so a file reports every bad item instead of the first.
-Cross-field rules (names that must exist, duplicates, cycles...) are phase two, in router/policy.py.
+Cross-field rules (names that must exist, duplicates, cycles...) are phase two, in router/classifier.py,
+router/catalogue.py and router/rules.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,523 @@
+"""The routing rules: routing.yaml compiled into ordered `Rule`s and the implicit default rule.
+
+Phase two of loading routing.yaml (phase one is router/spec.py): each rule's `match` becomes a tuple of
+condition closures that say why a request does not match (for explain), its action and cache policy are
+resolved against the catalogue, and rules that can never match -- contradictions, or an earlier rule
+that takes every request they would -- are errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from router.catalogue import AUTO, Catalogue, Model
+from router.classifier import Classifier, as_names, check_range
+from router.classify import Features
+from router.decision import CachePolicy, Caller
+from router.spec import CAPABILITIES, CacheSpec, DefaultsSpec, MatchSpec, RangeSpec, RouteSpec, RoutingFile, RuleSpec
+from router.yamlsrc import PathT, Problems, Source, convert
+
+__all__ = ["IMPLICIT_RULE", "REQUESTED_KINDS", "Cond", "RequestKind", "Rule", "load_rules"]
+
+REQUESTED_KINDS = ("auto", "alias", "model")
+IMPLICIT_RULE = "(implicit default)"
+
+RequestKind = Literal["auto", "alias", "model"]
+# A compiled match condition: None when the request passes it, else why not.
+Cond = Callable[[Features, Caller, str, str], "str | None"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    name: str
+    description: str
+    where: str
+    conditions: tuple[Cond, ...]
+    summary: str  # what it matches, for explain
+    action: Literal["smallest_capable", "model", "requested", "deny"]
+    model: str | None  # action "model"
+    candidates: tuple[Model, ...]  # action "smallest_capable" (and "requested" when `auto` was asked)
+    min_tier: int | None
+    tier_from_complexity: bool
+    min_score: float | None
+    deny_message: str | None
+    max_tokens_cap: int | None
+    cache_store: CachePolicy  # the cache policy when the request qualifies
+    cache_skip: CachePolicy  # ... and when it does not (not deterministic)
+    cache_needs_determinism: bool
+    fallbacks: tuple[str, ...] | None  # None: the chosen model's own chain
+    reference_model: str | None
+    constraints: Mapping[str, Any] = field(default_factory=dict)  # normalized match, for shadowing checks
+
+
+_INF = float("inf")
+
+
+def _show(value: object) -> str:
+    return "(none)" if value is None else f"`{value}`"
+
+
+def _list(values: Iterable[str]) -> str:
+    return ", ".join(values)
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo}..{hi}"
+    return f">= {lo}" if lo is not None else f"<= {hi}"
+
+
+def _member_cond(label: str, get: Callable[[Features, Caller, str, str], object], allowed: frozenset[str],
+                 shown: str) -> Cond:
+    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
+        value = get(f, c, name, kind)
+        if value in allowed:
+            return None
+        return f"{label} {_show(value)} is not one of {shown}"
+
+    return cond
+
+
+def _range_cond(label: str, get: Callable[[Features], int], lo: int | None, hi: int | None) -> Cond:
+    low = lo if lo is not None else -(2**62)
+    high = hi if hi is not None else 2**62
+    text = _range_text(lo, hi)
+
+    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
+        value = get(f)
+        if low <= value <= high:
+            return None
+        return f"{label} {value} is not {text}"
+
+    return cond
+
+
+_GETTERS: dict[str, Callable[[Features, Caller, str, str], object]] = {
+    "tenant": lambda f, c, n, k: c.tenant,
+    "team": lambda f, c, n, k: c.team,
+    "key_id": lambda f, c, n, k: c.key_id,
+    "model": lambda f, c, n, k: n,
+    "kind": lambda f, c, n, k: f.kind,
+    "category": lambda f, c, n, k: f.category,
+}
+_RANGES: dict[str, Callable[[Features], int]] = {
+    "tier": lambda f: f.tier,
+    "prompt_tokens": lambda f: f.prompt_tokens,
+    "max_tokens": lambda f: f.output_tokens,
+    "context_tokens": lambda f: f.prompt_tokens + f.output_tokens,
+    "turns": lambda f: f.turns,
+}
+_LABELS = {
+    "tenant": "tenant", "team": "team", "key_id": "key id", "model": "requested model",
+"kind": "kind", "category": "category",
+}
+
+
+class _RuleContext:
+    def __init__(self, src: Source, models: Mapping[str, Model] | None, aliases: Mapping[str, str],
+                 classifier: Classifier | None, problems: Problems) -> None:
+        self.src = src
+        self.models = models
+        self.aliases = aliases
+        self.classifier = classifier
+        self.problems = problems
+
+    def model(self, name: str, path: PathT, what: str) -> str | None:
+        """A model or alias name -> the model; None (and a problem) when unknown."""
+        if self.models is None:
+            return None
+        if name in self.models:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        known = ", ".join((*self.models, *self.aliases))
+        self.problems.add(self.src, path, f"unknown {what} `{name}` (models and aliases: {known})")
+        return None
+
+
+def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[list[Cond], list[str], dict[str, Any]]:
+    conds: list[Cond] = []
+    parts: list[str] = []
+    norm: dict[str, Any] = {}
+    src, problems = ctx.src, ctx.problems
+    for key in ("tenant", "team", "key_id", "model", "requested", "kind", "category"):
+        raw = getattr(spec, key)
+        if raw is None:
+            continue
+        names = as_names(raw)
+        kpath = (*path, key)
+        if not names:
+            problems.add(src, kpath, f"`{key}` lists nothing; the rule can never match")
+            continue
+        allowed = set(names)
+        if key == "model":
+            allowed = set()
+            for name in names:
+                if name == AUTO:
+                    allowed.add(AUTO)
+                    continue
+                target = ctx.model(name, kpath, "model")
+                allowed.add(name)
+                if target is not None and name == target and ctx.models is not None:
+                    allowed.update(ctx.models[target].aliases)  # a model matches requests for its aliases too
+        elif key == "requested":
+            for name in names:
+                if name not in REQUESTED_KINDS:
+                    problems.add(src, kpath, f"unknown requested kind `{name}` (known: {_list(REQUESTED_KINDS)})")
+        elif key == "kind":
+            for name in names:
+                if name not in ("chat", "completion"):
+                    problems.add(src, kpath, f"unknown kind `{name}` (chat or completion)")
+        elif key == "category" and ctx.classifier is not None:
+            known = ctx.classifier.known_categories
+            for name in names:
+                if name not in known:
+                    problems.add(src, kpath, f"unknown category `{name}` (known: {_list(sorted(known))})")
+        frozen = frozenset(allowed)
+        norm[key] = frozen
+        if key == "requested":
+            conds.append(_requested_cond(frozen, _list(names)))
+        else:
+            conds.append(_member_cond(_LABELS[key], _GETTERS[key], frozen, _list(names)))
+        parts.append(f"{key} in [{_list(names)}]")
+    if spec.headers is not None:
+        headers: dict[str, frozenset[str] | None] = {}
+        for hname, raw in spec.headers.items():
+            values = as_names(raw)
+            lname = hname.lower()
+            headers[lname] = None if values == ("*",) else frozenset(values)
+            conds.append(_header_cond(lname, headers[lname], _list(values)))
+            parts.append(f"header {lname} " + ("present" if values == ("*",) else f"in [{_list(values)}]"))
+        norm["headers"] = headers
+    for key, get in _RANGES.items():
+        rng: RangeSpec | None = getattr(spec, key)
+        if rng is None:
+            continue
+        check_range(src, (*path, key), rng, problems)
+        if key == "tier" and ctx.classifier is not None and rng.min is not None:
+            top = max((t for _, t in ctx.classifier.tiers), default=ctx.classifier.lowest_tier)
+            if rng.min > top:
+                problems.add(src, (*path, key), f"the classifier's highest tier is {top}; this can never match")
+        conds.append(_range_cond(key.replace("_", " "), get, rng.min, rng.max))
+        parts.append(f"{key} {_range_text(rng.min, rng.max)}")
+        norm[key] = (rng.min if rng.min is not None else -_INF, rng.max if rng.max is not None else _INF)
+    for key in ("capabilities", "any_capability", "not_capabilities"):
+        raw = getattr(spec, key)
+        if raw is None:
+            continue
+        names = as_names(raw)
+        for name in names:
+            if name not in CAPABILITIES:
+                problems.add(src, (*path, key), f"unknown capability `{name}` (known: {_list(CAPABILITIES)})")
+        caps = frozenset(names)
+        if not caps:
+            problems.add(src, (*path, key), f"`{key}` lists nothing")
+            continue
+        norm[key] = caps
+        conds.append(_caps_cond(key, caps))
+        label = {"capabilities": "needs all of", "any_capability": "needs any of",
+                 "not_capabilities": "needs none of"}[key]
+        parts.append(f"{label} [{_list(names)}]")
+    for key in ("stream", "deterministic"):
+        value = getattr(spec, key)
+        if value is None:
+            continue
+        norm[key] = value
+        conds.append(_bool_cond(key, value))
+        parts.append(f"{key} is {str(value).lower()}")
+    # A few contradictions that make a rule dead on its own.
+    if "requested" in norm and "model" in norm and ctx.models is not None:
+        kinds = {("auto" if n == AUTO else "model" if n in ctx.models else "alias") for n in norm["model"]}
+        if not kinds & norm["requested"]:
+            problems.add(src, (*path, "requested"),
+                         "`requested` and `model` contradict each other; the rule can never match")
+    return conds, parts, norm
+
+
+_KIND_WORDS = {"auto": "`auto`", "alias": "an alias", "model": "a model name"}
+
+
+def _requested_cond(allowed: frozenset[str], shown: str) -> Cond:
+    wanted = " or ".join(_KIND_WORDS[k] for k in REQUESTED_KINDS if k in allowed)
+
+    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
+        if kind in allowed:
+            return None
+        if kind == "auto":
+            return f"`auto` was requested, not {wanted}"
+        return f"`{name}` ({_KIND_WORDS[kind]}) was requested, not {wanted}"
+
+    return cond
+
+
+def _header_cond(name: str, allowed: frozenset[str] | None, shown: str) -> Cond:
+    def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
+        value = f.headers.get(name)
+        if value is None:
+            return f"header `{name}` is absent"
+        if allowed is None or value in allowed:
+            return None
+        return f"header `{name}` is `{value}`, not one of {shown}"
+
+    return cond
+
+
+def _caps_cond(key: str, caps: frozenset[str]) -> Cond:
+    shown = _list(sorted(caps))
+    if key == "capabilities":
+        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
+            missing = caps - f.capabilities
+            return f"does not need {_list(sorted(missing))}" if missing else None
+    elif key == "any_capability":
+        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
+            return None if not caps.isdisjoint(f.capabilities) else f"needs none of {shown}"
+    else:
+        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
+            extra = caps & f.capabilities
+            return f"needs {_list(sorted(extra))}" if extra else None
+    return cond
+
+
+def _bool_cond(key: str, want: bool) -> Cond:
+    def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
+        value = bool(getattr(f, key))
+        return None if value == want else f"{key} is {str(value).lower()}, not {str(want).lower()}"
+
+    return cond
+
+
+def _covers(a: Mapping[str, Any], b: Mapping[str, Any], model_kinds: Mapping[str, str]) -> bool:
+    """True when every request matching constraints `b` also matches constraints `a`."""
+    for key, want in a.items():
+        have = b.get(key)
+        if key == "requested" and have is None and "model" in b:
+            if all(model_kinds.get(n, "alias") in want for n in b["model"]):
+                continue
+            return False
+        if key == "any_capability":
+            if have is not None and have <= want:
+                continue
+            if b.get("capabilities") and not want.isdisjoint(b["capabilities"]):
+                continue
+            return False
+        if key == "capabilities":
+            if have is not None and want <= have:
+                continue
+            return False
+        if have is None:
+            return False
+        if key == "not_capabilities":
+            if want <= have:
+                continue
+            return False
+        if key == "headers":
+            for hname, values in want.items():
+                if hname not in have:
+                    return False
+                if values is not None and (have[hname] is None or not have[hname] <= values):
+                    return False
+            continue
+        if isinstance(want, tuple):  # a range
+            if not (want[0] <= have[0] and have[1] <= want[1]):
+                return False
+            continue
+        if isinstance(want, frozenset):
+            if not have <= want:
+                return False
+            continue
+        if want != have:
+            return False
+    return True
+
+
+def _cache_policies(spec: Any) -> tuple[CachePolicy, CachePolicy, bool]:
+    if spec is None or spec == "no-store":
+        off = CachePolicy(store=False, reason="the rule says no-store" if spec == "no-store" else "no cache policy")
+        return off, off, False
+    assert isinstance(spec, CacheSpec)
+    deterministic = spec.when == "deterministic"
+    on = CachePolicy(store=True, ttl_s=spec.ttl_s, namespace=spec.namespace,
+                     reason="deterministic request" if deterministic else "the rule caches every request")
+    skip = CachePolicy(store=False, reason="not deterministic: temperature > 0 and no seed")
+    return on, skip, deterministic
+
+
+def _check_cache(ctx: _RuleContext, spec: Any, path: PathT) -> None:
+    if isinstance(spec, CacheSpec):
+        if spec.ttl_s < 1:
+            ctx.problems.add(ctx.src, (*path, "ttl_s"), "`ttl_s` must be >= 1 (use `no-store` to disable caching)")
+        if spec.namespace is not None and not spec.namespace:
+            ctx.problems.add(ctx.src, (*path, "namespace"), "`namespace` must not be empty")
+
+
+def load_rules(src: Source, catalogue: Catalogue | None, classifier: Classifier | None,
+                problems: Problems) -> tuple[tuple[Rule, ...], Rule] | None:
+    """routing.yaml (already read) -> (the rules in order, the implicit default rule); None when it has
+    errors (recorded in `problems`). Without a catalogue, only what needs none is checked.
+    """
+    data = src.data if src.data is not None else {}
+    spec = convert(src, data, RoutingFile, (), problems)
+    if spec is None:
+        return None
+    models, aliases = catalogue if catalogue is not None else (None, {})
+    ctx = _RuleContext(src, models, aliases, classifier, problems)
+    before = len(problems.items)
+
+    defaults = spec.defaults
+    dpath: PathT = ("defaults",)
+    default_ref = None
+    if defaults.reference_model is not None:
+        default_ref = ctx.model(defaults.reference_model, (*dpath, "reference_model"), "reference model")
+    if defaults.max_tokens is not None and defaults.max_tokens < 1:
+        problems.add(src, (*dpath, "max_tokens"), "`max_tokens` must be >= 1")
+    _check_cache(ctx, defaults.cache, (*dpath, "cache"))
+
+    all_models = tuple(models.values()) if models is not None else ()
+    rules: list[Rule] = []
+    seen: dict[str, PathT] = {}
+    for i, raw in enumerate(spec.rules):
+        path: PathT = ("rules", i)
+        rs = convert(src, raw, RuleSpec, path, problems)
+        if rs is None:
+            continue
+        if not rs.name:
+            problems.add(src, (*path, "name"), "a rule needs a non-empty `name`")
+        elif rs.name in seen:
+            first = src.line(seen[rs.name])
+            problems.add(src, (*path, "name"), f"duplicate rule name `{rs.name}` (first at line {first})")
+        elif rs.name == IMPLICIT_RULE:
+            problems.add(src, (*path, "name"), f"`{IMPLICIT_RULE}` is reserved")
+        seen.setdefault(rs.name, path)
+        rule = _compile_rule(ctx, rs, path, defaults, default_ref, all_models)
+        if rule is not None:
+            rules.append(rule)
+    if len(problems.items) != before or models is None:
+        return None
+
+    # Rules that can never match because an earlier rule takes every request they would.
+    model_kinds = {n: "model" for n in models} | {a: "alias" for a in aliases} | {AUTO: "auto"}
+    for j, later in enumerate(rules):
+        for earlier in rules[:j]:
+            if _covers(earlier.constraints, later.constraints, model_kinds):
+                what = "matches every request" if not earlier.constraints else \
+                    f"matches every request `{later.name}` would"
+                line = later.where.rsplit(":", 1)[1]
+                problems.add_at(src.name, int(line),
+                                f"rule `{later.name}` can never match: rule `{earlier.name}` ({earlier.where}) {what}")
+                break
+    if len(problems.items) != before:
+        return None
+    implicit_cache = _cache_policies(defaults.cache)
+    default_rule = Rule(
+        name=IMPLICIT_RULE,
+        description="applies when no rule matches: the cheapest capable model",
+        where=src.where(("rules",)),
+        conditions=(),
+        summary="no rule matched",
+        action="smallest_capable",
+        model=None,
+        candidates=all_models,
+        min_tier=None,
+        tier_from_complexity=False,
+        min_score=None,
+        deny_message=None,
+        max_tokens_cap=defaults.max_tokens,
+        cache_store=implicit_cache[0],
+        cache_skip=implicit_cache[1],
+        cache_needs_determinism=implicit_cache[2],
+        fallbacks=None,
+        reference_model=default_ref,
+    )
+    return tuple(rules), default_rule
+
+
+def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: DefaultsSpec, default_ref: str | None,
+                  all_models: tuple[Model, ...]) -> Rule | None:
+    src, problems = ctx.src, ctx.problems
+    before = len(problems.items)
+    conds, parts, norm = _compile_match(ctx, rs.match, (*path, "match"))
+    action: Literal["smallest_capable", "model", "requested", "deny"] = "smallest_capable"
+    model = None
+    candidates = all_models
+    min_tier: int | None = None
+    from_complexity = False
+    min_score: float | None = None
+    if rs.deny is not None:
+        action = "deny"
+        if not rs.deny.strip():
+            problems.add(src, (*path, "deny"), "`deny` needs a message for the client")
+        for key in ("route", "max_tokens", "cache", "fallbacks", "reference_model"):
+            if getattr(rs, key) is not None:
+                problems.add(src, (*path, key), f"a deny rule cannot also set `{key}`")
+    elif rs.route == "requested":
+        action = "requested"
+    elif isinstance(rs.route, RouteSpec):
+        route = rs.route
+        rpath = (*path, "route")
+        if (route.model is None) == (route.smallest_capable is None):
+            problems.add(src, rpath, "`route` needs exactly one of `smallest_capable` or `model`")
+        elif route.model is not None:
+            action = "model"
+            model = ctx.model(route.model, (*rpath, "model"), "model")
+        else:
+            sc = route.smallest_capable
+            assert sc is not None
+            spath = (*rpath, "smallest_capable")
+            if sc.candidates is not None:
+                chosen: list[Model] = []
+                for j, name in enumerate(sc.candidates):
+                    target = ctx.model(name, (*spath, "candidates", j), "candidate")
+                    if target is not None and ctx.models is not None and ctx.models[target] not in chosen:
+                        chosen.append(ctx.models[target])
+                if not sc.candidates:
+                    problems.add(src, (*spath, "candidates"), "`candidates` lists nothing")
+                candidates = tuple(chosen)
+            if sc.min_tier == "complexity":
+                from_complexity = True
+            elif sc.min_tier is not None:
+                min_tier = sc.min_tier
+                if candidates and all(m.tier < min_tier for m in candidates):
+                    top = max(m.tier for m in candidates)
+                    problems.add(src, (*spath, "min_tier"),
+                                 f"no candidate has tier >= {min_tier} (highest: {top}); the rule can never route")
+            min_score = sc.min_score
+    if rs.max_tokens is not None and rs.max_tokens < 1:
+        problems.add(src, (*path, "max_tokens"), "`max_tokens` must be >= 1")
+    _check_cache(ctx, rs.cache, (*path, "cache"))
+    fallbacks: tuple[str, ...] | None = None
+    if rs.fallbacks is not None:
+        resolved = [ctx.model(n, (*path, "fallbacks", j), "fallback model") for j, n in enumerate(rs.fallbacks)]
+        fallbacks = tuple(dict.fromkeys(r for r in resolved if r is not None))
+        if model is not None and model in fallbacks:
+            problems.add(src, (*path, "fallbacks"), f"`{model}` is both the route and one of its fallbacks")
+    ref = default_ref
+    if rs.reference_model is not None:
+        ref = ctx.model(rs.reference_model, (*path, "reference_model"), "reference model")
+    if len(problems.items) != before:
+        return None
+    cache_spec = rs.cache if rs.cache is not None else defaults.cache
+    store, skip, needs_det = _cache_policies(cache_spec)
+    return Rule(
+        name=rs.name,
+        description=rs.description,
+        where=src.where(path),
+        conditions=tuple(conds),
+        summary=", ".join(parts) if parts else "matches every request",
+        action=action,
+        model=model,
+        candidates=candidates,
+        min_tier=min_tier,
+        tier_from_complexity=from_complexity,
+        min_score=min_score,
+        deny_message=rs.deny,
+        max_tokens_cap=rs.max_tokens if rs.max_tokens is not None else defaults.max_tokens,
+        cache_store=store,
+        cache_skip=skip,
+        cache_needs_determinism=needs_det,
+        fallbacks=fallbacks,
+        reference_model=ref,
+        constraints=MappingProxyType(norm),
+    )
