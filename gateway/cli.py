@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module has `register(subparsers)`, which adds its parser with `set_defaults(run=...)`.
-COMMANDS = ("serve", "sim", "workers", "db", "keys", "report", "policies", "route")
+COMMANDS = ("serve", "sim", "workers", "db", "keys", "report", "policies", "route", "router")
 
 
 def build_parser() -> argparse.ArgumentParser:

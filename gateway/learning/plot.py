@@ -18,11 +18,13 @@ def plot_quality_cost(
     path: Path,
     title: str,
     markers: Mapping[str, tuple[float, float]] | None = None,
+    xlabel: str = "cost per 1,000 calls",
 ) -> None:
     """Write mean quality against cost per 1,000 calls to `path`, in the format of its suffix (.svg or .png).
 
     `curves` maps a router's name to its points as (costs per 1,000 calls, mean qualities), drawn as one
     line in the given order; `markers` maps a label to a single point, e.g. "all weak", "all strong".
+    `xlabel` names the horizontal axis (another quantity, e.g. the share of strong calls, may stand there).
     The same input gives the same SVG bytes. Raises ValueError for another suffix or a curve whose two
     sequences differ in length.
     """
@@ -43,7 +45,7 @@ def plot_quality_cost(
     for name, (cost, quality) in (markers or {}).items():
         ax.plot([cost], [quality], marker="D", markersize=7, linestyle="none", label=name)
     ax.set_title(title)
-    ax.set_xlabel("cost per 1,000 calls")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean quality")
     ax.grid(alpha=0.3)
     if curves or markers:
