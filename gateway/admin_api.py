@@ -17,6 +17,7 @@ from router.classify import classify
 from router.decide import decide
 from router.errors import GatewayError, InvalidRequest
 from router.explain import explain_dict
+from router.quality import probe_for
 from workers.pool import Replica
 
 
@@ -68,9 +69,10 @@ async def route_explain(request: Request[Any, Any, Any], state: State, kind: Fro
     features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
     caller = principal_of(request).caller  # the admin's own key (tenant, team), never request headers
     decision, error = None, None
+    probe = probe_for(active.policy.predictor, parsed.data, features)
     try:
         decision = decide(features, caller, parsed.fields.model, active.policy, pool_states(active.pools),
-                          ctx.rates.current())
+                          ctx.rates.current(), probe)
     except GatewayError as exc:
         error = exc
-    return explain_dict(active.policy, features, caller, parsed.fields.model, decision, error)
+    return explain_dict(active.policy, features, caller, parsed.fields.model, decision, error, probe)

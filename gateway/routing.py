@@ -23,6 +23,7 @@ from router.decision import Caller, PoolState, RouteDecision
 from router.errors import ModelNotFound
 from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
 from router.pricing import TokenRates
+from router.quality import QualityProbe
 from workers.pool import Pool, Pools
 
 log = logging.getLogger("gateway.routing")
@@ -95,6 +96,8 @@ class PolicyStore:
             "directory": str(self.directory), "hash": p.hash, "files": list(p.files),
             "loaded_at": datetime.fromtimestamp(self.active.loaded_at, UTC).isoformat(),
             "rules": [r.name for r in p.rules], "models": list(p.models), "aliases": dict(p.aliases),
+            "predictor": p.predictor.summary() if p.predictor is not None else None,
+            "quality_target": p.quality_target,
             "last_error": self.last_error,
             "last_error_at": datetime.fromtimestamp(self.last_error_at, UTC).isoformat()
             if self.last_error_at else None,
@@ -137,6 +140,12 @@ class Route:
     rule: str
     decision: RouteDecision | None  # None for a direct call
     features: Features | None = None  # what classify() found (None for a direct call); limits estimate with it
+    quality: QualityProbe | None = None  # the learned predictor's view, when a rule consulted it
+
+    @property
+    def header(self) -> str:
+        """`x-gateway-route`: the rule, with the predicted quality of each candidate when it was asked."""
+        return self.decision.route_header() if self.decision is not None else self.rule
 
 
 def route(
@@ -156,11 +165,13 @@ def route(
         )
     policy = active.policy
     features = classify(body, kind, headers, policy.classifier)
-    decision = decide(features, caller, requested, policy, pool_states(active.pools), rates)
+    probe = QualityProbe(policy.predictor, body, features) if policy.predictor is not None else None
+    decision = decide(features, caller, requested, policy, pool_states(active.pools), rates, probe)
     by_name = active.pools.by_name
     targets = [(decision.model, by_name[decision.pool])]
     targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
-    return Route(tuple(targets), decision.rule, decision, features)
+    return Route(tuple(targets), decision.rule, decision, features,
+                 probe if probe is not None and probe.vector is not None else None)
 
 
 def install_sighup(store: PolicyStore) -> None:

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.regex_search import Search, searcher
-from router.spec import CAPABILITIES, STRUCTURES, CategorySpec, ClassifyFile, RangeSpec, SignalSpec, TierSpec
+from router.spec import (
+    CAPABILITIES,
+    STRUCTURES,
+    CategorySpec,
+    ClassifyFile,
+    OutputHintSpec,
+    RangeSpec,
+    SignalSpec,
+    TierSpec,
+)
 from router.yamlsrc import PathT, Problems, Source, convert
 
 __all__ = [
@@ -95,6 +104,8 @@ class Classifier:
     phrase_starts: frozenset[bytes]
     # Request headers that routing rules look at (lower-cased); the others are not kept. None: keep all.
     header_names: frozenset[str] | None = None
+    # Lengths asked for in the text ("a 3000-word essay"): (pattern whose group 1 counts units, tokens per unit).
+    output_hints: tuple[tuple[re.Pattern[str], float], ...] = ()
 
     @property
     def known_categories(self) -> frozenset[str]:
@@ -248,6 +259,23 @@ def compile_classifier(src: Source, problems: Problems) -> Classifier | None:
             problems.add(src, ("scan", name), f"`{name}` must be >= 0")
     if spec.long_context_tokens < 1:
         problems.add(src, ("long_context_tokens",), "`long_context_tokens` must be >= 1")
+    hints: list[tuple[re.Pattern[str], float]] = []
+    for i, raw_hint in enumerate(spec.output_hints):
+        hint_path: PathT = ("output_hints", i)
+        hint = convert(src, raw_hint, OutputHintSpec, hint_path, problems)
+        if hint is None:
+            continue
+        try:
+            pattern = re.compile(hint.regex)
+        except re.error as exc:
+            problems.add(src, (*hint_path, "regex"), f"invalid regular expression: {exc}")
+            continue
+        if pattern.groups < 1:
+            problems.add(src, (*hint_path, "regex"), "the regex needs a group capturing the number")
+        elif hint.tokens_per_unit <= 0:
+            problems.add(src, (*hint_path, "tokens_per_unit"), "`tokens_per_unit` must be > 0")
+        else:
+            hints.append((pattern, hint.tokens_per_unit))
 
     keywords: dict[bytes, set[Signal]] = {}
 
@@ -333,6 +361,7 @@ def compile_classifier(src: Source, problems: Problems) -> Classifier | None:
         complexity_signals=tuple(complexity_signals),
         tiers=tuple(sorted(tiers, reverse=True)),
         lowest_tier=min((tier for _, tier in tiers), default=1),
+        output_hints=tuple(hints),
         words=single,
         word_set=frozenset(single),
         phrases=phrases,

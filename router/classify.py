@@ -202,6 +202,15 @@ def classify(
     if audio:
         caps.add("audio")
 
+    # ---- the window the text signals look at: bounded, whatever the prompt's length
+    user_chars = sum(len(t) for t in user_texts)
+    if user_chars <= cls.head_chars + cls.tail_chars:
+        window = user_texts[0] if len(user_texts) == 1 else "\n".join(user_texts)
+    else:
+        window = _head(user_texts, cls.head_chars) + "\n" + _tail(user_texts, cls.tail_chars)
+    if system_texts and cls.system_chars:
+        window = _head(system_texts, cls.system_chars) + "\n" + window
+
     # ---- tokens
     prompt_tokens, exact = estimate_tokens(pieces, total, tok.exact_chars, tok.sample_chars)
     prompt_tokens += token_ids + images * tok.image_tokens
@@ -211,7 +220,7 @@ def classify(
         if max_tokens is None:
             max_tokens = _int(body.get("max_tokens"))
         assumed = max_tokens is None
-        output = tok.default_output_tokens if max_tokens is None else max_tokens
+        output = max(tok.default_output_tokens, _asked_length(window, cls)) if max_tokens is None else max_tokens
     else:
         max_tokens = _int(body.get("max_tokens"))
         assumed = False
@@ -229,13 +238,6 @@ def classify(
     # ---- text signals, on bounded windows
     fired_labels: list[str] = []
     facts = Facts(kind, prompt_tokens, output, turns, frozen_caps)
-    user_chars = sum(len(t) for t in user_texts)
-    if user_chars <= cls.head_chars + cls.tail_chars:
-        window = user_texts[0] if len(user_texts) == 1 else "\n".join(user_texts)
-    else:
-        window = _head(user_texts, cls.head_chars) + "\n" + _tail(user_texts, cls.tail_chars)
-    if system_texts and cls.system_chars:
-        window = _head(system_texts, cls.system_chars) + "\n" + window
     scan = _Scan(cls, window, user_texts)
 
     best = -1
@@ -284,6 +286,20 @@ def classify(
         headers=_headers(headers, cls.header_names),
         signals=tuple(fired_labels),
     )
+
+
+MAX_ASKED_TOKENS = 1_000_000  # a number in the text is a hint, not a reason to expect more than this
+
+
+def _asked_length(window: str, cls: Classifier) -> int:
+    """Output tokens a length asked for in the text implies ("a 3000-word essay"); 0 when none is."""
+    best = 0
+    for pattern, per_unit in cls.output_hints:
+        for match in pattern.finditer(window):
+            digits = "".join(ch for ch in match.group(1) if ch.isdigit())
+            if digits and len(digits) <= 7:
+                best = max(best, int(int(digits) * per_unit))
+    return min(best, MAX_ASKED_TOKENS)
 
 
 def _headers(headers: Mapping[str, str], wanted: frozenset[str] | None) -> dict[str, str]:

@@ -10,7 +10,7 @@ quality tier stands in for its size (priced models come first). Every decision c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 from router.catalogue import Model
@@ -90,6 +90,9 @@ def _no_fit_message(rule: Rule, f: Features, need: int, output: int, candidates:
     return f"No model can serve this request{where}: {summary}. It needs {needs}. {details}."
 
 
+Quality = Callable[[], Mapping[str, float]]
+
+
 def decide(
     features: Features,
     caller: Caller,
@@ -97,9 +100,13 @@ def decide(
     policy: PolicySet,
     health: Mapping[str, PoolState],
     rates: Mapping[str, TokenRates],
+    quality: Quality | None = None,
 ) -> RouteDecision:
     """Route one request. Raises ModelNotFound (404), PolicyDenied (403), NoCapableModel (400) or
-    NoHealthyModel (503); each routing error carries `.rule` and `.trace`."""
+    NoHealthyModel (503); each routing error carries `.rule` and `.trace`.
+
+    `quality` gives each model's predicted quality for this request (router/quality.py); it is called
+    only when the matched rule routes on it, and must be given when a rule may (`cheapest_above`)."""
     entry = policy.lookup.get(requested_model)
     if entry is None:
         raise ModelNotFound(
@@ -137,7 +144,16 @@ def decide(
     prompt = features.prompt_tokens
 
     chosen: Model
-    if rule.action == "smallest_capable" or (rule.action == "requested" and req_target is None):
+    predicted: dict[str, float] | None = None
+    quality_min: float | None = None
+    if rule.action == "cheapest_above":
+        if quality is None:
+            raise ValueError(f"rule `{rule.name}` routes on predicted quality, but no predictions were given")
+        scores = quality()
+        chosen, quality_min = _cheapest_above(rule, features, need, output, health, rates, trace, len(policy.models),
+                                              scores)
+        predicted = {m.name: round(scores[m.name], 4) for m in rule.candidates if m.name in scores}
+    elif rule.action == "smallest_capable" or (rule.action == "requested" and req_target is None):
         chosen = _smallest(rule, features, need, output, health, rates, trace, len(policy.models))
     else:
         target = rule.model if rule.action == "model" else req_target
@@ -183,15 +199,52 @@ def decide(
         currency=rate.currency if rate is not None else None,
         policy_hash=policy.hash,
         trace=tuple(trace),
+        quality=predicted,
+        quality_min=quality_min,
     )
 
 
-def _smallest(rule: Rule, f: Features, need: int, output: int, health: Mapping[str, PoolState],
-              rates: Mapping[str, TokenRates], trace: list[TraceStep], n_models: int) -> Model:
-    min_tier = f.tier if rule.tier_from_complexity else rule.min_tier
-    best: tuple[tuple[int, Decimal, float, int, str], Model] | None = None
-    runner_up: tuple[int, Decimal, float, int, str] | None = None
-    fits = 0
+def _cheapest_above(rule: Rule, f: Features, need: int, output: int, health: Mapping[str, PoolState],
+                    rates: Mapping[str, TokenRates], trace: list[TraceStep], n_models: int,
+                    scores: Mapping[str, float]) -> tuple[Model, float]:
+    """Among the candidates that meet the hard constraints, the cheapest predicted good enough: at least the
+    rule's absolute `quality` and `relative` times the best prediction among them. When none is (only an
+    absolute floor can exclude them all), the one predicted best, ties to the cheaper. Also returns the
+    threshold applied."""
+    fitting = _fitting(rule, f, need, output, health, rates, trace, n_models, rule.min_tier, scores)
+    best = max(scores[m.name] for _, m in fitting)
+    floor = max(rule.quality or 0.0, (rule.relative or 0.0) * best)
+    terms = [] if rule.quality is None else [f"{rule.quality:.2f}"]
+    if rule.relative is not None:
+        terms.append(f"{rule.relative:.2f} x the best {best:.2f}")
+    how = " and ".join(terms)
+    good = [(key, m) for key, m in fitting if scores[m.name] >= floor]
+    if good:
+        key, model = min(good, key=lambda km: km[0])
+        below = [m.name for k, m in fitting if k < key]
+        if len(fitting) == 1:
+            why = f"the only candidate that fits (predicted {scores[model.name]:.2f})"
+        elif below:
+            why = (f"the cheapest predicted to reach {floor:.2f} ({how}): {scores[model.name]:.2f}; "
+                   f"{', '.join(below)} predicted below")
+        else:
+            why = f"the cheapest that fits, predicted {scores[model.name]:.2f} >= {floor:.2f} ({how})"
+    else:
+        key, model = min(fitting, key=lambda km: (-scores[km[1].name], km[0]))
+        why = f"none is predicted to reach {floor:.2f} ({how}): the best predicted ({scores[model.name]:.2f})"
+    trace.append(TraceStep("choice", model.name, True, why))
+    return model, floor
+
+
+Key = tuple[int, Decimal, float, int, str]
+
+
+def _fitting(rule: Rule, f: Features, need: int, output: int, health: Mapping[str, PoolState],
+             rates: Mapping[str, TokenRates], trace: list[TraceStep], n_models: int, min_tier: int | None,
+             scores: Mapping[str, float] | None = None) -> list[tuple[Key, Model]]:
+    """The candidates meeting every hard constraint, each with its cost key (cheapest first by cost with
+    rates, else by tier; then load); raises NoHealthyModel / NoCapableModel when there is none."""
+    fits: list[tuple[Key, Model]] = []
     rejected: list[tuple[Model, list[str]]] = []
     unhealthy: list[Model] = []
     for m in rule.candidates:
@@ -205,8 +258,8 @@ def _smallest(rule: Rule, f: Features, need: int, output: int, health: Mapping[s
             unhealthy.append(m)
             trace.append(TraceStep("candidate", m.name, False, _pool_problem(m, health) or ""))
             continue
-        fits += 1
         rate = rates.get(m.name)
+        key: Key
         if rate is not None:
             cost = expected_cost(rate, f.prompt_tokens, output)
             key = (0, cost, state.load, m.tier, m.name)
@@ -214,30 +267,35 @@ def _smallest(rule: Rule, f: Features, need: int, output: int, health: Mapping[s
         else:
             key = (1, Decimal(m.tier), state.load, 0, m.name)
             price = "no price"
-        trace.append(TraceStep("candidate", m.name, True, f"fits; tier {m.tier}, {price}, pool {m.pool} load "
+        quality = f"predicted quality {scores[m.name]:.2f}, " if scores is not None else ""
+        trace.append(TraceStep("candidate", m.name, True, f"fits; {quality}tier {m.tier}, {price}, pool {m.pool} load "
                                f"{state.load:.2f}"))
-        if best is None or key < best[0]:
-            runner_up = best[0] if best is not None else None
-            best = (key, m)
-        elif runner_up is None or key < runner_up:
-            runner_up = key
-    if best is None:
-        if unhealthy:
-            names = ", ".join(f"{m.name} (pool {m.pool})" for m in unhealthy)
-            raise NoHealthyModel(
-                f"No healthy pool can serve this request right now: {names} could, but "
-                f"{'its pool is' if len(unhealthy) == 1 else 'their pools are'} unhealthy. Retry shortly.",
-                rule=rule.name, trace=tuple(trace), headers={"retry-after": "2"},
-            )
-        restricted = len(rule.candidates) < n_models
-        raise NoCapableModel(_no_fit_message(rule, f, need, output, rule.candidates, rejected, restricted),
-                             rule=rule.name, trace=tuple(trace))
-    key, model = best
-    if fits == 1:
+        fits.append((key, m))
+    if fits:
+        return fits
+    if unhealthy:
+        names = ", ".join(f"{m.name} (pool {m.pool})" for m in unhealthy)
+        raise NoHealthyModel(
+            f"No healthy pool can serve this request right now: {names} could, but "
+            f"{'its pool is' if len(unhealthy) == 1 else 'their pools are'} unhealthy. Retry shortly.",
+            rule=rule.name, trace=tuple(trace), headers={"retry-after": "2"},
+        )
+    restricted = len(rule.candidates) < n_models
+    raise NoCapableModel(_no_fit_message(rule, f, need, output, rule.candidates, rejected, restricted),
+                         rule=rule.name, trace=tuple(trace))
+
+
+def _smallest(rule: Rule, f: Features, need: int, output: int, health: Mapping[str, PoolState],
+              rates: Mapping[str, TokenRates], trace: list[TraceStep], n_models: int) -> Model:
+    min_tier = f.tier if rule.tier_from_complexity else rule.min_tier
+    fitting = sorted(_fitting(rule, f, need, output, health, rates, trace, n_models, min_tier), key=lambda km: km[0])
+    key, model = fitting[0]
+    if len(fitting) == 1:
         why = "the only candidate that fits"
     elif key[0] == 0:
         why = "lowest expected cost"
-        if runner_up is not None and runner_up[0] == 0 and runner_up[1] == key[1]:
+        runner_up = fitting[1][0]
+        if runner_up[0] == 0 and runner_up[1] == key[1]:
             why += " (tie broken by the less loaded pool)"
     else:
         why = "lowest tier (no prices for the candidates)"

@@ -66,3 +66,15 @@ class RouteDecision(msgspec.Struct, frozen=True, kw_only=True):
     currency: str | None
     policy_hash: str
     trace: tuple[TraceStep, ...]
+    quality: dict[str, float] | None = None  # predicted quality of each candidate, when the rule asked
+    quality_min: float | None = None  # the least predicted quality the rule accepted for this request
+
+    def route_header(self) -> str:
+        """`x-gateway-route`: the rule, then the threshold and each candidate's predicted quality if any."""
+        if self.quality is None:
+            return self.rule
+        parts = [self.rule]
+        if self.quality_min is not None:
+            parts.append(f"min={self.quality_min:.2f}")
+        parts += [f"{name}={score:.2f}" for name, score in self.quality.items()]
+        return "; ".join(parts)

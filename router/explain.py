@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from router.classify import Features
+from router.decide import Quality
 from router.decision import Caller, RouteDecision, TraceStep
 from router.errors import GatewayError, RoutingError
 from router.policy import PolicySet
@@ -67,6 +68,8 @@ def decision_dict(d: RouteDecision) -> dict[str, Any]:
         "reference_cost": _money(d.reference_cost),
         "currency": d.currency,
         "policy_hash": d.policy_hash,
+        "quality": d.quality,
+        "quality_min": d.quality_min,
     }
 
 
@@ -80,14 +83,27 @@ def error_dict(exc: GatewayError) -> dict[str, Any]:
     }
 
 
+def _predicted(probe: Quality | None) -> dict[str, float] | None:
+    """Every model's predicted quality (explain shows them whether or not the rule routed on them)."""
+    return {name: round(score, 4) for name, score in probe().items()} if probe is not None else None
+
+
 def explain_dict(policy: PolicySet, features: Features, caller: Caller, requested: str,
-                 decision: RouteDecision | None, error: GatewayError | None) -> dict[str, Any]:
+                 decision: RouteDecision | None, error: GatewayError | None,
+                 probe: Quality | None = None) -> dict[str, Any]:
     trace: tuple[object, ...] = decision.trace if decision is not None else (
         error.trace if isinstance(error, RoutingError) else ())
+    predictor = policy.predictor
     return {
         "requested_model": requested,
         "caller": {"tenant": caller.tenant, "team": caller.team, "key_id": caller.key_id},
         "features": features_dict(features),
+        "quality": {
+            "predicted": _predicted(probe),
+            "min": decision.quality_min if decision is not None else None,
+            "target": policy.quality_target,
+            "predictor": predictor.name if predictor is not None else None,
+        },
         "decision": decision_dict(decision) if decision is not None else None,
         "error": error_dict(error) if error is not None else None,
         "trace": _trace_dict(trace),
@@ -108,7 +124,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def explain_text(policy: PolicySet, features: Features, caller: Caller, requested: str,
-                 decision: RouteDecision | None, error: GatewayError | None) -> str:
+                 decision: RouteDecision | None, error: GatewayError | None, probe: Quality | None = None) -> str:
     f = features
     pad = " " * 11
     tokens = f"{f.prompt_tokens:,} prompt tokens ({'exact' if f.tokens_exact else 'estimated'})"
@@ -130,6 +146,13 @@ def explain_text(policy: PolicySet, features: Features, caller: Caller, requeste
         f"{pad}deterministic: {'yes' if f.deterministic else 'no'}, stream: {'yes' if f.stream else 'no'}",
         f"{pad}requested `{requested}` by {who}",
     ]
+    predicted = _predicted(probe)
+    if predicted is not None and policy.predictor is not None:
+        floor = decision.quality_min if decision is not None else None
+        shown = ", ".join(f"{name} {score:.2f}" for name, score in predicted.items())
+        lines.append(f"quality    predicted: {shown}"
+                     + (f"; accepted from {floor:.2f}" if floor is not None else " (the rule does not route on it)"))
+        lines.append(f"{pad}predictor {policy.predictor.name}")
     trace: tuple[object, ...] = ()
     if decision is not None:
         d = decision

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from router.catalogue import AUTO, Model, load_catalogue
 from router.classifier import Classifier, compile_classifier
 from router.errors import PolicyError
+from router.predictor import PREDICTOR_FILE, Predictor, parse_predictor
 from router.rules import RequestKind, Rule, load_rules
 from router.yamlsrc import Problems, Source, read_yaml
 
@@ -48,13 +49,15 @@ class PolicySet:
 
     directory: Path
     files: tuple[str, ...]
-    hash: str  # sha256 of the files' contents
+    hash: str  # sha256 of the files' contents, the predictor's included
     models: Mapping[str, Model]
     aliases: Mapping[str, str]  # alias -> model
     classifier: Classifier
     rules: tuple[Rule, ...]
     default_rule: Rule  # applies when no rule matches
     lookup: Mapping[str, tuple[RequestKind, str | None]]  # requested name -> (kind, model)
+    predictor: Predictor | None = None  # the learned quality predictor (`defaults.predictor`)
+    quality_target: float | None = None  # `defaults.quality_target`: the policy's cost/quality knob
 
     def routable_names(self) -> tuple[str, ...]:
         """What clients may put in `model` (for /v1/models): `auto`, the models, then the aliases."""
@@ -133,12 +136,17 @@ def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | No
     src_models, src_routing = sources["models.yaml"], sources["routing.yaml"]
     if src_models is None or src_routing is None:
         return None, problems.items
+    predictor, predictor_file = _read_predictor(folder, src_routing, problems)
+    if predictor_file is not None:
+        files.append(predictor_file[0])
+        digest.update(b"predictor\0" + predictor_file[1] + b"\0")
+    heads = frozenset(predictor.heads) if predictor is not None else None
     categories = classifier.known_categories if classifier is not None else None
     catalogue = load_catalogue(src_models, categories, problems)
     if catalogue is None or classifier is None:
-        load_rules(src_routing, None, classifier, problems)  # still report what can be checked
+        load_rules(src_routing, None, classifier, heads, problems)  # still report what can be checked
         return None, problems.items
-    rules = load_rules(src_routing, catalogue, classifier, problems)
+    rules = load_rules(src_routing, catalogue, classifier, heads, problems)
     if problems or rules is None:
         return None, problems.items
     models, aliases = catalogue
@@ -160,5 +168,39 @@ def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | No
         rules=rule_list,
         default_rule=default_rule,
         lookup=MappingProxyType(lookup),
+        predictor=predictor,
+        quality_target=_quality_target(src_routing),
     )
     return policy, []
+
+
+def _defaults(src: Source) -> dict[str, object]:
+    data = src.data
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    return defaults if isinstance(defaults, dict) else {}
+
+
+def _quality_target(src: Source) -> float | None:
+    value = _defaults(src).get("quality_target")  # validated by load_rules
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _read_predictor(folder: Path, src: Source, problems: Problems) -> tuple[Predictor | None, tuple[str, bytes] | None]:
+    """The predictor `defaults.predictor` names (a directory holding predictor.json, or a file), read now:
+    routing never reads files. Its problems are reported at that line of routing.yaml."""
+    ref = _defaults(src).get("predictor")
+    if not isinstance(ref, str) or not ref:
+        return None, None  # absent, or a type error that phase one reports
+    path = folder / ref
+    if path.is_dir():
+        path = path / PREDICTOR_FILE
+    where = ("defaults", "predictor")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.add(src, where, f"cannot read the predictor {path}: {exc.strerror or exc}")
+        return None, None
+    predictor, found = parse_predictor(data)
+    for problem in found:
+        problems.add(src, where, f"predictor {path}: {problem}")
+    return predictor, (str(path), data)

@@ -20,7 +20,17 @@ from router.decision import Caller, PoolState, RouteDecision
 from router.errors import GatewayError, PolicyError
 from router.policy import AUTO, PolicySet
 from router.pricing import TokenRates
-from router.spec import CAPABILITIES, CacheExpect, CaseSpec, ExpectSpec, HealthSpec, RatesSpec, TestsFile
+from router.quality import probe_for
+from router.spec import (
+    CAPABILITIES,
+    CacheExpect,
+    CaseSpec,
+    ExpectSpec,
+    HealthSpec,
+    QualityRange,
+    RatesSpec,
+    TestsFile,
+)
 from router.yamlsrc import PathT, Problems, Source, convert, read_yaml
 
 __all__ = ["CaseResult", "PolicyCase", "load_policy_tests", "read_policy_tests", "run_case", "run_policy_tests"]
@@ -166,6 +176,15 @@ def _check_expect(src: Source, path: PathT, e: ExpectSpec, policy: PolicySet, pr
     for cap in e.capabilities or ():
         if cap not in CAPABILITIES:
             problems.add(src, (*path, "capabilities"), f"unknown capability `{cap}`")
+    for model, bounds in (e.quality or {}).items():
+        heads = policy.predictor.heads if policy.predictor is not None else ()
+        if model not in heads:
+            problems.add(src, (*path, "quality", model),
+                         f"no prediction for `{model}`: the policy's predictor has "
+                         + (f"heads {', '.join(heads)}" if heads else "not been set (defaults.predictor)"))
+        for bound in (bounds.min, bounds.max):
+            if bound is not None and not 0.0 <= bound <= 1.0:
+                problems.add(src, (*path, "quality", model), f"a quality bound is in [0, 1], not {bound:g}")
     if e.error is not None and any(
         getattr(e, k) is not None for k in ("model", "rule", "pool", "fallbacks", "max_tokens", "cache")
     ) and e.rule is None:
@@ -180,6 +199,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _compare_quality(diffs: list[str], expected: Mapping[str, QualityRange],
+                     actual: Mapping[str, float] | None) -> None:
+    for model, bounds in expected.items():
+        score = actual.get(model) if actual is not None else None
+        low = bounds.min if bounds.min is not None else 0.0
+        high = bounds.max if bounds.max is not None else 1.0
+        if score is None or not low <= score <= high:
+            want = f"{low:g}..{high:g}"
+            got = "no prediction (the policy has no predictor for it)" if score is None else f"{score:.3f}"
+            diffs.append(f"- quality of {model}: {want}")
+            diffs.append(f"+ quality of {model}: {got}")
+
+
 def _compare(diffs: list[str], name: str, expected: Any, actual: Any) -> None:
     if expected is not None and expected != actual:
         diffs.append(f"- {name}: {_fmt(expected)}")
@@ -188,14 +220,17 @@ def _compare(diffs: list[str], name: str, expected: Any, actual: Any) -> None:
 
 def run_case(policy: PolicySet, case: PolicyCase) -> CaseResult:
     features = classify(case.body, case.kind, case.headers, policy.classifier)
+    probe = probe_for(policy.predictor, case.body, features)
     decision: RouteDecision | None = None
     error: GatewayError | None = None
     try:
-        decision = decide(features, case.caller, case.model, policy, case.health, case.rates)
+        decision = decide(features, case.caller, case.model, policy, case.health, case.rates, probe)
     except GatewayError as exc:
         error = exc
     e = case.expect
     diffs: list[str] = []
+    if e.quality is not None:
+        _compare_quality(diffs, e.quality, probe() if probe is not None else None)
     _compare(diffs, "category", e.category, features.category)
     _compare(diffs, "tier", e.tier, features.tier)
     if e.capabilities is not None:

@@ -37,9 +37,10 @@ class Rule:
     where: str
     conditions: tuple[Cond, ...]
     summary: str  # what it matches, for explain
-    action: Literal["smallest_capable", "model", "requested", "deny"]
+    action: Literal["smallest_capable", "cheapest_above", "model", "requested", "deny"]
     model: str | None  # action "model"
-    candidates: tuple[Model, ...]  # action "smallest_capable" (and "requested" when `auto` was asked)
+    # actions "smallest_capable" and "cheapest_above" (and "requested" when `auto` was asked)
+    candidates: tuple[Model, ...]
     min_tier: int | None
     tier_from_complexity: bool
     min_score: float | None
@@ -51,6 +52,10 @@ class Rule:
     fallbacks: tuple[str, ...] | None  # None: the chosen model's own chain
     reference_model: str | None
     constraints: Mapping[str, Any] = field(default_factory=dict)  # normalized match, for shadowing checks
+    # action "cheapest_above": the least predicted quality that will do, absolute and/or as a share of the
+    # best candidate's
+    quality: float | None = None
+    relative: float | None = None
 
 
 _INF = float("inf")
@@ -118,12 +123,13 @@ _LABELS = {
 
 class _RuleContext:
     def __init__(self, src: Source, models: Mapping[str, Model] | None, aliases: Mapping[str, str],
-                 classifier: Classifier | None, problems: Problems) -> None:
+                 classifier: Classifier | None, problems: Problems, heads: frozenset[str] | None) -> None:
         self.src = src
         self.models = models
         self.aliases = aliases
         self.classifier = classifier
         self.problems = problems
+        self.heads = heads  # the models the policy's predictor scores; None: the policy has none
 
     def model(self, name: str, path: PathT, what: str) -> str | None:
         """A model or alias name -> the model; None (and a problem) when unknown."""
@@ -353,7 +359,7 @@ def _check_cache(ctx: _RuleContext, spec: Any, path: PathT) -> None:
             ctx.problems.add(ctx.src, (*path, "namespace"), "`namespace` must not be empty")
 
 
-def load_rules(src: Source, catalogue: Catalogue | None, classifier: Classifier | None,
+def load_rules(src: Source, catalogue: Catalogue | None, classifier: Classifier | None, heads: frozenset[str] | None,
                 problems: Problems) -> tuple[tuple[Rule, ...], Rule] | None:
     """routing.yaml (already read) -> (the rules in order, the implicit default rule); None when it has
     errors (recorded in `problems`). Without a catalogue, only what needs none is checked.
@@ -363,7 +369,7 @@ def load_rules(src: Source, catalogue: Catalogue | None, classifier: Classifier 
     if spec is None:
         return None
     models, aliases = catalogue if catalogue is not None else (None, {})
-    ctx = _RuleContext(src, models, aliases, classifier, problems)
+    ctx = _RuleContext(src, models, aliases, classifier, problems, heads)
     before = len(problems.items)
 
     defaults = spec.defaults
@@ -371,6 +377,7 @@ def load_rules(src: Source, catalogue: Catalogue | None, classifier: Classifier 
     default_ref = None
     if defaults.reference_model is not None:
         default_ref = ctx.model(defaults.reference_model, (*dpath, "reference_model"), "reference model")
+    _check_quality(ctx, defaults.quality_target, (*dpath, "quality_target"))
     if defaults.max_tokens is not None and defaults.max_tokens < 1:
         problems.add(src, (*dpath, "max_tokens"), "`max_tokens` must be >= 1")
     _check_cache(ctx, defaults.cache, (*dpath, "cache"))
@@ -439,12 +446,14 @@ def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: Defaul
     src, problems = ctx.src, ctx.problems
     before = len(problems.items)
     conds, parts, norm = _compile_match(ctx, rs.match, (*path, "match"))
-    action: Literal["smallest_capable", "model", "requested", "deny"] = "smallest_capable"
+    action: Literal["smallest_capable", "cheapest_above", "model", "requested", "deny"] = "smallest_capable"
     model = None
     candidates = all_models
     min_tier: int | None = None
     from_complexity = False
     min_score: float | None = None
+    quality: float | None = None
+    relative: float | None = None
     if rs.deny is not None:
         action = "deny"
         if not rs.deny.strip():
@@ -454,11 +463,39 @@ def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: Defaul
                 problems.add(src, (*path, key), f"a deny rule cannot also set `{key}`")
     elif rs.route == "requested":
         action = "requested"
+    elif rs.route == "cheapest_above" or (isinstance(rs.route, RouteSpec) and rs.route.cheapest_above is not None):
+        action = "cheapest_above"
+        spec = rs.route.cheapest_above if isinstance(rs.route, RouteSpec) else None
+        cpath: PathT = (*path, "route", "cheapest_above") if spec is not None else (*path, "route")
+        if isinstance(rs.route, RouteSpec) and (rs.route.model is not None or rs.route.smallest_capable is not None):
+            problems.add(src, (*path, "route"), "`route` needs exactly one of `smallest_capable`, `cheapest_above` "
+                         "or `model`")
+        if spec is not None and (spec.quality is not None or spec.relative is not None):
+            quality, relative = spec.quality, spec.relative
+            _check_quality(ctx, quality, (*cpath, "quality"))
+            _check_quality(ctx, relative, (*cpath, "relative"))
+        else:
+            relative = defaults.quality_target
+            if relative is None:
+                problems.add(src, cpath, "`cheapest_above` needs a target: give `quality:` or `relative:` here, or "
+                             "set `defaults.quality_target`")
+        if spec is not None and spec.candidates is not None:
+            candidates = _candidates(ctx, spec.candidates, (*cpath, "candidates"))
+        if spec is not None and spec.min_tier is not None:
+            min_tier = spec.min_tier
+            _check_min_tier(ctx, candidates, min_tier, (*cpath, "min_tier"))
+        if ctx.heads is None:
+            problems.add(src, cpath, "routing on predicted quality needs a predictor: set `defaults.predictor`")
+        else:
+            for m in candidates:
+                if m.name not in ctx.heads:
+                    problems.add(src, cpath, f"candidate `{m.name}` has no head in the predictor (it predicts "
+                                 f"{', '.join(sorted(ctx.heads))}); retrain it with that model, or list candidates")
     elif isinstance(rs.route, RouteSpec):
         route = rs.route
         rpath = (*path, "route")
         if (route.model is None) == (route.smallest_capable is None):
-            problems.add(src, rpath, "`route` needs exactly one of `smallest_capable` or `model`")
+            problems.add(src, rpath, "`route` needs exactly one of `smallest_capable`, `cheapest_above` or `model`")
         elif route.model is not None:
             action = "model"
             model = ctx.model(route.model, (*rpath, "model"), "model")
@@ -467,22 +504,12 @@ def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: Defaul
             assert sc is not None
             spath = (*rpath, "smallest_capable")
             if sc.candidates is not None:
-                chosen: list[Model] = []
-                for j, name in enumerate(sc.candidates):
-                    target = ctx.model(name, (*spath, "candidates", j), "candidate")
-                    if target is not None and ctx.models is not None and ctx.models[target] not in chosen:
-                        chosen.append(ctx.models[target])
-                if not sc.candidates:
-                    problems.add(src, (*spath, "candidates"), "`candidates` lists nothing")
-                candidates = tuple(chosen)
+                candidates = _candidates(ctx, sc.candidates, (*spath, "candidates"))
             if sc.min_tier == "complexity":
                 from_complexity = True
             elif sc.min_tier is not None:
                 min_tier = sc.min_tier
-                if candidates and all(m.tier < min_tier for m in candidates):
-                    top = max(m.tier for m in candidates)
-                    problems.add(src, (*spath, "min_tier"),
-                                 f"no candidate has tier >= {min_tier} (highest: {top}); the rule can never route")
+                _check_min_tier(ctx, candidates, min_tier, (*spath, "min_tier"))
             min_score = sc.min_score
     if rs.max_tokens is not None and rs.max_tokens < 1:
         problems.add(src, (*path, "max_tokens"), "`max_tokens` must be >= 1")
@@ -520,4 +547,29 @@ def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: Defaul
         fallbacks=fallbacks,
         reference_model=ref,
         constraints=MappingProxyType(norm),
+        quality=quality,
+        relative=relative,
     )
+
+
+def _candidates(ctx: _RuleContext, names: tuple[str, ...], path: PathT) -> tuple[Model, ...]:
+    chosen: list[Model] = []
+    for j, name in enumerate(names):
+        target = ctx.model(name, (*path, j), "candidate")
+        if target is not None and ctx.models is not None and ctx.models[target] not in chosen:
+            chosen.append(ctx.models[target])
+    if not names:
+        ctx.problems.add(ctx.src, path, "`candidates` lists nothing")
+    return tuple(chosen)
+
+
+def _check_min_tier(ctx: _RuleContext, candidates: tuple[Model, ...], min_tier: int, path: PathT) -> None:
+    if candidates and all(m.tier < min_tier for m in candidates):
+        top = max(m.tier for m in candidates)
+        ctx.problems.add(ctx.src, path, f"no candidate has tier >= {min_tier} (highest: {top}); the rule can never "
+                         "route")
+
+
+def _check_quality(ctx: _RuleContext, value: float | None, path: PathT) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        ctx.problems.add(ctx.src, path, f"a quality is a predicted score in [0, 1], not {value:g}")

@@ -19,6 +19,7 @@ __all__ = [
     "CacheSpec",
     "CaseSpec",
     "CategorySpec",
+    "CheapestAboveSpec",
     "ClassifyFile",
     "ComplexitySpec",
     "DefaultsSpec",
@@ -26,6 +27,7 @@ __all__ = [
     "MatchSpec",
     "ModelSpec",
     "ModelsFile",
+    "QualityRange",
     "RangeSpec",
     "RatesSpec",
     "RouteSpec",
@@ -130,8 +132,16 @@ class ComplexitySpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     tiers: list[Any] = []
 
 
+class OutputHintSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A length asked for in the text: the regex's first group is a number of units, each this many tokens."""
+
+    regex: str
+    tokens_per_unit: float
+
+
 class ClassifyFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     tokens: TokensSpec = TokensSpec()
+    output_hints: list[Any] = []
     scan: ScanSpec = ScanSpec()
     long_context_tokens: int = 4096
     default_category: str = "chat"
@@ -169,8 +179,19 @@ class SmallestCapableSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     min_score: float | None = None
 
 
+class CheapestAboveSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The cheapest candidate predicted good enough: at least `quality` (absolute), and/or at least
+    `relative` times the best candidate's predicted quality. Neither: the policy's `quality_target`."""
+
+    quality: float | None = None
+    relative: float | None = None
+    candidates: tuple[str, ...] | None = None
+    min_tier: int | None = None
+
+
 class RouteSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     smallest_capable: SmallestCapableSpec | None = None
+    cheapest_above: CheapestAboveSpec | None = None
     model: str | None = None
 
 
@@ -187,7 +208,7 @@ class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     name: str
     description: str = ""
     match: MatchSpec = MatchSpec()
-    route: Literal["smallest_capable", "requested"] | RouteSpec | None = None
+    route: Literal["smallest_capable", "cheapest_above", "requested"] | RouteSpec | None = None
     deny: str | None = None
     max_tokens: int | None = None
     cache: CacheField | None = None
@@ -199,6 +220,10 @@ class DefaultsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     max_tokens: int | None = None
     cache: CacheField | None = None
     reference_model: str | None = None
+    predictor: str | None = None  # the learned quality predictor: a directory (or file) in the policy directory
+    # The cost/quality knob: by default `cheapest_above` accepts a model predicted to give at least this
+    # share of the best candidate's predicted quality.
+    quality_target: float | None = None
 
 
 class RoutingFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -239,6 +264,13 @@ class CacheExpect(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     namespace: str | None = None
 
 
+class QualityRange(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Inclusive bounds on a predicted quality; either may be omitted."""
+
+    min: float | None = None
+    max: float | None = None
+
+
 class ExpectSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     model: str | None = None
     rule: str | None = None
@@ -249,6 +281,7 @@ class ExpectSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     category: str | None = None
     tier: int | None = None
     capabilities: tuple[str, ...] | None = None
+    quality: dict[str, QualityRange] | None = None  # predicted quality per model
     error: ErrorExpect | None = None
 
 

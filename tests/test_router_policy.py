@@ -356,7 +356,7 @@ def test_rule_problems(tmp_path: Path) -> None:
         f"{r}:3: unknown category `cooking`",
         f"{r}:3: unknown capability `telepathy`",
         f"{r}:6: a deny rule cannot also set `route`",
-        f"{r}:8: `route` needs exactly one of `smallest_capable` or `model`",
+        f"{r}:8: `route` needs exactly one of `smallest_capable`, `cheapest_above` or `model`",
         f"{r}:10: no candidate has tier >= 7 (highest: 3); the rule can never route",
         f"{r}:12: the classifier's highest tier is 3; this can never match",
         f"{r}:14: `requested` and `model` contradict each other; the rule can never match",

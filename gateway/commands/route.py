@@ -56,6 +56,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from router.errors import GatewayError, PolicyError
     from router.explain import explain_dict, explain_text
     from router.policy import load_policy_set
+    from router.quality import probe_for
 
     try:
         policy = load_policy_set(args.policies)
@@ -95,19 +96,20 @@ def run_explain(args: argparse.Namespace) -> int:
     rates, note = _rates(args)
 
     features = classify(body, kind, headers, policy.classifier)
+    probe = probe_for(policy.predictor, body, features)
     decision = None
     error = None
     try:
-        decision = decide(features, caller, requested, policy, health, rates)
+        decision = decide(features, caller, requested, policy, health, rates, probe)
     except GatewayError as exc:
         error = exc
     if args.json:
-        out = explain_dict(policy, features, caller, requested, decision, error)
+        out = explain_dict(policy, features, caller, requested, decision, error, probe)
         if note:
             out["note"] = note
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(out).decode(), indent=2) + "\n")
     else:
         if note:
             print(f"note: {note}")
-        print(explain_text(policy, features, caller, requested, decision, error))
+        print(explain_text(policy, features, caller, requested, decision, error, probe))
     return 0 if error is None else 1
