@@ -22,7 +22,9 @@ from gateway.auth.service import start_auth
 from gateway.cache import build_cache
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.feedback_api import feedback
 from gateway.health_api import healthz, readyz
+from gateway.learning.stash import build_stash
 from gateway.limits.api import budgets_report
 from gateway.limits.service import start_limits
 from gateway.metrics_api import MetricsServer, metrics_endpoint
@@ -125,6 +127,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, upstream, accounting, int(time.time()),
                 supervisor, redis, cache=cache, auth=auth, limits=limits, telemetry=telemetry,
+                feedback=build_stash(settings, batcher),
             )
             telemetry.metrics.attach(ctx)
             if settings.metrics_port is not None:
@@ -142,7 +145,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report,
-                        policy_status, route_explain, budgets_report, metrics_endpoint, *KEY_HANDLERS],
+                        policy_status, route_explain, budgets_report, metrics_endpoint, feedback, *KEY_HANDLERS],
         guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from gateway.accounting import Accounting
 from gateway.auth.service import Auth
 from gateway.cache import ResponseCache
+from gateway.learning.stash import FeatureStash
 from gateway.limits.service import Limits
 from gateway.routing import PolicyStore, Rates
 from gateway.settings import Settings
@@ -38,6 +39,7 @@ class GatewayContext:
     limits: Limits | None = None  # rate limits and budgets (gateway/limits/)
     cache: ResponseCache | None = None  # the response cache (gateway/cache/)
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(None))  # traces, metrics (gateway/telemetry/)
+    feedback: FeatureStash | None = None  # features of predictor-routed calls, for feedback (gateway/learning/)
     sink: Callable[[Outcome], None] = field(init=False)  # where finished calls go: request metrics, then the recorder
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from gateway.auth.principal import principal_of
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import ask_cache
 from gateway.context import GatewayContext
+from gateway.learning.stash import keep_after
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
 from gateway.replies import Reply, read_body
@@ -104,6 +105,8 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
         if trace is not None:
             trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
+        if chosen.quality is not None and ctx.feedback is not None:  # routed by the predictor: feedback may come
+            keep_after(ctx.feedback, outcome, chosen.quality)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()

@@ -105,6 +105,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # count more than the estimate (cl100k_base); the difference is given back when the call settles.
     budget_prompt_margin_pct: int = 100
     limits_key_prefix: str = "gateway:limits:"  # Redis keys of rate limits and budgets
+    # Feedback (README, "API"; gateway/learning/): how long after a call routed by the quality predictor
+    # its features are kept for feedback (0: feedback off), and how many the in-process stash holds.
+    feedback_window_s: int = 900
+    feedback_stash_entries: int = 10_000  # without redis_url; beyond, the oldest go
+    feedback_key_prefix: str = "gateway:feedback:"  # Redis keys: <prefix><tenant>:<request id>
     # Observability (README, "Observability"; gateway/telemetry/).
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (access lines included)
     otel_exporter: Literal["none", "otlp", "console"] = "none"  # traces: none = tracing off, no propagation
@@ -152,6 +157,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         for name in ("auth_cache_ttl_s", "budget_prompt_margin_pct"):
             if getattr(self, name) < 0:
                 raise msgspec.ValidationError(f"{name} must be >= 0")
+        if self.feedback_window_s < 0:
+            raise msgspec.ValidationError("feedback_window_s must be >= 0")
+        if self.feedback_stash_entries < 1:
+            raise msgspec.ValidationError("feedback_stash_entries must be >= 1")
         if self.budget_reservation_ttl_s <= 0:
             raise msgspec.ValidationError("budget_reservation_ttl_s must be > 0")
         if not 0.0 <= self.otel_sample_ratio <= 1.0:

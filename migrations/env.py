@@ -1,4 +1,5 @@
-"""Alembic environment for the accounting tables (gateway/accounting/models.py).
+"""Alembic environment for the accounting tables (gateway/accounting/models.py), the keys' (gateway/auth/models.py)
+and routing_outcomes (gateway/learning/store.py), all on one metadata.
 
 Used through gateway/accounting/db.py, which builds the configuration in code (`gateway db ...` and the
 gateway's start-up). With a connection in `config.attributes["connection"]` it runs on that connection;
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Connection
 import gateway.auth.models  # noqa: F401 (its tables join the metadata)
 from gateway.accounting.models import Base
 from gateway.accounting.money import Money
+from gateway.learning import store as _outcome_tables  # noqa: F401 (routing_outcomes joins it too)
 
 config = context.config
 target_metadata = Base.metadata

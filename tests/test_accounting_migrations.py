@@ -18,11 +18,12 @@ from sqlalchemy.engine import Connection
 from gateway.accounting import db, start_accounting, stop_accounting
 from gateway.accounting.models import Base
 from gateway.auth import models as _key_models  # noqa: F401 (the key tables join the metadata)
+from gateway.learning import store as _outcome_models  # noqa: F401 (and routing_outcomes)
 from gateway.settings import load_settings
 from tests.test_accounting_support import any_url, pg_url  # noqa: F401 (fixtures)
 
 GATEWAY = Path(sys.executable).parent / "gateway"
-TABLES = {"usage_records", "usage_daily", "price_versions", "api_keys", "team_limits"}
+TABLES = {"usage_records", "usage_daily", "price_versions", "api_keys", "team_limits", "routing_outcomes"}
 
 
 def _diff(conn: Connection) -> list[object]:
@@ -108,7 +109,10 @@ async def test_models_match_the_migrated_schema(any_url: str) -> None:  # noqa: 
             assert await conn.run_sync(_diff) == []
             # The comparison is not vacuous: a schema that drifted is noticed.
             await conn.execute(text("DROP INDEX ix_usage_records_day"))
-            assert any("ix_usage_records_day" in str(d) for d in await conn.run_sync(_diff))
+            await conn.execute(text("DROP INDEX ix_routing_outcomes_created_at"))
+            found = [str(d) for d in await conn.run_sync(_diff)]
+            assert any("ix_usage_records_day" in d for d in found)
+            assert any("ix_routing_outcomes_created_at" in d for d in found)
             await conn.rollback()
     finally:
         await engine.dispose()

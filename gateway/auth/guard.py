@@ -5,6 +5,7 @@
 | `/healthz`, `/readyz`, `/metrics` | open |
 | `/admin/...` | admin |
 | `/v1/reports/...` | finance, admin |
+| `/v1/feedback` | app, admin (a key rates its own tenant's calls: gateway/learning/feedback.py) |
 | anything else (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, new endpoints) | app, admin |
 
 A new endpoint is therefore closed by default. The principal is kept in the request's scope
@@ -42,7 +43,7 @@ def roles_for(path: str) -> frozenset[Role] | None:
         return ADMIN
     if path.startswith("/v1/reports"):
         return REPORTS
-    return INFERENCE
+    return INFERENCE  # /v1/feedback included: the callers of inference rate their calls
 
 
 def _handler_roles(handler: BaseRouteHandler) -> frozenset[Role] | None:

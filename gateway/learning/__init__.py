@@ -1,5 +1,6 @@
-"""Training, evaluating and improving the router's quality predictor: offline, never on the request path.
+"""Learning from production for the router's quality predictor.
 
-Nothing here is imported by the gateway; its dependencies (numpy, scikit-learn, matplotlib) are the
-optional extra `train`.
+`gateway serve` imports only the feedback half (`store.py`, `stash.py`, `feedback.py`: scores stored with
+feature vectors, never text). Training and evaluation run offline, never on the request path; their
+dependencies (scikit-learn, matplotlib) are the optional extra `train`.
 """
