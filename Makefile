@@ -55,6 +55,13 @@ lint: venv
 test: venv vllm-env lint
 	$(BIN)/pytest
 
+# The shipped quality predictor (policies/predictor/), trained on the shipped outcome data. Deterministic:
+# running it again on the same data writes the same bytes. docs/routing.md says what the heads stand for.
+PREDICTOR_MODELS := demo-small=Qwen2.5-7B-Instruct|mistralai/Mistral-7B-Instruct-v0.1|rinna/japanese-gpt-neox-3.6b-instruction-ppo,demo-large=gpt-4o-2024-05-13|gpt-4-1106-preview|tokyotech-llm/Swallow-70b-instruct-hf
+.PHONY: predictor
+predictor: venv
+	$(BIN)/gateway router train --data policies/training/outcomes.jsonl --models '$(PREDICTOR_MODELS)' --out policies/predictor
+
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
 
