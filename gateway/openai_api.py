@@ -128,7 +128,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
             trace.step("gateway.cache", mark, time.perf_counter(), {"gateway.cache.result": outcome.cache})
         if cached.entry is not None:  # a hit: answered from the response cache, no worker
             return cached.respond(parsed.fields, outcome,
-                                  {"x-request-id": rid, "x-gateway-route": chosen.rule, **limit_headers})
+                                  {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
         model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace_headers)
     except BaseException as exc:
         outcome.failure, outcome.error = failure_of(exc), type(exc).__name__
@@ -137,7 +137,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         raise
     outcome.model, outcome.pool = model, pool.name
     outcome.replica, outcome.status = call.replica.url, call.response.status_code
-    headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.rule,
+    headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.header,
                CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
     if parsed.fields.stream and call.response.status_code == 200:
