@@ -71,24 +71,22 @@ SIZE = BUCKETS + len(DENSE)
 Vector = npt.NDArray[np.float32]
 
 # Multiplicative hashing over uint32 (wrapping is intended). An order-n hash extends the order-(n-1)
-# one by a byte, so all orders cost one pass each; the final mix spreads them over the buckets.
+# one by a byte, so all orders cost one pass each; a last multiply-shift takes the bucket from the top bits.
 _MUL = np.uint32(0x9E3779B1)
 _MIX = np.uint32(0x85EBCA77)
-_SHIFT = np.uint32(15)
 _TOP = np.uint32(32 - (BUCKETS.bit_length() - 1))  # multiply-shift: the top bits pick the bucket
-# Byte classes counted for the dense part, in one bincount: 0 other, then the shares' order in DENSE.
-_CLASSES = np.zeros(256, dtype=np.uint8)
-_CLASSES[10] = 1
-_CLASSES[48:58] = 2
-_CLASSES[65:91] = 3
-_CLASSES[128:] = 4
-_CLASSES[list(b"{}()[];=<>")] = 5
-_CLASSES[list(b"$\\^_")] = 6
-_CLASSES[list(b" \t\r")] = 7
-_SPACE = np.zeros(256, dtype=np.bool_)  # what separates words
-_SPACE[list(b" \t\r\n")] = True
-_DIGIT = np.zeros(256, dtype=np.bool_)
-_DIGIT[48:58] = True
+# Byte classes whose shares are dense numbers, in DENSE's order: one matrix product of the window's byte
+# histogram gives them all.
+_SHARE_BYTES: tuple[bytes, ...] = (
+    b"\n", bytes(range(48, 58)), bytes(range(65, 91)), bytes(range(128, 256)), b"{}()[];=<>", b"$\\^_", b" \t\r",
+)
+_SHARES = np.zeros((256, len(_SHARE_BYTES)), dtype=np.float64)
+for _i, _members in enumerate(_SHARE_BYTES):
+    _SHARES[list(_members), _i] = 1.0
+_SPACES = np.zeros(256, dtype=np.float64)  # what separates words
+_SPACES[list(b" \t\r\n")] = 1.0
+_WORD_SPLIT = bytes(32 if b in b" \t\r\n" else (120 if b in b"\x0b\x0c" else b) for b in range(256))
+_DIGIT_RUNS = bytes(49 if 48 <= b <= 57 else 32 for b in range(256))  # digits stay, the rest splits
 _QUESTION_MARKS = (b"?", "\uff1f".encode(), "\u061f".encode())  # ASCII, full-width, Arabic
 _TEXT_PARTS = frozenset(("text", "input_text"))
 
@@ -137,10 +135,10 @@ def _window(text: str) -> bytes:
     return head + b"\n" + tail
 
 
-def _ngram_counts(data: bytes) -> npt.NDArray[np.float32]:
+def _ngram_counts(data: bytes) -> npt.NDArray[np.int64]:
     a = np.frombuffer(data, dtype=np.uint8).astype(np.uint32)
     if not len(a):
-        return np.zeros(BUCKETS, dtype=np.float32)
+        return np.zeros(BUCKETS, dtype=np.int64)
     h = a * _MUL
     hashes = [h]
     for order in ORDERS[1:]:
@@ -149,8 +147,9 @@ def _ngram_counts(data: bytes) -> npt.NDArray[np.float32]:
         h = (h[:-1] ^ a[order - 1 :]) * _MIX
         hashes.append(h)
     every = np.concatenate(hashes)
-    every ^= every >> _SHIFT
-    return np.bincount((every * _MUL) >> _TOP, minlength=BUCKETS).astype(np.float32)
+    every *= _MUL
+    every >>= _TOP
+    return np.bincount(every, minlength=BUCKETS)
 
 
 def _log(value: float) -> float:
@@ -174,27 +173,21 @@ def vector_of_text(
     data = _window(text)
     out = np.empty(SIZE, dtype=np.float32)
     out[:BUCKETS] = _ngram_counts(data)
-    a = np.frombuffer(data, dtype=np.uint8)
-    size = max(1, len(a))
-    shares = np.bincount(_CLASSES[a], minlength=8)[1:] / size
-    newlines = np.flatnonzero(a == 10)
-    longest = int(np.diff(newlines, prepend=-1, append=len(a)).max()) - 1 if len(a) else 0
-    space = _SPACE[a]
-    words = int(np.count_nonzero(~space[1:] & space[:-1])) + int(len(a) > 0 and not space[0])
-    digit = _DIGIT[a]
-    numbers = int(np.count_nonzero(digit[1:] & ~digit[:-1])) + int(len(a) > 0 and bool(digit[0]))
+    size = len(data)
+    hist = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256).astype(np.float64)
+    words = len(data.translate(_WORD_SPLIT).split())
     out[BUCKETS:] = (
         _log(prompt_chars),
         _log(prompt_tokens),
-        _log(len(a)),
-        *shares,
-        _log(len(newlines) + 1 if len(a) else 0),
-        _log(longest),
+        _log(size),
+        *(hist @ _SHARES / max(1, size)),
+        _log(hist[10] + 1 if size else 0),
+        _log(max(map(len, data.split(b"\n")))),
         _log(words),
-        (size - int(np.count_nonzero(space))) / max(1, words),
-        _log(numbers),
+        (size - float(hist @ _SPACES)) / max(1, words),
+        _log(len(data.translate(_DIGIT_RUNS).split())),
         _log(sum(data.count(q) for q in _QUESTION_MARKS)),
-        _log(int(np.count_nonzero(np.bincount(a, minlength=256)))),
+        _log(int(np.count_nonzero(hist))),
         _log(data.count(b"\n    ") + data.count(b"\n\t")),
         float(data.rstrip().endswith(_QUESTION_MARKS)),
         _log(messages),

@@ -74,9 +74,16 @@ class Predictor:
         return self.hash[:12]
 
     def predict(self, vector: features.Vector) -> dict[str, float]:
-        """Predicted score of each head's model for one feature vector, in [0, 1]."""
-        scores = self.predict_many(vector[None, :])[0]
-        return {name: float(s) for name, s in zip(self.heads, scores, strict=True)}
+        """Predicted score of each head's model for one feature vector, in [0, 1] (predict_many's maths,
+        for one row without the matrix set-up: this runs per request)."""
+        counts = np.log1p(vector[: features.BUCKETS])
+        norm = max(float(np.sqrt(counts @ counts)), 1e-9)
+        dense = vector[features.BUCKETS:]
+        if self.low is not None and self.high is not None:
+            dense = np.clip(dense, self.low, self.high)
+        text = counts @ self.weights[: features.BUCKETS] / norm
+        scores = text + dense @ self.weights[features.BUCKETS:] + self.bias
+        return {name: min(1.0, max(0.0, float(s))) for name, s in zip(self.heads, scores.tolist(), strict=True)}
 
     def predict_many(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """(rows, heads) predicted scores of a (rows, SIZE) matrix of raw feature vectors."""
