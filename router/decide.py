@@ -233,7 +233,7 @@ def _cheapest_above(rule: Rule, f: Features, need: int, output: int, health: Map
         key, model = min(fitting, key=lambda km: (-scores[km[1].name], km[0]))
         why = f"none is predicted to reach {floor:.2f} ({how}): the best predicted ({scores[model.name]:.2f})"
     trace.append(TraceStep("choice", model.name, True, why))
-    return model, floor
+    return model, round(floor, 4)
 
 
 Key = tuple[int, Decimal, float, int, str]

@@ -83,9 +83,14 @@ def error_dict(exc: GatewayError) -> dict[str, Any]:
     }
 
 
-def _predicted(probe: Quality | None) -> dict[str, float] | None:
-    """Every model's predicted quality (explain shows them whether or not the rule routed on them)."""
-    return {name: round(score, 4) for name, score in probe().items()} if probe is not None else None
+def _predicted(policy: PolicySet, probe: Quality | None) -> dict[str, float] | None:
+    """Every model's predicted quality, in the catalogue's order (explain shows them whether or not the
+    rule routed on them)."""
+    if probe is None:
+        return None
+    scores = probe()
+    order = [*[m for m in policy.models if m in scores], *[m for m in scores if m not in policy.models]]
+    return {name: round(scores[name], 4) for name in order}
 
 
 def explain_dict(policy: PolicySet, features: Features, caller: Caller, requested: str,
@@ -99,7 +104,7 @@ def explain_dict(policy: PolicySet, features: Features, caller: Caller, requeste
         "caller": {"tenant": caller.tenant, "team": caller.team, "key_id": caller.key_id},
         "features": features_dict(features),
         "quality": {
-            "predicted": _predicted(probe),
+            "predicted": _predicted(policy, probe),
             "min": decision.quality_min if decision is not None else None,
             "target": policy.quality_target,
             "predictor": predictor.name if predictor is not None else None,
@@ -146,7 +151,7 @@ def explain_text(policy: PolicySet, features: Features, caller: Caller, requeste
         f"{pad}deterministic: {'yes' if f.deterministic else 'no'}, stream: {'yes' if f.stream else 'no'}",
         f"{pad}requested `{requested}` by {who}",
     ]
-    predicted = _predicted(probe)
+    predicted = _predicted(policy, probe)
     if predicted is not None and policy.predictor is not None:
         floor = decision.quality_min if decision is not None else None
         shown = ", ".join(f"{name} {score:.2f}" for name, score in predicted.items())
