@@ -47,14 +47,14 @@ def load(paths: Sequence[Path]) -> DataSet:
     return DataSet(rows, files)
 
 
-def outcome_counts(rows: Iterable[OutcomeRow]) -> Counter[str]:
-    """How many rows score each outcome name."""
-    return Counter(name for row in rows for name in row.outcomes)
+def outcome_counts(outcomes: Iterable[Mapping[str, float]]) -> Counter[str]:
+    """How many rows score each outcome name (given each row's outcomes: a file row's, a request's)."""
+    return Counter(name for scores in outcomes for name in scores)
 
 
-def check_outcome_names(rows: Sequence[OutcomeRow], heads: Mapping[str, Sequence[str]]) -> None:
+def check_outcome_names(outcomes: Iterable[Mapping[str, float]], heads: Mapping[str, Sequence[str]]) -> None:
     """Raise UsageError naming every outcome name no row scores, with the closest names that some row does."""
-    counts = outcome_counts(rows)
+    counts = outcome_counts(outcomes)
     known = sorted(counts)
     lines = []
     for head, members in heads.items():

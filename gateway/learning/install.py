@@ -1,0 +1,89 @@
+"""Installing a predictor into a policy: the file `defaults.predictor` names, replaced atomically.
+
+The new artefact is first checked the way the gateway will check it, by loading a copy of the policy
+(its three files, the predictor at the same relative place) with the new predictor in it: a predictor
+the policy would refuse (a rule's candidate without a head) is never written. The write is a temporary
+file in the target's directory, then `os.replace`: the gateway's policy watcher sees either the old file
+or the new one, never a part, and hot-reloads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from gateway.learning.dataset import UsageError
+from router.policy import POLICY_FILES, PolicySet, read_policy_set
+from router.predictor import PREDICTOR_FILE, Predictor
+
+__all__ = ["check_in_policy", "predictor_target", "write_atomically"]
+
+
+def predictor_target(policy: PolicySet) -> tuple[Path, Predictor]:
+    """The file the policy reads its predictor from, and that predictor; UsageError when it has none."""
+    folder = policy.directory
+    try:
+        data = yaml.safe_load((folder / "routing.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:  # it loaded a moment ago: changed under us
+        raise UsageError(f"{folder / 'routing.yaml'}: cannot read it again: {exc}") from None
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    ref = defaults.get("predictor") if isinstance(defaults, dict) else None
+    current = policy.predictor
+    if current is None or not isinstance(ref, str) or not ref:
+        raise UsageError(f"the policy in {folder} has no `defaults.predictor` in routing.yaml: there is no predictor "
+                         "to compare with or replace (set it, e.g. `predictor: predictor`, and put a predictor there)")
+    if Path(ref).is_absolute():
+        raise UsageError(f"the policy in {folder} names its predictor by an absolute path ({ref}); installing "
+                         "writes only into the policy's tree: name it relative to the policy directory")
+    path = folder / ref
+    return (path / PREDICTOR_FILE if path.is_dir() else path), current
+
+
+def check_in_policy(policy: PolicySet, target: Path, artefact: bytes) -> list[str]:
+    """The problems the policy would have with `artefact` at `target` (none: the gateway will load it)."""
+    folder = policy.directory
+    relative = Path(os.path.relpath(os.path.abspath(target), os.path.abspath(folder)))  # as the policy names it
+    ups = len([p for p in relative.parts if p == ".."])
+    with tempfile.TemporaryDirectory(prefix="gateway-install-") as tmp:
+        # Nested deep enough that a target outside the policy directory (`../shared/...`) stays inside tmp.
+        copy = Path(tmp).joinpath(*(f"up{i}" for i in range(ups)), "policy")
+        copy.mkdir(parents=True)
+        for name in POLICY_FILES:
+            if (folder / name).exists():
+                shutil.copyfile(folder / name, copy / name)
+        mirror = Path(os.path.normpath(copy / relative))
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        mirror.write_bytes(artefact)
+        loaded, problems = read_policy_set(copy)
+        if loaded is not None:
+            return []
+        return [p.replace(str(mirror), str(target)).replace(str(copy), str(folder)) for p in problems]
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Replace `target` with `data`: a temporary file in its directory, synced, then renamed over it. The
+    file keeps the permissions of the one it replaces."""
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable, where the platform allows
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
