@@ -33,7 +33,7 @@ __all__ = [
     "vector_of_text",
 ]
 
-FEATURES = "bytes4x1024+d26/1"
+FEATURES = "bytes4x1024+d26/2"
 BUCKETS = 1024
 HEAD_BYTES = 1024
 TAIL_BYTES = 512

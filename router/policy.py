@@ -31,6 +31,7 @@ __all__ = [
     "POLICY_FILES",
     "PolicySet",
     "default_policy_dir",
+    "load_classifier",
     "load_policy_set",
     "read_policy_set",
 ]
@@ -96,6 +97,22 @@ def load_policy_set(directory: Path | str | None = None) -> PolicySet:
     if policy is None:
         raise PolicyError(problems or ["the policy could not be loaded"])
     return policy
+
+
+def load_classifier(directory: Path | str | None = None) -> Classifier:
+    """Only the policy's classifier (classify.yaml), e.g. to compute features for training: it does not
+    depend on the catalogue, the rules or the predictor (which training may be about to replace)."""
+    folder = Path(directory) if directory is not None else default_policy_dir()
+    problems = Problems()
+    path = folder / "classify.yaml"
+    if path.exists():
+        source = read_yaml(path, str(path), problems, path.read_bytes())
+    else:
+        source = Source(str(path), {}, {(): 1})
+    classifier = compile_classifier(source, problems) if source is not None and not problems else None
+    if classifier is None:
+        raise PolicyError(problems.items or [f"{path}:1: the classifier could not be loaded"])
+    return classifier
 
 
 def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | None, list[str]]:

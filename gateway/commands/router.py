@@ -167,9 +167,9 @@ def _guarded(command: str, work: Callable[[], int]) -> int:
 
 
 def _classifier(directory: Path | None) -> Any:
-    from router.policy import load_policy_set
+    from router.policy import load_classifier
 
-    return load_policy_set(directory).classifier
+    return load_classifier(directory)
 
 
 def _load_predictor(path: Path) -> Any:
