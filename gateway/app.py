@@ -24,6 +24,7 @@ from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.feedback_api import feedback
 from gateway.health_api import healthz, readyz
+from gateway.learning.shadow import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.api import budgets_report
 from gateway.limits.service import start_limits
@@ -124,10 +125,13 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             stack.push_async_callback(auth.close)
             limits = await start_limits(settings, accounting.catalogue, accounting.engine, redis, batcher)
             stack.push_async_callback(limits.close)  # settles what is pending, before the Redis pool closes
+            shadow = await start_shadow(settings, policies, pools, upstream, accounting, redis)
+            if shadow is not None:  # its jobs finish or are cancelled first: they use the client, Redis, the recorder
+                stack.push_async_callback(shadow.close)
             ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, upstream, accounting, int(time.time()),
                 supervisor, redis, cache=cache, auth=auth, limits=limits, telemetry=telemetry,
-                feedback=build_stash(settings, batcher),
+                feedback=build_stash(settings, batcher), shadow=shadow,
             )
             telemetry.metrics.attach(ctx)
             if settings.metrics_port is not None:

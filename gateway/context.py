@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from gateway.accounting import Accounting
 from gateway.auth.service import Auth
 from gateway.cache import ResponseCache
+from gateway.learning.shadow import Shadow
 from gateway.learning.stash import FeatureStash
 from gateway.limits.service import Limits
 from gateway.routing import PolicyStore, Rates
@@ -40,6 +41,7 @@ class GatewayContext:
     cache: ResponseCache | None = None  # the response cache (gateway/cache/)
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(None))  # traces, metrics (gateway/telemetry/)
     feedback: FeatureStash | None = None  # features of predictor-routed calls, for feedback (gateway/learning/)
+    shadow: Shadow | None = None  # shadow evaluation of predictor-routed calls (gateway/learning/shadow/)
     sink: Callable[[Outcome], None] = field(init=False)  # where finished calls go: request metrics, then the recorder
 
     def __post_init__(self) -> None:

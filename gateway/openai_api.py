@@ -16,6 +16,7 @@ from gateway.auth.principal import principal_of
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import ask_cache
 from gateway.context import GatewayContext
+from gateway.learning.shadow import Watch
 from gateway.learning.stash import keep_after
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.relay import Outcome, RelayStream, finish, read_usage
@@ -89,6 +90,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     if (tracing := ctx.telemetry.tracing) is not None:
         trace, trace_headers = tracing.begin(request.headers, outcome, path, auth_times(request))
         outcome.trace = trace
+    watch: Watch | None = None  # the answer, kept for a shadow evaluation of a sampled call
     try:
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         parsed = parse_body(body, fields_type)
@@ -105,8 +107,11 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
         if trace is not None:
             trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
-        if chosen.quality is not None and ctx.feedback is not None:  # routed by the predictor: feedback may come
-            keep_after(ctx.feedback, outcome, chosen.quality)
+        if chosen.quality is not None:  # routed by the predictor: feedback may come, a shadow evaluation follow
+            if ctx.feedback is not None:
+                keep_after(ctx.feedback, outcome, chosen.quality)
+            if ctx.shadow is not None:
+                watch = ctx.shadow.sample(outcome, chosen, parsed.data, kind)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
@@ -141,7 +146,10 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
                CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
     if parsed.fields.stream and call.response.status_code == 200:
-        return RelayStream(call, strip_usage, outcome, cached.stream_tap(), media_type, headers)
+        tap = cached.stream_tap()
+        if watch is not None:
+            tap = watch.tap(tap)
+        return RelayStream(call, strip_usage, outcome, tap, media_type, headers)
     try:
         content = await call.response.aread()
     except BaseException as exc:
@@ -155,6 +163,8 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         outcome.usage = read_usage(content)
         outcome.completed = True
         cached.answer(content)
+        if watch is not None:
+            watch.body = content
     finish(outcome)
     return Reply(content, call.response.status_code, media_type, headers)
 

@@ -108,13 +108,15 @@ def policy_directory(configured: str | None) -> Path:
     return Path(configured) if configured else default_policy_dir()
 
 
+def pool_load(p: Pool) -> float:
+    """How busy a pool is: 0 = idle, 1 = as busy as it may be."""
+    capacity = p.gate.limit if p.gate else 32 * max(1, len(p.replicas))
+    return min(1.0, sum(r.load() for r in p.replicas) / capacity)
+
+
 def pool_states(pools: Pools) -> dict[str, PoolState]:
-    """Health and load of each pool, as routing sees them (load 0 = idle, 1 = as busy as it may be)."""
-    states = {}
-    for p in pools.pools:
-        capacity = p.gate.limit if p.gate else 32 * max(1, len(p.replicas))
-        states[p.name] = PoolState(p.has_candidate(), min(1.0, sum(r.load() for r in p.replicas) / capacity))
-    return states
+    """Health and load of each pool, as routing sees them."""
+    return {p.name: PoolState(p.has_candidate(), pool_load(p)) for p in pools.pools}
 
 
 @dataclass

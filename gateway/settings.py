@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,40 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     prefix_affinity: Affinity | None = None
     admission: Admission | None = None
     breaker: BreakerConfig = BreakerConfig()
+
+
+class ShadowSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Shadow evaluation (README, "Shadow evaluation"): a sample of the calls the quality predictor routed to
+    a cheaper model is asked again of the reference model, off the client's path, and both answers scored."""
+
+    sample_rate: float = 0.0  # share of eligible calls evaluated, by a hash of the request id; 0 = off
+    reference_model: str | None = None  # unset: the routing decision's reference_model (the policy's)
+    judge: str = "exact"  # `exact` (normalised text equality) or a catalogue model graded with the shipped prompt
+    max_queue: int = 64  # pending jobs (each holds a request and an answer in memory); more are dropped
+    concurrency: int = 2  # jobs running at once
+    max_tokens: int = 512  # cap on the shadow call's output
+    daily_budget: Decimal = Decimal(1)  # shadow + judge spend per UTC day, price catalogue's currency; 0 = none
+    max_load: float = 0.8  # skip while the reference model's pool is busier than this (0 idle .. 1 full)
+    key_prefix: str = "gateway:shadow:"  # with redis_url: <prefix>spend:<day>, today's spend of every process
+
+    def check(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise msgspec.ValidationError("shadow.sample_rate must be from 0 to 1")
+        if not 0.0 <= self.max_load <= 1.0:
+            raise msgspec.ValidationError("shadow.max_load must be from 0 to 1")
+        for name in ("max_queue", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise msgspec.ValidationError(f"shadow.{name} must be >= 1")
+        if not self.daily_budget.is_finite() or self.daily_budget < 0:
+            raise msgspec.ValidationError("shadow.daily_budget must be an amount >= 0")
+        if not self.judge.strip():
+            raise msgspec.ValidationError("shadow.judge must be `exact` or the name of a catalogue model")
+        if self.reference_model is not None and not self.reference_model.strip():
+            raise msgspec.ValidationError("shadow.reference_model must name a catalogue model (or be left out)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.sample_rate > 0
 
 
 def _embedded_pools() -> tuple[PoolConfig, ...]:
@@ -119,6 +154,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     metrics_auth: Literal["none", "admin"] = "none"  # admin: GET /metrics needs a key of role admin
     metrics_port: int | None = None  # serve /metrics on this port (same host) instead of the API's port
     metrics_budget_refresh_s: float = 30.0  # budget gauges are re-read from the database at most this often
+    shadow: ShadowSettings = ShadowSettings()
     pools: tuple[PoolConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -171,10 +207,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("metrics_port must be a TCP port (0-65535)")
         if self.metrics_budget_refresh_s < 0:
             raise msgspec.ValidationError("metrics_budget_refresh_s must be >= 0")
+        self.shadow.check()
 
 
 _SCALAR_FIELDS = {
-    f.name for f in msgspec.structs.fields(Settings) if f.name != "pools"
+    f.name for f in msgspec.structs.fields(Settings) if f.name not in ("pools", "shadow")
 }
 
 

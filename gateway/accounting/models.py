@@ -1,8 +1,8 @@
 """The accounting tables (SQLAlchemy 2.0). migrations/ creates them; a test checks the two agree.
 
 - `usage_records`: one row per call (never prompt or completion text).
-- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool and currency, maintained in the
-  same transaction as the records they count.
+- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool, currency and purpose, maintained in
+  the same transaction as the records they count.
 - `price_versions`: every price ever loaded from the catalogue; rows are never updated.
 """
 
@@ -11,10 +11,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, MetaData, String
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, MetaData, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gateway.accounting.money import Money
+
+# What a call was for: a client's (`call`), or the platform's evaluation of a routed call (a `shadow` call to
+# the reference model, its `judge` call). Reports keep the last two out of tenants' figures.
+PURPOSES = ("call", "shadow", "judge")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -91,6 +95,7 @@ class UsageRecord(Base):
     currency: Mapped[str] = mapped_column(String(3))
     price_version: Mapped[str | None] = mapped_column(String(255))
     reference_price_version: Mapped[str | None] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(16), server_default=text("'call'"))  # one of PURPOSES
 
 
 class UsageDaily(Base):
@@ -105,6 +110,7 @@ class UsageDaily(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     pool: Mapped[str] = mapped_column(String(128), primary_key=True)
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True, server_default=text("'call'"))
     month: Mapped[str] = mapped_column(String(7), index=True)  # YYYY-MM of day
     calls: Mapped[int] = mapped_column(BigInteger())
     cache_hits: Mapped[int] = mapped_column(BigInteger())
@@ -118,7 +124,7 @@ class UsageDaily(Base):
     cache_saving: Mapped[Decimal] = mapped_column(Money())
 
 
-ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency")
+ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency", "purpose")
 ROLLUP_SUMS = (
     "calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
     "cost", "reference_cost", "routing_saving", "cache_saving",

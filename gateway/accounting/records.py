@@ -52,6 +52,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     currency: str = "USD"
     price_version: str | None = None
     reference_price_version: str | None = None
+    purpose: str = "call"  # gateway.accounting.models.PURPOSES
 
     @property
     def routing_saving(self) -> Decimal:
@@ -245,6 +246,7 @@ def to_row(r: UsageRecord) -> dict[str, Any]:
         "currency": r.currency,
         "price_version": r.price_version,
         "reference_price_version": r.reference_price_version,
+        "purpose": r.purpose,
     }
 
 
@@ -256,12 +258,12 @@ def rollup_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         key = (r["day"], r["tenant"], r["team"] or "", r["key_id"] or "", r["routed_model"] or "",
-               r["pool"] or "", r["currency"])
+               r["pool"] or "", r["currency"], r["purpose"])
         s = sums.get(key)
         if s is None:
             s = sums[key] = {
                 "day": key[0], "tenant": key[1], "team": key[2], "key_id": key[3], "model": key[4],
-                "pool": key[5], "currency": key[6], "month": key[0].strftime("%Y-%m"),
+                "pool": key[5], "currency": key[6], "purpose": key[7], "month": key[0].strftime("%Y-%m"),
                 "calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
                 "completion_tokens": 0, "cost": ZERO, "reference_cost": ZERO, "routing_saving": ZERO,
                 "cache_saving": ZERO,

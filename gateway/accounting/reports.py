@@ -3,6 +3,10 @@
 Reports read the daily rollups (`usage_daily`), so they stay fast however many calls there are; the
 same function reads the raw records (`source="records"`) for `gateway report --verify`, which proves
 the two equal.
+
+Tenants' figures are their calls' (`purpose` call). The platform's shadow evaluation of routed calls (the
+reference model's `shadow` call and its `judge` call) is reported apart, as `shadow_calls` and
+`shadow_cost`, under the tenant whose call was evaluated.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from gateway.accounting.money import ZERO, Money
 
 GROUPS = ("tenant", "team", "key", "model", "pool", "day", "month")
 ALL_KEYS = ("day", "tenant", "team", "key", "model", "pool")  # the rollups' key (with currency)
-COUNTS = ("calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens")
-AMOUNTS = ("cost", "reference_cost", "routing_savings", "cache_savings")
-MEASURES = COUNTS + AMOUNTS
+SHADOW = ("shadow_calls", "shadow_cost")  # the platform's evaluation of the group's calls, last
+COUNTS = ("calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "shadow_calls")
+AMOUNTS = ("cost", "reference_cost", "routing_savings", "cache_savings", "shadow_cost")
+MEASURES = tuple(m for m in COUNTS + AMOUNTS if m not in SHADOW) + SHADOW
 FORMATS = ("json", "csv", "table")
 
 
@@ -53,6 +58,8 @@ class ReportRow:
     reference_cost: Decimal = ZERO
     routing_savings: Decimal = ZERO  # reference_cost - cost, over calls a worker served
     cache_savings: Decimal = ZERO  # what the cache hits would have cost
+    shadow_calls: int = 0  # shadow and judge calls evaluating this group's calls (in none of the above)
+    shadow_cost: Decimal = ZERO  # what they cost
 
     def add(self, other: ReportRow) -> None:
         for name in MEASURES:
@@ -61,10 +68,9 @@ class ReportRow:
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.group)
         out["currency"] = self.currency
-        for name in COUNTS:
-            out[name] = getattr(self, name)
-        for name in AMOUNTS:
-            out[name] = format(getattr(self, name), "f")  # exact, as text
+        for name in MEASURES:
+            value = getattr(self, name)
+            out[name] = format(value, "f") if name in AMOUNTS else value  # amounts exact, as text
         return out
 
 
@@ -117,31 +123,50 @@ def _money_sum(expr: Any) -> ColumnElement[Decimal]:
 
 
 def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    one, zero = literal(1), literal(0)
+    money_zero = type_coerce(zero, Money())
     if source == "rollups":
         d = UsageDaily
         groups: dict[str, Any] = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model,
                                   "pool": d.pool, "day": d.day, "month": d.month}
-        measures: dict[str, Any] = {name: func.coalesce(func.sum(getattr(d, name)), 0) for name in COUNTS}
-        measures.update(cost=_money_sum(d.cost), reference_cost=_money_sum(d.reference_cost),
-                        routing_savings=_money_sum(d.routing_saving), cache_savings=_money_sum(d.cache_saving))
+        call = d.purpose == "call"
+        measures: dict[str, Any] = {name: func.coalesce(func.sum(case((call, getattr(d, name)), else_=zero)), 0)
+                                    for name in COUNTS if name != "shadow_calls"}
+        measures.update(
+            cost=_money_sum(case((call, d.cost), else_=money_zero)),
+            reference_cost=_money_sum(case((call, d.reference_cost), else_=money_zero)),
+            routing_savings=_money_sum(case((call, d.routing_saving), else_=money_zero)),
+            cache_savings=_money_sum(case((call, d.cache_saving), else_=money_zero)),
+            shadow_calls=func.coalesce(func.sum(case((call, zero), else_=d.calls)), 0),
+            shadow_cost=_money_sum(case((call, money_zero), else_=d.cost)),
+        )
         return groups, measures, (d.day, d.currency)
     r = UsageRecord
     groups = {"tenant": r.tenant, "team": func.coalesce(r.team, ""), "key": func.coalesce(r.key_id, ""),
               "model": func.coalesce(r.routed_model, ""), "pool": func.coalesce(r.pool, ""), "day": r.day,
               "month": _month(dialect, r.day)}
-    one, zero = literal(1), literal(0)
+    call = r.purpose == "call"
+
+    def count(cond: Any) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(case((cond, one), else_=zero)), 0)
+
+    def calls_only(expr: Any) -> Any:
+        return case((call, expr), else_=zero)
+
     measures = {
-        "calls": func.count(),
-        "cache_hits": func.coalesce(func.sum(case((r.cache_hit, one), else_=zero)), 0),
-        "errors": func.coalesce(func.sum(case((r.status != "ok", one), else_=zero)), 0),
-        "prompt_tokens": func.coalesce(func.sum(r.prompt_tokens), 0),
-        "cached_tokens": func.coalesce(func.sum(r.cached_tokens), 0),
-        "completion_tokens": func.coalesce(func.sum(r.completion_tokens), 0),
-        "cost": _money_sum(r.cost),
-        "reference_cost": _money_sum(r.reference_cost),
-        "routing_savings": _money_sum(case((r.cache_hit, type_coerce(zero, Money())),
+        "calls": count(call),
+        "cache_hits": count(call & r.cache_hit),
+        "errors": count(call & (r.status != "ok")),
+        "prompt_tokens": func.coalesce(func.sum(calls_only(r.prompt_tokens)), 0),
+        "cached_tokens": func.coalesce(func.sum(calls_only(r.cached_tokens)), 0),
+        "completion_tokens": func.coalesce(func.sum(calls_only(r.completion_tokens)), 0),
+        "cost": _money_sum(case((call, r.cost), else_=money_zero)),
+        "reference_cost": _money_sum(case((call, r.reference_cost), else_=money_zero)),
+        "routing_savings": _money_sum(case((~call | r.cache_hit, money_zero),
                                            else_=type_coerce(r.reference_cost - r.cost, Money()))),
-        "cache_savings": _money_sum(r.cache_saving),
+        "cache_savings": _money_sum(case((call, r.cache_saving), else_=money_zero)),
+        "shadow_calls": count(~call),
+        "shadow_cost": _money_sum(case((call, money_zero), else_=r.cost)),
     }
     return groups, measures, (r.day, r.currency)
 
@@ -243,12 +268,16 @@ TABLE_PLACES = Decimal("0.000001")
 def to_table(report: Report) -> str:
     """Aligned columns for a terminal; amounts rounded to 6 places (json and csv carry them exactly)."""
     headers = [*report.group_by, "currency", "calls", "errors", "cache_hits", "prompt", "cached", "completion",
-               "cost", "reference", "routing_savings", "cache_savings"]
+               "cost", "reference", "routing_savings", "cache_savings", "shadow_calls", "shadow_cost"]
+
+    def amount(value: Decimal) -> str:
+        return format(value.quantize(TABLE_PLACES, rounding=ROUND_HALF_EVEN), "f")
 
     def cells(row: ReportRow, label: dict[str, str | None]) -> list[str]:
         return [*(label.get(g) or "-" for g in report.group_by), row.currency, str(row.calls), str(row.errors),
                 str(row.cache_hits), str(row.prompt_tokens), str(row.cached_tokens), str(row.completion_tokens),
-                *(format(getattr(row, a).quantize(TABLE_PLACES, rounding=ROUND_HALF_EVEN), "f") for a in AMOUNTS)]
+                *(amount(getattr(row, a)) for a in AMOUNTS if a not in SHADOW), str(row.shadow_calls),
+                amount(row.shadow_cost)]
 
     lines = [cells(r, r.group) for r in report.rows]
     totals = [cells(t, {g: "TOTAL" if i == 0 else "" for i, g in enumerate(report.group_by)})

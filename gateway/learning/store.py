@@ -92,10 +92,15 @@ def _insert(dialect: str) -> Any:
 
 async def upsert_outcome(engine: AsyncEngine, row: OutcomeRow) -> None:
     """Insert the row, or replace the score (label, judge, time) of the one with the same key."""
-    values = {**asdict(row), "created_at": datetime.now(UTC)}
+    await upsert_outcomes(engine, [row])
+
+
+async def upsert_outcomes(engine: AsyncEngine, rows: list[OutcomeRow]) -> None:
+    """`upsert_outcome` for each row, in one transaction (a shadow evaluation's two scores land together)."""
+    now = datetime.now(UTC)
     async with engine.begin() as conn:
         ins = _insert(conn.dialect.name)
-        await conn.execute(ins.values(values).on_conflict_do_update(
+        await conn.execute(ins.values([{**asdict(row), "created_at": now} for row in rows]).on_conflict_do_update(
             index_elements=list(KEY),
             set_={name: ins.excluded[name] for name in ("score", "label", "judge", "created_at")},
         ))

@@ -25,10 +25,10 @@ from gateway.limits.periods import window
 async def recorded_spend(engine: AsyncEngine, *, tenant: str, team: str | None, key_id: str | None,
                          start: date | None, end: date | None, currency: str) -> Decimal:
     """What the accounting recorded for a key (`key_id`) or a team (`tenant`, `team`) from `start` to
-    `end` (excluded)."""
+    `end` (excluded). The platform's shadow evaluation is not the tenant's spend."""
     d = UsageDaily
     total = type_coerce(func.coalesce(func.sum(d.cost), 0), Money())  # exact on both dialects
-    stmt = select(total).where(d.tenant == tenant, d.currency == currency)
+    stmt = select(total).where(d.tenant == tenant, d.currency == currency, d.purpose == "call")
     if key_id is not None:
         stmt = stmt.where(d.key_id == key_id)
     if team is not None:

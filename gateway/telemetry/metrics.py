@@ -190,6 +190,7 @@ class StateCollector(Collector):
         if ctx.auth is not None:
             yield _counter("gateway_auth_key_lookups", "API key lookups that asked the database (cache misses).",
                            ctx.auth.lookups)
+        yield from self._shadow(ctx)
         yield _gauge("gateway_policy_reload_failed", "1 when the last policy reload was refused (the last good "
                      "policy stays in force).", (), [((), 1.0 if ctx.policies.last_error else 0.0)])
 
@@ -279,6 +280,26 @@ class StateCollector(Collector):
         }
         for f in fields(s):
             yield _counter(f"gateway_recorder_{f.name}", help_.get(f.name, f.name), getattr(s, f.name))
+
+    def _shadow(self, ctx: GatewayContext) -> Iterator[Metric]:
+        shadow = ctx.shadow
+        if shadow is None:
+            return
+        s = shadow.stats
+        yield _counter("gateway_shadow_jobs", "Shadow evaluations of routed calls: sampled (a call qualified), "
+                       "completed (both scores stored), failed (a call, the judge or the database failed).", 0,
+                       ("result",), [(("sampled",), s.sampled), (("completed",), s.completed),
+                                     (("failed",), s.failed)])
+        yield _counter("gateway_shadow_dropped", "Sampled calls not evaluated, by reason: queue_full, budget (the "
+                       "daily budget reached), load (the reference pool too busy), answer (no text, or a stream "
+                       "over 256 KB), shutdown.", 0, ("reason",), [((r,), n) for r, n in s.dropped.items()])
+        yield _counter("gateway_shadow_verdicts_unparsable", "Judge verdicts without scores a and b from 0 to 10.",
+                       s.unparsable)
+        yield _gauge("gateway_shadow_queue_depth", "Shadow jobs waiting to run.", (),
+                     [((), float(shadow.queue.qsize()))])
+        yield _gauge("gateway_shadow_spend_today", "Today's shadow and judge spend (UTC day) as last read, in the "
+                     "price catalogue's currency.", ("currency",),
+                     [((ctx.accounting.catalogue.currency,), float(shadow.spent_today))])
 
     def _limits(self, ctx: GatewayContext) -> Iterator[Metric]:
         limits = ctx.limits
