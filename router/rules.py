@@ -485,7 +485,8 @@ def _compile_rule(ctx: _RuleContext, rs: RuleSpec, path: PathT, defaults: Defaul
             min_tier = spec.min_tier
             _check_min_tier(ctx, candidates, min_tier, (*cpath, "min_tier"))
         if ctx.heads is None:
-            problems.add(src, cpath, "routing on predicted quality needs a predictor: set `defaults.predictor`")
+            if defaults.predictor is None:  # else it is set but could not be loaded, reported at its line
+                problems.add(src, cpath, "routing on predicted quality needs a predictor: set `defaults.predictor`")
         else:
             for m in candidates:
                 if m.name not in ctx.heads:

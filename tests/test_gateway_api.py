@@ -46,9 +46,10 @@ def test_chat_non_streaming(gateway: GatewayProcess) -> None:
 
 
 def test_auto_routes_short_chat_to_the_small_model(gateway: GatewayProcess) -> None:
-    raw = sdk(gateway).chat.completions.with_raw_response.create(model="auto", messages=HELLO, max_tokens=3)
+    greeting = [{"role": "user", "content": "Hello!"}]  # a one-liner: the shipped policy's `short-chat` rule
+    raw = sdk(gateway).chat.completions.with_raw_response.create(model="auto", messages=greeting, max_tokens=3)
     assert raw.headers["x-gateway-model"] == "demo-small"
-    assert raw.headers["x-gateway-route"] == "default"
+    assert raw.headers["x-gateway-route"] == "short-chat"  # a rule that does not consult the predictor
     assert raw.parse().model == "demo-small"
 
 

@@ -66,6 +66,12 @@ def prompt(text: str = "Hello") -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{text} {uuid.uuid4().hex[:8]}"}]  # distinct: never a stale cache hit
 
 
+def greeting() -> list[dict[str, str]]:
+    """A distinct one-liner that `auto` routes by the shipped `short-chat` rule (at most 10 prompt tokens),
+    whatever the quality predictor thinks of it."""
+    return [{"role": "user", "content": f"Hi {uuid.uuid4().int % 10**6:06d}"}]
+
+
 def trace_of(exporter: InMemorySpanExporter, request_id: str, timeout: float = 5.0) -> list[ReadableSpan]:
     """Every span of the trace whose SERVER span is the request `request_id`'s (once that span ended)."""
     deadline = time.monotonic() + timeout
@@ -119,13 +125,14 @@ def test_a_streamed_request_is_one_span_tree_continuing_the_callers_trace(
     rid = f"obs-stream-{uuid.uuid4().hex[:8]}"
     headers = {**traced.auth, "x-request-id": rid, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
                "tracestate": "vendor=opaque"}
-    body = {"model": "auto", "messages": prompt(), "max_tokens": 12, "stream": True,
+    body = {"model": "auto", "messages": greeting(), "max_tokens": 12, "stream": True,
             "stream_options": {"include_usage": True}, "temperature": 0}
     with httpx.stream("POST", traced.api + "/chat/completions", json=body, headers=headers, timeout=30) as r:
         assert r.status_code == 200
         events, usage = read_stream(r)
         rule, model = r.headers["x-gateway-route"], r.headers["x-gateway-model"]
     assert usage is not None and events
+    assert (rule, model) == ("short-chat", "demo-small")
 
     server, children = tree(trace_of(exporter, rid))
     assert set(children) == {"gateway.auth", "gateway.route", "gateway.cache", f"chat {model}",

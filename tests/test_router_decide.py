@@ -14,6 +14,7 @@ from router.errors import ModelNotFound, NoCapableModel, NoHealthyModel, PolicyD
 from router.policy import PolicySet, load_policy_set
 from router.policytests import load_policy_tests, run_policy_tests
 from router.pricing import TokenRates, expected_cost
+from router.quality import probe_for
 from tests.test_router_policy import write_policy
 
 D = Decimal
@@ -376,7 +377,8 @@ DEMO_HEALTH = {"small": PoolState(True, 0.0), "large": PoolState(True, 0.0)}
 
 def demo(body: dict[str, Any], model: str = "auto", kind: str = "chat", **kw: Any) -> RouteDecision:
     f = classify(body, kind, {}, SHIPPED.classifier)  # type: ignore[arg-type]
-    return decide(f, kw.get("caller", Caller()), model, SHIPPED, kw.get("health", DEMO_HEALTH), kw.get("rates", {}))
+    return decide(f, kw.get("caller", Caller()), model, SHIPPED, kw.get("health", DEMO_HEALTH), kw.get("rates", {}),
+                  probe_for(SHIPPED.predictor, body, f))
 
 
 def test_shipped_policy_tests_all_pass() -> None:
@@ -386,14 +388,39 @@ def test_shipped_policy_tests_all_pass() -> None:
     assert [(r.case.name, r.diffs) for r in results if not r.ok] == []
 
 
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+
+
 def test_shipped_demo_routes_as_described() -> None:
-    assert demo(chat("Hi there, how are you?", max_tokens=32)).model == "demo-small"
-    assert demo({"prompt": "Once upon a time"}, kind="completion").model == "demo-small"
-    for body in (chat("```python\nprint(1)\n```"), chat("What is 17 * 3?"), chat("Explain why, step by step."),
-                 chat("hi", tools=[TOOL]),
-                 chat("hi", response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-                 chat("hi", logprobs=True), chat("hi", max_tokens=2000)):
-        assert demo(body).model == "demo-large", body
+    assert SHIPPED.predictor is not None and SHIPPED.quality_target == 0.55
+    assert [r.name for r in SHIPPED.rules] == ["suspended-tenants", "honour-requested", "short-chat", "long-context",
+                                               "learned"]
+    # prompts whose routing policies/tests/demo.yaml pins for the shipped predictor
+    for text in ("What is 2+2?", "What is 17 * 23 + 4?"):
+        d = demo(chat(text, max_tokens=32))
+        assert (d.model, d.rule) == ("demo-small", "learned"), d.route_header()
+        assert d.quality is not None and d.quality_min is not None
+        assert d.quality["demo-small"] >= d.quality_min == pytest.approx(0.55 * max(d.quality.values()), abs=1e-4)
+    for text in ("Show that the square root of 2 is irrational.", "Explain why the sky is blue, step by step.",
+                 "Why does this fail?\n```python\ndef add(a, b):\n    return a +\n```"):
+        d = demo(chat(text))
+        assert (d.model, d.rule) == ("demo-large", "learned"), d.route_header()
+        assert d.quality is not None and d.quality_min is not None and d.quality["demo-small"] < d.quality_min
+    for text in ("Hello!", "Hi"):  # one-liners: by rule, the predictor is not consulted
+        d = demo(chat(text))
+        assert (d.model, d.rule, d.quality, d.route_header()) == ("demo-small", "short-chat", None, "short-chat")
+    # what demo-small cannot do goes to demo-large, whatever the prediction (hard constraints)
+    for body in (chat("What's the weather in Paris?", tools=[TOOL]), chat("Give me a user record.",
+                                                                           response_format=SCHEMA),
+                 chat("hi", logprobs=True)):
+        d = demo(body)
+        assert d.model == "demo-large", body
+        assert "does not support" in next(t.detail for t in d.trace if t.subject == "demo-small" and not t.ok)
+    d = demo(chat("Write me a long story.", max_tokens=2000))  # beyond demo-small's window of 1,024
+    assert (d.model, d.rule, d.max_tokens) == ("demo-large", "long-context", None)  # within the cap of 2,048
+    assert demo(chat("Write me a long story.", max_tokens=3000)).max_tokens == 2048
+    d = demo(chat("hi", max_tokens=2000))  # a one-liner: its rule, but the window still rules demo-small out
+    assert (d.model, d.rule) == ("demo-large", "short-chat")
     assert demo(chat("hi"), model="demo-large").model == "demo-large"
     assert demo(chat("hi"), model="fast").model == "demo-small"
     assert demo(chat("hi"), model="smart").model == "demo-large"
