@@ -144,8 +144,8 @@ def test_policy_tests_fail_with_a_readable_diff(policy_copy: Path, capsys: pytes
     ]
     assert "    trace:" in block
     assert [line.split()[:3] for line in block.splitlines() if line.startswith("      rule ")] == [
-        ["rule", "suspended-tenants", "no"], ["rule", "honour-requested", "no"], ["rule", "short-chat", "no"],
-        ["rule", "long-context", "no"], ["rule", "learned", "yes"]]
+        ["rule", "suspended-tenants", "no"], ["rule", "honour-requested", "no"], ["rule", "long-context", "no"],
+        ["rule", "short-chat", "no"], ["rule", "learned", "yes"]]
     assert "candidate  demo-small         yes  fits; predicted quality 0." in block
     assert "choice     demo-large         yes  the cheapest predicted to reach 0." in block
     assert "(0.55 x the best 0." in block and "demo-small predicted below" in block
@@ -194,7 +194,8 @@ def test_route_explain_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert trace[0].split() == ["rule", "suspended-tenants", "no", "tenant", "`default`", "is", "not", "one", "of",
                                 "suspended"]
     assert trace[1].split()[:3] == ["rule", "honour-requested", "no"]
-    assert trace[2].split() == ["rule", "short-chat", "yes", "kind", "in", "[chat],", "prompt_tokens", "<=", "10"]
+    assert trace[2].split()[:3] == ["rule", "long-context", "no"]
+    assert trace[3].split() == ["rule", "short-chat", "yes", "kind", "in", "[chat],", "prompt_tokens", "<=", "10"]
     assert [t.split()[:3] for t in trace if t.startswith("  candidate")] == [
         ["candidate", "demo-small", "yes"], ["candidate", "demo-large", "yes"]]
     assert "predicted quality" not in out.split("trace")[1]  # smallest_capable never asked the predictor

@@ -393,7 +393,7 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
 
 def test_shipped_demo_routes_as_described() -> None:
     assert SHIPPED.predictor is not None and SHIPPED.quality_target == 0.55
-    assert [r.name for r in SHIPPED.rules] == ["suspended-tenants", "honour-requested", "short-chat", "long-context",
+    assert [r.name for r in SHIPPED.rules] == ["suspended-tenants", "honour-requested", "long-context", "short-chat",
                                                "learned"]
     # prompts whose routing policies/tests/demo.yaml pins for the shipped predictor
     for text in ("What is 2+2?", "What is 17 * 23 + 4?"):
@@ -419,8 +419,8 @@ def test_shipped_demo_routes_as_described() -> None:
     d = demo(chat("Write me a long story.", max_tokens=2000))  # beyond demo-small's window of 1,024
     assert (d.model, d.rule, d.max_tokens) == ("demo-large", "long-context", None)  # within the cap of 2,048
     assert demo(chat("Write me a long story.", max_tokens=3000)).max_tokens == 2048
-    d = demo(chat("hi", max_tokens=2000))  # a one-liner: its rule, but the window still rules demo-small out
-    assert (d.model, d.rule) == ("demo-large", "short-chat")
+    d = demo(chat("hi", max_tokens=5000))  # a one-liner asking for a long answer: the window and the cap first
+    assert (d.model, d.rule, d.max_tokens) == ("demo-large", "long-context", 2048)
     assert demo(chat("hi"), model="demo-large").model == "demo-large"
     assert demo(chat("hi"), model="fast").model == "demo-small"
     assert demo(chat("hi"), model="smart").model == "demo-large"
