@@ -50,7 +50,7 @@ from tests.test_accounting_support import any_url, create_pg_database, drop_pg_d
 from workers.simulator.truth import acceptable
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)
 ABILITY = {"demo-small": 0.3, "demo-large": 0.9}
 TRUTH_SEED, SHARPNESS = 0, 12.0  # the simulator's defaults
@@ -532,7 +532,7 @@ def _streamed(events: bytes, kind: str) -> str:
 
 
 def test_answers_from_bodies_and_streams() -> None:
-    """On vLLM's own bytes (../shared/fixtures)."""
+    """On vLLM's own bytes (tests/fixtures)."""
     bodies: tuple[tuple[Kind, str], ...] = (("chat", "chat.json"), ("completion", "completion.json"))
     for kind, name in bodies:
         body = (FIXTURES / name).read_bytes()
