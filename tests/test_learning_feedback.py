@@ -5,7 +5,6 @@ routes on predicted quality), feedback stored with the call's features, tenants 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 import uuid
@@ -32,10 +31,10 @@ from router import features
 from router.classify import classify
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
+from tests.learning_support import Database, learned_policies
 from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
-from tests.test_accounting_support import TcpProxy, create_pg_database, drop_pg_database, pg_target, proxied
+from tests.test_accounting_support import TcpProxy, pg_target, proxied
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)
 ROUTING = """\
 defaults:
@@ -55,28 +54,9 @@ rules:
 BASE = {"recorder_flush_interval_s": 0.05, "auto_migrate": True, "auth_cache_ttl_s": 60.0}
 
 
-def learned_policies(where: Path) -> Path:
-    """The shipped catalogue and classifier, with a predictor and a rule that routes on it."""
-    folder = where / "policies"
-    shutil.copytree(POLICIES, folder, ignore=shutil.ignore_patterns("tests", "training"))
-    (folder / "predictor.json").write_bytes(PREDICTOR)
-    (folder / "routing.yaml").write_text(ROUTING)
-    return folder
-
-
-class Database:
-    """A PostgreSQL database of the test's own, made and dropped around a module's gateway."""
-
-    def __init__(self) -> None:
-        self.url = asyncio.run(create_pg_database())
-
-    def drop(self) -> None:
-        asyncio.run(drop_pg_database(self.url))
-
-
 def start(root: Path, database_url: str, **config: Any) -> InProcessGateway:
-    return InProcessGateway(root, {**BASE, "database_url": database_url,
-                                   "policies_dir": str(learned_policies(root)), **config}).start()
+    folder, _ = learned_policies(root, ROUTING, PREDICTOR)
+    return InProcessGateway(root, {**BASE, "database_url": database_url, "policies_dir": str(folder), **config}).start()
 
 
 @pytest.fixture(scope="module")

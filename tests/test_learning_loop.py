@@ -11,9 +11,7 @@ APGR >= 0.7 against the simulator's truth and save money at the quality of alway
 
 from __future__ import annotations
 
-import asyncio
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -34,10 +32,8 @@ from gateway.learning.store import RoutingOutcome
 from router.predictor import prior
 from router.pricing import expected_cost
 from tests.inprocess_gateway import InProcessGateway
-from tests.learning_loop_support import outcome, prompts
-from tests.test_accounting_support import create_pg_database, drop_pg_database
+from tests.learning_support import Database, learned_policies, outcome, prompts
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
 ABILITY = {"demo-small": 0.55, "demo-large": 0.9}
 TRUTH_SEED, SHARPNESS = 0, 12.0  # the simulator's defaults
 LABELLED_CALLS = 240  # client feedback on each, and a shadow evaluation of each by the large model
@@ -46,37 +42,20 @@ MAX_TOKENS = 8  # enough for the marker
 ROUTING = """\
 defaults:
   reference_model: demo-large
-  predictor: predictor
+  predictor: predictor.json
   quality_target: 0.9
 rules:
   - name: learned
     route: {cheapest_above: {candidates: [demo-small, demo-large]}}
 """
-JUDGE_PRICE = {"effective_from": "2026-01-01", "per_token": {"input_per_million": 0.5, "output_per_million": 1.0}}
-
-
-def policies(where: Path) -> tuple[Path, Path]:
-    """The shipped catalogue and prices plus a judge model; one learned rule; an untrained predictor."""
-    folder = where / "policies"
-    shutil.copytree(POLICIES, folder, ignore=shutil.ignore_patterns("tests", "training", "predictor"))
-    (folder / "predictor").mkdir()
-    (folder / "predictor" / "predictor.json").write_bytes(prior(["demo-small", "demo-large"], 0.5))
-    (folder / "routing.yaml").write_text(ROUTING)
-    models = yaml.safe_load((folder / "models.yaml").read_text())
-    models["models"].append({"name": "demo-judge", "pool": "judge", "context_window": 8192, "tier": 2})
-    (folder / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
-    prices = yaml.safe_load((POLICIES / "prices.yaml").read_text())
-    prices["models"]["demo-judge"] = [JUDGE_PRICE]
-    prices_file = where / "prices.yaml"
-    prices_file.write_text(yaml.safe_dump(prices, sort_keys=False))
-    return folder, prices_file
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InProcessGateway, Path, Path]]:
     root = tmp_path_factory.mktemp("loop")
-    url = asyncio.run(create_pg_database())
-    folder, prices_file = policies(root)
+    database = Database()
+    url = database.url
+    folder, prices_file = learned_policies(root, ROUTING, prior(["demo-small", "demo-large"], 0.5), judge=True)
     config = {
         "database_url": url, "policies_dir": str(folder), "prices_file": str(prices_file), "auto_migrate": True,
         "recorder_flush_interval_s": 0.05,
@@ -94,7 +73,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InProcessGa
     gw = InProcessGateway(root, config).start()
     yield gw, folder, config_file
     gw.stop()
-    asyncio.run(drop_pg_database(url))
+    database.drop()
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:

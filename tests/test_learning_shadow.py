@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 import uuid
@@ -21,7 +20,6 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import pytest
-import yaml
 from redis.asyncio import Redis
 from sqlalchemy import select
 
@@ -45,11 +43,11 @@ from router.classify import classify
 from router.policy import default_policy_dir
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
+from tests.learning_support import Database, learned_policies
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.test_accounting_support import any_url, create_pg_database, drop_pg_database, record  # noqa: F401
 from workers.simulator.truth import acceptable
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)
 ABILITY = {"demo-small": 0.3, "demo-large": 0.9}
@@ -73,8 +71,6 @@ rules:
     description: The cheapest model predicted to reach the target.
     route: {cheapest_above: {candidates: [demo-small, demo-large]}}
 """
-JUDGE_PRICE = {"effective_from": "2026-01-01",
-               "per_token": {"input_per_million": 0.5, "output_per_million": 1.0}}
 BASE = {"recorder_flush_interval_s": 0.05, "auto_migrate": True, "auth_cache_ttl_s": 60.0}
 SHADOW = {"sample_rate": 1.0, "judge": "demo-judge", "daily_budget": 100}
 DEADLINE_S = 20.0
@@ -91,34 +87,9 @@ def pools(large: tuple[str, ...] = ("--ttft-ms", "300"), **large_extra: Any) -> 
     ]
 
 
-def policies_with_a_judge(where: Path) -> tuple[Path, Path]:
-    """The shipped catalogue with a judge model, a predictor and rules that route on it; prices for the judge."""
-    folder = where / "policies"
-    shutil.copytree(POLICIES, folder, ignore=shutil.ignore_patterns("tests", "training"))
-    (folder / "predictor.json").write_bytes(PREDICTOR)
-    (folder / "routing.yaml").write_text(ROUTING)
-    models = yaml.safe_load((folder / "models.yaml").read_text())
-    models["models"].append({"name": "demo-judge", "description": "The simulator's judge mode.", "pool": "judge",
-                             "context_window": 8192, "tier": 2})
-    (folder / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
-    prices = yaml.safe_load((POLICIES / "prices.yaml").read_text())
-    prices["models"]["demo-judge"] = [JUDGE_PRICE]
-    prices_file = where / "prices.yaml"
-    prices_file.write_text(yaml.safe_dump(prices, sort_keys=False))
-    return folder, prices_file
-
-
-class Database:
-    def __init__(self) -> None:
-        self.url = asyncio.run(create_pg_database())
-
-    def drop(self) -> None:
-        asyncio.run(drop_pg_database(self.url))
-
-
 def start(root: Path, database_url: str, shadow: dict[str, Any], pool_list: list[dict[str, Any]] | None = None,
           **config: Any) -> InProcessGateway:
-    folder, prices_file = policies_with_a_judge(root)
+    folder, prices_file = learned_policies(root, ROUTING, PREDICTOR, judge=True)
     return InProcessGateway(root, {**BASE, "database_url": database_url, "policies_dir": str(folder),
                                    "prices_file": str(prices_file), "pools": pool_list or pools(),
                                    "shadow": shadow, **config}).start()
