@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ from router.policy import default_policy_dir
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
 from tests.learning_support import Database, learned_policies
+from tests.learning_support import prompts as traffic
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.test_accounting_support import any_url, create_pg_database, drop_pg_database, record  # noqa: F401
 from workers.simulator.truth import acceptable
@@ -128,16 +130,19 @@ def ok(text: str, model: str) -> bool:
     return acceptable(text, model, ABILITY[model], TRUTH_SEED, SHARPNESS)
 
 
+# Simulator traffic of every difficulty, in a fixed order: each prompt is handed out once per module.
+_TRAFFIC = iter(traffic(TRUTH_SEED, 20_000, random.Random(7)))
+
+
 def prompts(want: Callable[[bool, bool], bool], n: int) -> list[str]:
-    """`n` prompts whose truth (small ok, large ok) satisfies `want`."""
-    found = []
-    for i in range(5000):
-        text = f"Explain topic {i} of the syllabus {uuid.uuid4().hex[:6]} and give one example."
+    """`n` prompts, not handed out before, whose truth (small ok, large ok) satisfies `want`."""
+    found: list[str] = []
+    for text in _TRAFFIC:
         if want(ok(text, "demo-small"), ok(text, "demo-large")):
             found.append(text)
             if len(found) == n:
                 return found
-    raise AssertionError("no such prompts")
+    raise AssertionError("the simulator traffic ran out of such prompts")
 
 
 def query(gw: InProcessGateway, stmt: Any) -> list[Any]:
