@@ -29,6 +29,7 @@ __all__ = [
     "decode_vector",
     "encode_vector",
     "quality_text",
+    "stack",
     "vector",
     "vector_of_text",
 ]
@@ -240,4 +241,5 @@ def decode_vector(data: bytes) -> Vector:
 
 
 def stack(vectors: Sequence[Vector]) -> npt.NDArray[np.float32]:
+    """Vectors as the rows of one matrix (an empty one has SIZE columns all the same)."""
     return np.vstack(vectors) if vectors else np.zeros((0, SIZE), dtype=np.float32)
