@@ -161,7 +161,7 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
     from gateway.routing import Route
     from router.decision import CachePolicy, RouteDecision
 
-    raw = (ROOT.parent / "shared" / "fixtures" / "vllm-0.32" / "chat.json").read_bytes()
+    raw = (ROOT / "tests" / "fixtures" / "vllm-0.32" / "chat.json").read_bytes()
     decision = RouteDecision(
         model="demo-small", pool="small", rule="default", requested_model="auto", fallbacks=(), max_tokens_cap=None,
         max_tokens=None, cache=CachePolicy(store=True, ttl_s=600), reference_model=None, expected_cost=None,

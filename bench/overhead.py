@@ -62,7 +62,7 @@ from overheadlib.procs import (  # noqa: E402
     tree,
 )
 
-FIXTURES = Path(os.environ.get("BENCH_FIXTURES", ROOT.parent / "shared" / "fixtures" / "vllm-0.32"))
+FIXTURES = Path(os.environ.get("BENCH_FIXTURES", ROOT / "tests" / "fixtures" / "vllm-0.32"))
 RESULTS = BENCH / "results"
 CONNECTIONS = (1, 16, 64, 256)
 MAX_ERROR_RATE = 0.01

@@ -56,7 +56,7 @@ from overheadlib.procs import (  # noqa: E402
     wait_until,
 )
 
-FIXTURES = Path(os.environ.get("BENCH_FIXTURES", ROOT.parent / "shared" / "fixtures" / "vllm-0.32"))
+FIXTURES = Path(os.environ.get("BENCH_FIXTURES", ROOT / "tests" / "fixtures" / "vllm-0.32"))
 RESULTS = BENCH / "results"
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BENCH_DB = "gateway_tracing_bench"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 from overheadlib import mock as mocklib  # noqa: E402
 from overheadlib.procs import cores  # noqa: E402
 
-FIXTURES = HERE.parent.parent / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = HERE.parent / "tests" / "fixtures" / "vllm-0.32"
 BODY = b'{"model":"demo-small","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 HEADERS = {"content-type": "application/json", "accept-encoding": "identity", "x-request-id": "0" * 32}
 TIMEOUT = {"connect": 3.0, "read": 300.0, "write": 300.0, "pool": 300.0}

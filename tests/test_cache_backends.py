@@ -25,7 +25,7 @@ from router.decision import CachePolicy, RouteDecision
 from tests.cache_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
 from workers.launcher import free_port
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 BODY = (FIXTURES / "chat.json").read_bytes()
 
 

@@ -1,4 +1,4 @@
-"""Entries from real vLLM 0.32 answers (shared/fixtures), and the JSON bodies and SSE streams rendered
+"""Entries from real vLLM 0.32 answers (tests/fixtures), and the JSON bodies and SSE streams rendered
 from them: what a client gets from the cache has the content the worker sent, in vLLM's framing, and
 parses with the official `openai` SDK's types."""
 
@@ -24,7 +24,7 @@ from gateway.cache.entry import (
 )
 from gateway.relay import Usage, read_usage
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 
 
 def fixture(name: str) -> bytes:

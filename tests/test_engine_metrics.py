@@ -4,7 +4,7 @@ from pathlib import Path
 
 from workers.engine_metrics import EngineLoad, parse_load
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32" / "metrics.prom"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32" / "metrics.prom"
 
 
 def test_reads_the_real_vllm_metrics_page() -> None:

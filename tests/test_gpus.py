@@ -1,4 +1,4 @@
-"""GPU discovery and assignment, on the real nvidia-smi/NVML output of an H200 machine (shared/fixtures)."""
+"""GPU discovery and assignment, on the real nvidia-smi/NVML output of an H200 machine (tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from workers.gpus import Gpu, GpuError, assign, cuda_visible_devices, parse_query_csv
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nvidia-smi"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia-smi"
 
 
 def test_parses_the_real_h200_inventory() -> None:

@@ -1,6 +1,6 @@
 """The health checker (workers/health.py) against a real HTTP server standing in for a vLLM replica.
 
-It serves vLLM 0.32's real /metrics page (shared/fixtures), gzip-compressed when the client accepts it, as
+It serves vLLM 0.32's real /metrics page (tests/fixtures), gzip-compressed when the client accepts it, as
 vLLM's Prometheus endpoint does (the calls' session would leave it compressed: calls are passthrough).
 """
 
@@ -19,7 +19,7 @@ from workers.health import check_replica
 from workers.pool import Replica
 from workers.upstream import Upstream, new_upstream
 
-METRICS = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32" / "metrics.prom").read_text()
+METRICS = (Path(__file__).resolve().parent / "fixtures" / "vllm-0.32" / "metrics.prom").read_text()
 BUSY = (
     'vllm:num_requests_running{engine="0",model_name="tiny"} 3.0\n'
     'vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0\n'

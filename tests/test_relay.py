@@ -1,4 +1,4 @@
-"""The stream relay on real vLLM 0.32 bytes (shared/fixtures), cut into every kind of network chunk.
+"""The stream relay on real vLLM 0.32 bytes (tests/fixtures), cut into every kind of network chunk.
 
 Every way the worker's bytes can be cut into network chunks must give the client the same events.
 """
@@ -17,7 +17,7 @@ from gateway.relay import DONE_EVENT, Outcome, relay_stream
 from workers.pool import Replica
 from workers.upstream import UpstreamCall
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The vLLM simulator (workers/simulator), served for real by uvicorn in a background thread and
-driven over HTTP with httpx; its answers are compared with real vLLM 0.32 bytes (shared/fixtures)."""
+driven over HTTP with httpx; its answers are compared with real vLLM 0.32 bytes (tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from workers.simulator import Faults, SimConfig, SimServer
 from workers.simulator.__main__ import build_parser, config_from_args
 from workers.simulator.text import count_tokens, generate, render_chat
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 CREATED = 1795818555
 HELLO = [{"role": "user", "content": "Say hello."}]
 

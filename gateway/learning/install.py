@@ -50,7 +50,7 @@ def check_in_policy(policy: PolicySet, target: Path, artefact: bytes) -> list[st
     relative = Path(os.path.relpath(os.path.abspath(target), os.path.abspath(folder)))  # as the policy names it
     ups = len([p for p in relative.parts if p == ".."])
     with tempfile.TemporaryDirectory(prefix="gateway-install-") as tmp:
-        # Nested deep enough that a target outside the policy directory (`../shared/...`) stays inside tmp.
+        # Nested deep enough that a target outside the policy directory (`../elsewhere/...`) stays inside tmp.
         copy = Path(tmp).joinpath(*(f"up{i}" for i in range(ups)), "policy")
         copy.mkdir(parents=True)
         for name in POLICY_FILES:
