@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.learning.dataset import DataSet, UsageError, check_outcome_names
-from gateway.learning.outcomes import OutcomeRow, in_holdout
+from gateway.learning.outcomes import OutcomeRow, head_score, in_holdout
 from gateway.learning.train import fit, row_vectors
 from router import features
 from router.classifier import Classifier
@@ -86,11 +86,8 @@ def head_targets(outcomes: Sequence[Mapping[str, float]],
     """Per head, each row's score: the mean of its members' scores there (NaN where none was scored)."""
     out = {}
     for head, members in heads.items():
-        column = []
-        for scores in outcomes:
-            found = [scores[m] for m in members if m in scores]
-            column.append(sum(found) / len(found) if found else np.nan)
-        out[head] = np.array(column, dtype=np.float64)
+        column = [head_score(scores, members) for scores in outcomes]
+        out[head] = np.array([np.nan if s is None else s for s in column], dtype=np.float64)
     return out
 
 

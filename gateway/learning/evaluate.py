@@ -38,7 +38,7 @@ from gateway.learning.metrics import (
     operating_points,
     pgr_curve,
 )
-from gateway.learning.outcomes import OutcomeRow, head_scores, split
+from gateway.learning.outcomes import OutcomeRow, head_score, split
 from router import features
 from router.classifier import Classifier
 from router.classify import classify
@@ -192,7 +192,7 @@ def _labelled(rows: Sequence[OutcomeRow], members: Mapping[str, Sequence[str]]) 
     kept: list[OutcomeRow] = []
     labels: list[list[float]] = []
     for row in rows:
-        scores = [head_scores(row, m) for m in members.values()]
+        scores = [head_score(row.outcomes, m) for m in members.values()]
         if all(s is not None for s in scores):
             kept.append(row)
             labels.append([float(s) for s in scores if s is not None])

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["REQUEST_FIELDS", "DataError", "OutcomeRow", "head_scores", "read_outcomes", "split"]
+__all__ = [
+    "REQUEST_FIELDS", "DataError", "OutcomeRow", "head_score", "in_holdout", "in_share", "read_outcomes", "split",
+]
 
 # Request fields a row may carry besides its text; they shape the features (max_tokens, tools...).
 REQUEST_FIELDS = frozenset((
@@ -146,12 +148,17 @@ def file_digest(path: Path) -> str:
 _SPACE = re.compile(r"\s+")
 
 
+def in_share(key: str, share: float, seed: int) -> bool:
+    """Whether `key` falls in a `share` of all keys, stably for a seed (a hash of both, not a draw)."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
 def in_holdout(text: str, holdout: float, seed: int) -> bool:
     """Whether a prompt belongs to the held-out share (by its normalised text, stable for a seed)."""
-    if holdout <= 0:
-        return False
-    key = f"{seed}\0{_SPACE.sub(' ', text.strip().lower())}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64 < holdout
+    return in_share(_SPACE.sub(" ", text.strip().lower()), holdout, seed)
 
 
 def split(rows: Iterable[OutcomeRow], holdout: float, seed: int) -> tuple[list[OutcomeRow], list[OutcomeRow]]:
@@ -163,7 +170,8 @@ def split(rows: Iterable[OutcomeRow], holdout: float, seed: int) -> tuple[list[O
     return train, test
 
 
-def head_scores(row: OutcomeRow, members: Sequence[str]) -> float | None:
-    """A head's score on a row: the mean of its members' scores present there (None: none is)."""
-    found = [row.outcomes[m] for m in members if m in row.outcomes]
+def head_score(scores: Mapping[str, float], members: Sequence[str]) -> float | None:
+    """A head's score on a row (given the row's outcome name -> score): the mean of its members' scores
+    present there (None: none is)."""
+    found = [scores[m] for m in members if m in scores]
     return sum(found) / len(found) if found else None

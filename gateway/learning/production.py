@@ -13,7 +13,6 @@ and share always hold out the same requests.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.accounting import db
 from gateway.learning.build import Examples, head_targets
 from gateway.learning.dataset import UsageError
+from gateway.learning.outcomes import in_share
 from gateway.learning.store import OUTCOMES
 from router import features
 
@@ -72,10 +72,7 @@ def public_url(url: str) -> str:
 
 def request_in_holdout(request_id: str, holdout: float, seed: int) -> bool:
     """Whether a request belongs to the held-out share (stable for a seed)."""
-    if holdout <= 0:
-        return False
-    key = f"{seed}\0request\0{request_id}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64 < holdout
+    return in_share(f"request\0{request_id}", holdout, seed)
 
 
 def examples(production: Production, holdout: float, seed: int) -> Examples:

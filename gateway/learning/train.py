@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.learning.outcomes import OutcomeRow, head_scores
+from gateway.learning.outcomes import OutcomeRow
 from router import features
 from router.classifier import Classifier
 from router.classify import classify
 from router.predictor import Head, predictor_bytes, transform
 
-__all__ = ["ALPHA_PER_ROW", "DENSE_SCALE", "fit", "parse_models", "row_vectors", "targets"]
+__all__ = ["ALPHA_PER_ROW", "DENSE_SCALE", "fit", "parse_models", "row_vectors"]
 
 ALPHA_PER_ROW = 15.0
 DENSE_SCALE = 10.0
@@ -58,15 +58,6 @@ def row_vectors(rows: Sequence[OutcomeRow], classifier: Classifier) -> npt.NDArr
     out = np.empty((len(rows), features.SIZE), dtype=np.float32)
     for i, row in enumerate(rows):
         out[i] = features.vector(row.body, classify(row.body, row.kind, {}, classifier))
-    return out
-
-
-def targets(rows: Sequence[OutcomeRow], heads: Mapping[str, Sequence[str]]) -> dict[str, npt.NDArray[np.float64]]:
-    """Per head, each row's score (NaN where none of its members was scored)."""
-    out = {}
-    for head, members in heads.items():
-        scores = [head_scores(row, members) for row in rows]
-        out[head] = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
     return out
 
 
