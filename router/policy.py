@@ -33,6 +33,7 @@ __all__ = [
     "default_policy_dir",
     "load_classifier",
     "load_policy_set",
+    "predictor_path",
     "read_policy_set",
 ]
 
@@ -57,7 +58,8 @@ class PolicySet:
     rules: tuple[Rule, ...]
     default_rule: Rule  # applies when no rule matches
     lookup: Mapping[str, tuple[RequestKind, str | None]]  # requested name -> (kind, model)
-    predictor: Predictor | None = None  # the learned quality predictor (`defaults.predictor`)
+    predictor: Predictor | None = None  # the learned quality predictor
+    predictor_ref: str | None = None  # `defaults.predictor` as written: where it is, from `directory`
     quality_target: float | None = None  # `defaults.quality_target`: the policy's cost/quality knob
 
     def routable_names(self) -> tuple[str, ...]:
@@ -186,6 +188,7 @@ def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | No
         default_rule=default_rule,
         lookup=MappingProxyType(lookup),
         predictor=predictor,
+        predictor_ref=_predictor_ref(src_routing) if predictor is not None else None,
         quality_target=_quality_target(src_routing),
     )
     return policy, []
@@ -202,15 +205,24 @@ def _quality_target(src: Source) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _predictor_ref(src: Source) -> str | None:
+    ref = _defaults(src).get("predictor")
+    return ref if isinstance(ref, str) and ref else None  # absent, or a type error that phase one reports
+
+
+def predictor_path(directory: Path, ref: str) -> Path:
+    """The file `defaults.predictor: ref` names: ref's predictor.json when ref is a directory, else ref."""
+    path = directory / ref
+    return path / PREDICTOR_FILE if path.is_dir() else path
+
+
 def _read_predictor(folder: Path, src: Source, problems: Problems) -> tuple[Predictor | None, tuple[str, bytes] | None]:
     """The predictor `defaults.predictor` names (a directory holding predictor.json, or a file), read now:
     routing never reads files. Its problems are reported at that line of routing.yaml."""
-    ref = _defaults(src).get("predictor")
-    if not isinstance(ref, str) or not ref:
-        return None, None  # absent, or a type error that phase one reports
-    path = folder / ref
-    if path.is_dir():
-        path = path / PREDICTOR_FILE
+    ref = _predictor_ref(src)
+    if ref is None:
+        return None, None
+    path = predictor_path(folder, ref)
     where = ("defaults", "predictor")
     try:
         data = path.read_bytes()

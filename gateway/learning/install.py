@@ -15,33 +15,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from gateway.learning.dataset import UsageError
-from router.policy import POLICY_FILES, PolicySet, read_policy_set
-from router.predictor import PREDICTOR_FILE, Predictor
+from router.policy import POLICY_FILES, PolicySet, predictor_path, read_policy_set
+from router.predictor import Predictor
 
 __all__ = ["check_in_policy", "predictor_target", "write_atomically"]
 
 
 def predictor_target(policy: PolicySet) -> tuple[Path, Predictor]:
     """The file the policy reads its predictor from, and that predictor; UsageError when it has none."""
-    folder = policy.directory
-    try:
-        data = yaml.safe_load((folder / "routing.yaml").read_text())
-    except (OSError, yaml.YAMLError) as exc:  # it loaded a moment ago: changed under us
-        raise UsageError(f"{folder / 'routing.yaml'}: cannot read it again: {exc}") from None
-    defaults = data.get("defaults") if isinstance(data, dict) else None
-    ref = defaults.get("predictor") if isinstance(defaults, dict) else None
-    current = policy.predictor
-    if current is None or not isinstance(ref, str) or not ref:
+    folder, ref, current = policy.directory, policy.predictor_ref, policy.predictor
+    if current is None or ref is None:
         raise UsageError(f"the policy in {folder} has no `defaults.predictor` in routing.yaml: there is no predictor "
                          "to compare with or replace (set it, e.g. `predictor: predictor`, and put a predictor there)")
     if Path(ref).is_absolute():
         raise UsageError(f"the policy in {folder} names its predictor by an absolute path ({ref}); installing "
                          "writes only into the policy's tree: name it relative to the policy directory")
-    path = folder / ref
-    return (path / PREDICTOR_FILE if path.is_dir() else path), current
+    return predictor_path(folder, ref), current
 
 
 def check_in_policy(policy: PolicySet, target: Path, artefact: bytes) -> list[str]:
