@@ -84,6 +84,11 @@ class Outcome:
     trace: Any = None  # gateway.telemetry.tracing.RequestTrace, for a traced call only
     reported: bool = False  # the recorder told telemetry of its record (usage metrics, access line)
 
+    def answered_in_full(self) -> bool:
+        """A worker answered it whole: HTTP 200, complete, not from the cache, neither failed nor cut."""
+        return (self.status == 200 and self.completed and not self.cache_hit and self.failure is None
+                and self.error is None and not self.cancelled)
+
 
 def read_usage(body: bytes) -> Usage | None:
     try:

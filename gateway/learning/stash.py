@@ -152,8 +152,7 @@ def keep_after(stash: FeatureStash, outcome: Outcome, probe: QualityProbe) -> No
 
     def kept(o: Outcome) -> None:
         try:
-            if (o.status == 200 and o.completed and not o.cache_hit and o.failure is None and o.error is None
-                    and not o.cancelled and vector is not None):
+            if vector is not None and o.answered_in_full():
                 stash.put(o.tenant, o.request_id, StashEntry(
                     o.record_id or o.request_id, o.model, o.tenant, o.team, o.key_id, predictor,
                     features.FEATURES, features.encode_vector(vector)))

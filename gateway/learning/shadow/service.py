@@ -170,9 +170,7 @@ class Shadow:
 
         def offered(o: Outcome) -> None:
             try:
-                if (reference is not None and vector is not None and o.status == 200 and o.completed
-                        and not o.cache_hit and o.failure is None and o.error is None and not o.cancelled
-                        and o.model != reference):
+                if reference is not None and vector is not None and o.answered_in_full() and o.model != reference:
                     self._offer(Job(record_id, kind, data, watch, o.model, reference, vector, predictor,
                                     Caller(o.tenant, o.team, o.key_id)))
             except Exception:  # shadow evaluation never breaks a call or its record
