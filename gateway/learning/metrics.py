@@ -246,25 +246,25 @@ def _frozen(a: Array) -> Array:
 
 def _vectors(**named: npt.ArrayLike) -> list[Array]:
     """The arrays as float64 vectors, checked: one dimension, the same non-zero length, finite."""
-    arrays = [np.asarray(a, dtype=np.float64) for a in named.values()]
-    for name, a in zip(named, arrays, strict=True):
-        if a.ndim != 1 or a.size == 0:
-            raise ValueError(f"{name} must be a non-empty vector, not of shape {a.shape}")
-        if a.shape != arrays[0].shape:
-            raise ValueError(f"{name} has {a.size} prompts, {next(iter(named))} has {arrays[0].size}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} holds a value that is not finite")
-    return arrays
+    return _checked(1, **named)
 
 
 def _matrices(**named: npt.ArrayLike) -> list[Array]:
     """The arrays as float64 (prompts, models) matrices, checked: the same non-empty shape, finite."""
+    return _checked(2, **named)
+
+
+def _checked(ndim: int, **named: npt.ArrayLike) -> list[Array]:
     arrays = [np.asarray(a, dtype=np.float64) for a in named.values()]
+    first = next(iter(named))
     for name, a in zip(named, arrays, strict=True):
-        if a.ndim != 2 or a.size == 0:
-            raise ValueError(f"{name} must be a non-empty (prompts, models) array, not of shape {a.shape}")
+        if a.ndim != ndim or a.size == 0:
+            what = "a non-empty vector" if ndim == 1 else "a non-empty (prompts, models) array"
+            raise ValueError(f"{name} must be {what}, not of shape {a.shape}")
         if a.shape != arrays[0].shape:
-            raise ValueError(f"{name} has shape {a.shape}, {next(iter(named))} has {arrays[0].shape}")
+            if ndim == 1:
+                raise ValueError(f"{name} has {a.size} prompts, {first} has {arrays[0].size}")
+            raise ValueError(f"{name} has shape {a.shape}, {first} has {arrays[0].shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"{name} holds a value that is not finite")
     return arrays
