@@ -131,7 +131,7 @@ def features(database_url: str | None, redis_url: str | None, policies: Path, pr
         Feature("accounting", "database_url", {"database_url": database_url} if database_url else {},
                 "every call recorded, PostgreSQL" if database_url else "every call recorded, embedded SQLite"),
         Feature("routing", "policies_dir", {"policies_dir": str(policies)},
-                "the shipped policies/ (classify + rules), cache TTL 60 s"),
+                "the shipped policies/ (classify, rules, the learned quality predictor), cache TTL 60 s"),
         Feature("cache", "cache_enabled",
                 {"cache_enabled": True, "redis_url": redis_url, "cache_key_prefix": f"{prefix}cache:"},
                 "Redis" if redis_url else "in-process (Redis not reachable)"),
