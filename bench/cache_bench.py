@@ -157,7 +157,7 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
 
     from gateway.cache import CacheConfig, MemoryBackend, RedisBackend, ResponseCache
     from gateway.openai_request import ChatFields, parse_body
-    from gateway.relay import Outcome, finish
+    from gateway.outcome import Outcome, finish
     from gateway.routing import Route
     from router.decision import CachePolicy, RouteDecision
 

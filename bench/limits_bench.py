@@ -36,7 +36,7 @@ from gateway.auth.service import Auth
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.service import Limits
-from gateway.relay import Outcome, Usage, finish
+from gateway.outcome import Outcome, Usage, finish
 from gateway.routing import ActivePolicy, route
 from router.policy import default_policy_dir, load_policy_set
 from router.tokens import warm_up

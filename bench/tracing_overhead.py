@@ -153,7 +153,7 @@ def span_pipeline(sink_url: str, traces: int = 3000) -> dict[str, float]:
     request's seven spans (as in the run: the key has rate limits) built and exported, and the sampling
     decision of one that is not traced. Independent
     of how fast the rest of the gateway is, so it tells what tracing will cost once the hot path is faster."""
-    from gateway.relay import Outcome, Usage
+    from gateway.outcome import Outcome, Usage
     from gateway.settings import load_settings
     from gateway.telemetry.tracing import Tracing
 

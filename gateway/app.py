@@ -15,23 +15,17 @@ from litestar import Litestar
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.accounting import start_accounting, stop_accounting
-from gateway.admin_api import policy_status, route_explain, workers_status
-from gateway.auth.api import HANDLERS as KEY_HANDLERS
+from gateway.api import HANDLERS
+from gateway.api.metrics import MetricsServer
 from gateway.auth.guard import authorize
 from gateway.auth.service import start_auth
 from gateway.cache import build_cache
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.feedback_api import feedback
-from gateway.health_api import healthz, readyz
 from gateway.learning.shadow import start_shadow
 from gateway.learning.stash import build_stash
-from gateway.limits.api import budgets_report
 from gateway.limits.service import start_limits
-from gateway.metrics_api import MetricsServer, metrics_endpoint
-from gateway.openai_api import chat_completions, completions, list_models
 from gateway.redis_batch import RedisBatcher
-from gateway.reports_api import usage_report
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
@@ -148,8 +142,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             gc.unfreeze()
 
     return Litestar(
-        route_handlers=[chat_completions, completions, list_models, healthz, readyz, workers_status, usage_report,
-                        policy_status, route_explain, budgets_report, metrics_endpoint, feedback, *KEY_HANDLERS],
+        route_handlers=HANDLERS,
         guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -22,7 +22,7 @@ from workers.supervisor import Supervisor
 from workers.upstream import Upstream
 
 if TYPE_CHECKING:
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
 
 
 @dataclass

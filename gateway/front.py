@@ -17,9 +17,9 @@ from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.openai import KINDS, forward
 from gateway.auth.guard import INFERENCE, admit
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.openai_api import KINDS, forward
 
 __all__ = ["with_front"]
 

@@ -11,13 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import msgspec
 from litestar.types import Receive, Send
 
-from gateway.accounting.records import call_status
+from gateway.outcome import Outcome, Usage, finish
 from gateway.replies import header_list
 from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
@@ -28,66 +27,12 @@ USAGE_MARK = b'"usage":'
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-class PromptTokensDetails(msgspec.Struct):
-    cached_tokens: int | None = None  # prompt tokens found in the worker's prefix cache
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
 class _UsageCarrier(msgspec.Struct):
     usage: Usage | None = None
     choices: list[msgspec.Raw] | None = None
 
 
 _decode_carrier = msgspec.json.Decoder(_UsageCarrier).decode
-
-
-@dataclass(slots=True)  # one per call in flight and per queued record: no per-instance dict
-class Outcome:
-    """What became of one call, for the access log and accounting (gateway/accounting/records.py)."""
-
-    request_id: str
-    model: str
-    started: float
-    replica: str | None = None
-    status: int = 0
-    usage: Usage | None = None
-    first_byte: float | None = None
-    finished: float | None = None
-    completed: bool = False  # the worker finished the answer ([DONE], or a whole JSON body)
-    error: str | None = None
-    # For accounting. Times above are perf_counter(); `received` is the wall clock at `started`.
-    received: float = field(default_factory=time.time)
-    record_id: str | None = None  # the id the call is recorded under, when not `request_id`
-    requested_model: str | None = None
-    pool: str | None = None
-    tenant: str = "default"  # auth (issue 7) sets tenant, team and key
-    team: str | None = None
-    key_id: str | None = None
-    policy_rule: str | None = None  # routing sets the rule and the reference model
-    reference_model: str | None = None
-    cache_hit: bool = False
-    failure: str | None = None  # set when the gateway itself ends the call: rejected, timeout, ...
-    cancelled: bool = False  # the client went away mid-stream
-    content_events: int = 0  # stream events carrying content, relayed (an estimate of tokens)
-    prompt: Any = None  # messages / prompt, in memory only, for a token estimate if usage never comes
-    sink: Callable[[Outcome], None] | None = None  # receives the finished outcome (metrics, the recorder)
-    # For telemetry (gateway/telemetry/): what was asked and what the cache did; the trace when sampled.
-    kind: str = "chat"  # "chat" | "completion"
-    stream: bool = False
-    cache: str | None = None  # "hit" | "miss" | "bypass"; None: the call ended before the cache was asked
-    trace: Any = None  # gateway.telemetry.tracing.RequestTrace, for a traced call only
-    reported: bool = False  # the recorder told telemetry of its record (usage metrics, access line)
-
-    def answered_in_full(self) -> bool:
-        """A worker answered it whole: HTTP 200, complete, not from the cache, neither failed nor cut."""
-        return (self.status == 200 and self.completed and not self.cache_hit and self.failure is None
-                and self.error is None and not self.cancelled)
 
 
 def read_usage(body: bytes) -> Usage | None:
@@ -213,29 +158,3 @@ class RelayStream:
             if self.outcome.finished is None:  # it had not: the client left before the first chunk
                 self.outcome.cancelled = not self.outcome.completed
                 finish(self.outcome)
-
-
-def finish(outcome: Outcome) -> None:
-    """Closes the books on a call, once: hands it to its sink (request metrics, then accounting, whose
-    recorder writes the access line once the record is built), and ends its trace."""
-    if outcome.finished is not None:
-        return
-    outcome.finished = time.perf_counter()
-    sink, outcome.sink = outcome.sink, None
-    trace = outcome.trace
-    recorded: tuple[float, float] | None = None
-    if sink is not None:
-        if outcome.usage is not None:
-            outcome.prompt = None  # only an estimate needs it
-        started = time.perf_counter() if trace is not None else 0.0
-        try:
-            sink(outcome)
-        except Exception:  # accounting never breaks a call
-            log.exception("request %s: recording usage failed", outcome.request_id)
-        if trace is not None:
-            recorded = (started, time.perf_counter())
-    if trace is not None:
-        try:
-            trace.end(outcome, call_status(outcome), recorded)
-        except Exception:  # nor does tracing
-            log.exception("request %s: ending its trace failed", outcome.request_id)

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.accounting import records
 from gateway.accounting.money import ZERO
-from gateway.accounting.records import build_record, estimate_prompt_tokens, failure_of, to_row
-from gateway.relay import Outcome, PromptTokensDetails, Usage
+from gateway.accounting.records import build_record, estimate_prompt_tokens, to_row
+from gateway.outcome import Outcome, PromptTokensDetails, Usage, failure_of
 from router import tokens
 from router.errors import InvalidRequest, ModelNotFound, NoHealthyReplica, UpstreamTimeout
 from tests.test_accounting_support import catalogue

@@ -19,7 +19,7 @@ from gateway.cache import CacheConfig, MemoryBackend, RedisBackend, ResponseCach
 from gateway.cache.backends import CacheBackend
 from gateway.cache.keys import lock_key
 from gateway.openai_request import ChatFields, parse_body
-from gateway.relay import Outcome, finish
+from gateway.outcome import Outcome, finish
 from gateway.routing import Route
 from router.decision import CachePolicy, RouteDecision
 from tests.cache_support import REDIS_URL, delete_prefix, require_redis, unique_prefix

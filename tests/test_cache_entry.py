@@ -22,7 +22,8 @@ from gateway.cache.entry import (
     render_json,
     render_sse,
 )
-from gateway.relay import Usage, read_usage
+from gateway.outcome import Usage
+from gateway.relay import read_usage
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 

@@ -33,7 +33,7 @@ from gateway.limits.service import (
     from_units,
     to_units,
 )
-from gateway.relay import Outcome, Usage, finish
+from gateway.outcome import Outcome, Usage, finish
 from gateway.routing import ActivePolicy, Route, route
 from router.policy import default_policy_dir, load_policy_set
 from tests.test_accounting_support import migrated_engine, record

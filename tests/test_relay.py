@@ -13,7 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.relay import DONE_EVENT, Outcome, relay_stream
+from gateway.outcome import Outcome
+from gateway.relay import DONE_EVENT, relay_stream
 from workers.pool import Replica
 from workers.upstream import UpstreamCall
 

@@ -33,7 +33,7 @@ from gateway.accounting.spool import Spool
 from gateway.loop_turns import TURN_S, Turns
 
 if TYPE_CHECKING:
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
 
 log = logging.getLogger("gateway.accounting")
 MAX_STRETCH = 8  # a recorder that is behind takes turns up to this many times TURN_S long

@@ -7,15 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from gateway.accounting.money import ZERO
 from gateway.accounting.prices import PriceCatalogue
-
-if TYPE_CHECKING:
-    from gateway.relay import Outcome
+from gateway.outcome import Outcome, call_status
 
 STATUSES = ("ok", "upstream_error", "client_cancelled", "rejected", "timeout", "unavailable", "internal_error")
 SOURCES = ("worker", "estimate", "none")
@@ -101,40 +99,6 @@ def estimate_prompt_tokens(prompt: Any) -> int:
     if isinstance(prompt, list) and prompt and all(isinstance(t, list) for t in prompt):  # batches of ids
         return sum(len(t) for t in prompt)
     return sum(len(enc.encode_ordinary(t)) for t in _texts(prompt))
-
-
-def failure_of(error: BaseException) -> str:
-    """The status of a call the gateway ended with `error` (before or instead of the worker's answer)."""
-    import asyncio
-
-    if isinstance(error, asyncio.CancelledError):
-        return "client_cancelled"
-    if type(error).__name__.endswith("Timeout"):  # ours (UpstreamTimeout) and httpx's
-        return "timeout"
-    status = getattr(error, "status", None)
-    if not isinstance(status, int):
-        status = getattr(error, "status_code", None)  # Litestar's own (a body over max_body_bytes: 413)
-    if isinstance(status, int):
-        if status == 504:
-            return "timeout"
-        if status in (502, 503):
-            return "unavailable"
-        if status < 500:
-            return "rejected"
-    return "internal_error"
-
-
-def call_status(o: Outcome) -> str:
-    """What became of a call: one of STATUSES."""
-    if o.failure is not None:
-        return o.failure
-    if o.completed:
-        return "ok"
-    if o.cancelled:
-        return "client_cancelled"
-    if o.error is not None:
-        return "timeout" if o.error.endswith("Timeout") else "upstream_error"
-    return "upstream_error"  # a non-200 answer, or a stream that ended without [DONE]
 
 
 def _wall(o: Outcome, perf: float | None) -> float | None:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.relay import EVENT_END, Usage
+from gateway.outcome import Usage
+from gateway.relay import EVENT_END
 
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 SSE_BATCH_BYTES = 64 * 1024  # a cacheable stream's events are parsed in batches of about this size

@@ -28,7 +28,7 @@ from gateway.cache.entry import (
     render_sse,
 )
 from gateway.cache.keys import cache_key, lock_key
-from gateway.relay import Outcome, finish
+from gateway.outcome import Outcome, finish
 from gateway.replies import Reply
 from gateway.request_id import new_id
 from router.errors import InvalidRequest
@@ -323,7 +323,7 @@ class ResponseCache:
 
 
 def _after_finish(outcome: Outcome, then: Callable[[Outcome], None]) -> None:
-    """Run `then` when the call's books are closed (`relay.finish`), before the recorder gets it."""
+    """Run `then` when the call's books are closed (`outcome.finish`), before the recorder gets it."""
     sink = outcome.sink
 
     def chained(o: Outcome) -> None:

@@ -28,7 +28,7 @@ from gateway.settings import Settings
 from router import features
 
 if TYPE_CHECKING:
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
     from router.quality import QualityProbe
 
 log = logging.getLogger("gateway.learning")
@@ -145,7 +145,7 @@ def build_stash(settings: Settings, batcher: RedisBatcher | None) -> FeatureStas
 
 
 def keep_after(stash: FeatureStash, outcome: Outcome, probe: QualityProbe) -> None:
-    """Once the call is finished (`relay.finish` hands it on), stash its features if a worker answered it
+    """Once the call is finished (`outcome.finish` hands it on), stash its features if a worker answered it
     in full. Chained in front of the outcome's sink, as the cache and the limits chain their steps."""
     sink = outcome.sink
     vector, predictor = probe.vector, probe.predictor.hash

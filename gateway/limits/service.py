@@ -57,7 +57,7 @@ from gateway.limits.periods import window
 from router.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
     from gateway.routing import Route
 
 log = logging.getLogger("gateway.limits")

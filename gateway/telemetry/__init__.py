@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from gateway.accounting.records import UsageRecord
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
     from gateway.settings import Settings
 
 log = logging.getLogger("gateway.telemetry")

@@ -23,7 +23,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from gateway.accounting.records import UsageRecord
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
 
 ACCESS = logging.getLogger("gateway.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -26,13 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.accounting.records import call_status
+from gateway.outcome import call_status
 
 if TYPE_CHECKING:
     from gateway.accounting.records import UsageRecord
     from gateway.context import GatewayContext
     from gateway.limits.budgets import BudgetRow
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPERATIONS = {"chat": "chat", "completion": "text_completion"}

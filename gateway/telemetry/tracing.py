@@ -45,7 +45,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.span import TraceState
 
 if TYPE_CHECKING:
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
     from gateway.routing import Route
     from gateway.settings import Settings
     from workers.upstream import UpstreamCall

@@ -13,10 +13,11 @@ import msgspec
 
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.recorder import Recorder
-from gateway.accounting.records import build_record, failure_of
+from gateway.accounting.records import build_record
 from gateway.learning.shadow.answers import Kind, body_text
 from gateway.learning.shadow.spend import DailySpend
-from gateway.relay import Outcome, finish, read_usage
+from gateway.outcome import Outcome, failure_of, finish
+from gateway.relay import read_usage
 from workers.pool import Pool
 from workers.upstream import Upstream, open_call
 

@@ -4,7 +4,7 @@ judge model), and the two scores are stored in `routing_outcomes` with the call'
 
 On the request path a routed call pays one hash of its request id (`sample`); a sampled one also keeps its
 answer (the JSON body, or the relayed stream's events up to `MAX_TAP_BYTES`). When the call is over
-(`relay.finish`) a step offers the job: a call a worker answered in full, not from the cache, by a model other
+(`outcome.finish`) a step offers the job: a call a worker answered in full, not from the cache, by a model other
 than the reference, while today's shadow spend is under the budget and the reference model's pool is not
 busier than `max_load`, enters a bounded queue, else it is dropped and counted. `concurrency` tasks owned by
 the app's lifespan run the jobs; at shutdown they get `GRACE_S` to finish, then are cancelled.
@@ -41,7 +41,7 @@ from workers.pool import Pool, Pools
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from gateway.relay import Outcome
+    from gateway.outcome import Outcome
 
 log = logging.getLogger("gateway.learning")
 

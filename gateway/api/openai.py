@@ -11,7 +11,6 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.types import Receive, Scope, Send
 
-from gateway.accounting.records import failure_of
 from gateway.auth.principal import principal_of
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import ask_cache
@@ -19,7 +18,8 @@ from gateway.context import GatewayContext
 from gateway.learning.shadow import Watch
 from gateway.learning.stash import keep_after
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
-from gateway.relay import Outcome, RelayStream, finish, read_usage
+from gateway.outcome import Outcome, failure_of, finish
+from gateway.relay import RelayStream, read_usage
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import Route, route

@@ -125,4 +125,4 @@ async def set_team(
     return {"tenant": tenant, "team": team, **store.limits_dict(limits)}
 
 
-HANDLERS = [list_keys, create_key, revoke_key, list_teams, set_team]
+KEY_HANDLERS = [list_keys, create_key, revoke_key, list_teams, set_team]

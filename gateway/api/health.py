@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.datastructures import State
 
-from gateway.admin_api import pools_status
+from gateway.api.admin import pools_status
 from gateway.context import GatewayContext
 
 

@@ -1,0 +1,27 @@
+"""The gateway's HTTP API: every route handler, one module per area. Handlers are thin: they parse
+what they need, call the services below them and render the answer.
+
+- `openai.py`: `/v1/chat/completions`, `/v1/completions`, `/v1/models`;
+- `feedback.py`: `POST /v1/feedback`;
+- `reports.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/budgets` (finance);
+- `admin.py`: `/admin/policy`, `/admin/route/explain`, `/admin/workers`;
+- `keys.py`: `/admin/keys`, `/admin/teams`;
+- `health.py`: `/healthz`, `/readyz`;
+- `metrics.py`: `/metrics`, and the separate metrics listener.
+"""
+
+from __future__ import annotations
+
+from gateway.api.admin import policy_status, route_explain, workers_status
+from gateway.api.budgets import budgets_report
+from gateway.api.feedback import feedback
+from gateway.api.health import healthz, readyz
+from gateway.api.keys import KEY_HANDLERS
+from gateway.api.metrics import metrics_endpoint
+from gateway.api.openai import chat_completions, completions, list_models
+from gateway.api.reports import usage_report
+
+HANDLERS = [
+    chat_completions, completions, list_models, feedback, usage_report, budgets_report,
+    policy_status, route_explain, workers_status, *KEY_HANDLERS, healthz, readyz, metrics_endpoint,
+]
