@@ -1,33 +1,44 @@
 """The routing rules: routing.yaml compiled into ordered `Rule`s and the implicit default rule.
 
 Phase two of loading routing.yaml (phase one is router/spec.py): each rule's `match` becomes a tuple of
-condition closures that say why a request does not match (for explain), its action and cache policy are
+condition closures (router/conditions.py) that say why a request does not match (for explain), its action and cache policy are
 resolved against the catalogue, and rules that can never match -- contradictions, or an earlier rule
 that takes every request they would -- are errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 from router.catalogue import AUTO, Catalogue, Model
 from router.classifier import Classifier, as_names, check_range
-from router.classify import Features
-from router.decision import CachePolicy, Caller
+from router.conditions import (
+    GETTERS,
+    LABELS,
+    RANGES,
+    REQUESTED_KINDS,
+    Cond,
+    bool_cond,
+    caps_cond,
+    header_cond,
+    member_cond,
+    names_text,
+    range_cond,
+    range_text,
+    requested_cond,
+)
+from router.decision import CachePolicy
 from router.spec import CAPABILITIES, CacheSpec, DefaultsSpec, MatchSpec, RangeSpec, RouteSpec, RoutingFile, RuleSpec
 from router.yamlsrc import PathT, Problems, Source, convert
 
 __all__ = ["IMPLICIT_RULE", "REQUESTED_KINDS", "Cond", "RequestKind", "Rule", "load_rules"]
 
-REQUESTED_KINDS = ("auto", "alias", "model")
 IMPLICIT_RULE = "(implicit default)"
 
 RequestKind = Literal["auto", "alias", "model"]
-# A compiled match condition: None when the request passes it, else why not.
-Cond = Callable[[Features, Caller, str, str], "str | None"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,66 +70,6 @@ class Rule:
 
 
 _INF = float("inf")
-
-
-def _show(value: object) -> str:
-    return "(none)" if value is None else f"`{value}`"
-
-
-def _list(values: Iterable[str]) -> str:
-    return ", ".join(values)
-
-
-def _range_text(lo: int | None, hi: int | None) -> str:
-    if lo is not None and hi is not None:
-        return f"{lo}..{hi}"
-    return f">= {lo}" if lo is not None else f"<= {hi}"
-
-
-def _member_cond(label: str, get: Callable[[Features, Caller, str, str], object], allowed: frozenset[str],
-                 shown: str) -> Cond:
-    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
-        value = get(f, c, name, kind)
-        if value in allowed:
-            return None
-        return f"{label} {_show(value)} is not one of {shown}"
-
-    return cond
-
-
-def _range_cond(label: str, get: Callable[[Features], int], lo: int | None, hi: int | None) -> Cond:
-    low = lo if lo is not None else -(2**62)
-    high = hi if hi is not None else 2**62
-    text = _range_text(lo, hi)
-
-    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
-        value = get(f)
-        if low <= value <= high:
-            return None
-        return f"{label} {value} is not {text}"
-
-    return cond
-
-
-_GETTERS: dict[str, Callable[[Features, Caller, str, str], object]] = {
-    "tenant": lambda f, c, n, k: c.tenant,
-    "team": lambda f, c, n, k: c.team,
-    "key_id": lambda f, c, n, k: c.key_id,
-    "model": lambda f, c, n, k: n,
-    "kind": lambda f, c, n, k: f.kind,
-    "category": lambda f, c, n, k: f.category,
-}
-_RANGES: dict[str, Callable[[Features], int]] = {
-    "tier": lambda f: f.tier,
-    "prompt_tokens": lambda f: f.prompt_tokens,
-    "max_tokens": lambda f: f.output_tokens,
-    "context_tokens": lambda f: f.prompt_tokens + f.output_tokens,
-    "turns": lambda f: f.turns,
-}
-_LABELS = {
-    "tenant": "tenant", "team": "team", "key_id": "key id", "model": "requested model",
-"kind": "kind", "category": "category",
-}
 
 
 class _RuleContext:
@@ -172,7 +123,7 @@ def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[lis
         elif key == "requested":
             for name in names:
                 if name not in REQUESTED_KINDS:
-                    problems.add(src, kpath, f"unknown requested kind `{name}` (known: {_list(REQUESTED_KINDS)})")
+                    problems.add(src, kpath, f"unknown requested kind `{name}` (known: {names_text(REQUESTED_KINDS)})")
         elif key == "kind":
             for name in names:
                 if name not in ("chat", "completion"):
@@ -181,24 +132,24 @@ def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[lis
             known = ctx.classifier.known_categories
             for name in names:
                 if name not in known:
-                    problems.add(src, kpath, f"unknown category `{name}` (known: {_list(sorted(known))})")
+                    problems.add(src, kpath, f"unknown category `{name}` (known: {names_text(sorted(known))})")
         frozen = frozenset(allowed)
         norm[key] = frozen
         if key == "requested":
-            conds.append(_requested_cond(frozen, _list(names)))
+            conds.append(requested_cond(frozen, names_text(names)))
         else:
-            conds.append(_member_cond(_LABELS[key], _GETTERS[key], frozen, _list(names)))
-        parts.append(f"{key} in [{_list(names)}]")
+            conds.append(member_cond(LABELS[key], GETTERS[key], frozen, names_text(names)))
+        parts.append(f"{key} in [{names_text(names)}]")
     if spec.headers is not None:
         headers: dict[str, frozenset[str] | None] = {}
         for hname, raw in spec.headers.items():
             values = as_names(raw)
             lname = hname.lower()
             headers[lname] = None if values == ("*",) else frozenset(values)
-            conds.append(_header_cond(lname, headers[lname], _list(values)))
-            parts.append(f"header {lname} " + ("present" if values == ("*",) else f"in [{_list(values)}]"))
+            conds.append(header_cond(lname, headers[lname], names_text(values)))
+            parts.append(f"header {lname} " + ("present" if values == ("*",) else f"in [{names_text(values)}]"))
         norm["headers"] = headers
-    for key, get in _RANGES.items():
+    for key, get in RANGES.items():
         rng: RangeSpec | None = getattr(spec, key)
         if rng is None:
             continue
@@ -207,8 +158,8 @@ def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[lis
             top = max((t for _, t in ctx.classifier.tiers), default=ctx.classifier.lowest_tier)
             if rng.min > top:
                 problems.add(src, (*path, key), f"the classifier's highest tier is {top}; this can never match")
-        conds.append(_range_cond(key.replace("_", " "), get, rng.min, rng.max))
-        parts.append(f"{key} {_range_text(rng.min, rng.max)}")
+        conds.append(range_cond(key.replace("_", " "), get, rng.min, rng.max))
+        parts.append(f"{key} {range_text(rng.min, rng.max)}")
         norm[key] = (rng.min if rng.min is not None else -_INF, rng.max if rng.max is not None else _INF)
     for key in ("capabilities", "any_capability", "not_capabilities"):
         raw = getattr(spec, key)
@@ -217,22 +168,22 @@ def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[lis
         names = as_names(raw)
         for name in names:
             if name not in CAPABILITIES:
-                problems.add(src, (*path, key), f"unknown capability `{name}` (known: {_list(CAPABILITIES)})")
+                problems.add(src, (*path, key), f"unknown capability `{name}` (known: {names_text(CAPABILITIES)})")
         caps = frozenset(names)
         if not caps:
             problems.add(src, (*path, key), f"`{key}` lists nothing")
             continue
         norm[key] = caps
-        conds.append(_caps_cond(key, caps))
+        conds.append(caps_cond(key, caps))
         label = {"capabilities": "needs all of", "any_capability": "needs any of",
                  "not_capabilities": "needs none of"}[key]
-        parts.append(f"{label} [{_list(names)}]")
+        parts.append(f"{label} [{names_text(names)}]")
     for key in ("stream", "deterministic"):
         value = getattr(spec, key)
         if value is None:
             continue
         norm[key] = value
-        conds.append(_bool_cond(key, value))
+        conds.append(bool_cond(key, value))
         parts.append(f"{key} is {str(value).lower()}")
     # A few contradictions that make a rule dead on its own.
     if "requested" in norm and "model" in norm and ctx.models is not None:
@@ -241,58 +192,6 @@ def _compile_match(ctx: _RuleContext, spec: MatchSpec, path: PathT) -> tuple[lis
             problems.add(src, (*path, "requested"),
                          "`requested` and `model` contradict each other; the rule can never match")
     return conds, parts, norm
-
-
-_KIND_WORDS = {"auto": "`auto`", "alias": "an alias", "model": "a model name"}
-
-
-def _requested_cond(allowed: frozenset[str], shown: str) -> Cond:
-    wanted = " or ".join(_KIND_WORDS[k] for k in REQUESTED_KINDS if k in allowed)
-
-    def cond(f: Features, c: Caller, name: str, kind: str) -> str | None:
-        if kind in allowed:
-            return None
-        if kind == "auto":
-            return f"`auto` was requested, not {wanted}"
-        return f"`{name}` ({_KIND_WORDS[kind]}) was requested, not {wanted}"
-
-    return cond
-
-
-def _header_cond(name: str, allowed: frozenset[str] | None, shown: str) -> Cond:
-    def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
-        value = f.headers.get(name)
-        if value is None:
-            return f"header `{name}` is absent"
-        if allowed is None or value in allowed:
-            return None
-        return f"header `{name}` is `{value}`, not one of {shown}"
-
-    return cond
-
-
-def _caps_cond(key: str, caps: frozenset[str]) -> Cond:
-    shown = _list(sorted(caps))
-    if key == "capabilities":
-        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
-            missing = caps - f.capabilities
-            return f"does not need {_list(sorted(missing))}" if missing else None
-    elif key == "any_capability":
-        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
-            return None if not caps.isdisjoint(f.capabilities) else f"needs none of {shown}"
-    else:
-        def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
-            extra = caps & f.capabilities
-            return f"needs {_list(sorted(extra))}" if extra else None
-    return cond
-
-
-def _bool_cond(key: str, want: bool) -> Cond:
-    def cond(f: Features, c: Caller, n: str, k: str) -> str | None:
-        value = bool(getattr(f, key))
-        return None if value == want else f"{key} is {str(value).lower()}, not {str(want).lower()}"
-
-    return cond
 
 
 def _covers(a: Mapping[str, Any], b: Mapping[str, Any], model_kinds: Mapping[str, str]) -> bool:
