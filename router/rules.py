@@ -1,9 +1,9 @@
 """The routing rules: routing.yaml compiled into ordered `Rule`s and the implicit default rule.
 
 Phase two of loading routing.yaml (phase one is router/spec.py): each rule's `match` becomes a tuple of
-condition closures (router/conditions.py) that say why a request does not match (for explain), its action and cache policy are
-resolved against the catalogue, and rules that can never match -- contradictions, or an earlier rule
-that takes every request they would -- are errors.
+condition closures (router/conditions.py) that say why a request does not match (for explain), its
+action and cache policy are resolved against the catalogue, and rules that can never match --
+contradictions, or an earlier rule that takes every request they would -- are errors.
 """
 
 from __future__ import annotations
