@@ -50,7 +50,7 @@ vllm-env: $(VLLM_VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy router workers gateway
+	$(BIN)/mypy router workers gateway vllm_sim
 
 test: venv vllm-env lint
 	$(BIN)/pytest

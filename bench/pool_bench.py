@@ -1,6 +1,6 @@
 """Replica choice under load: load-aware vs round-robin, and prefix affinity vs plain load balancing.
 
-Three *simulated* vLLM replicas of unequal speed (workers/simulator) sit behind one pool of a real
+Three *simulated* vLLM replicas of unequal speed (vllm_sim) sit behind one pool of a real
 `gateway serve`; an open-loop load generator sends requests at a fixed rate. Each scenario runs in
 the same session against the same replicas, so the figures are ratios measured in one run.
 
@@ -59,7 +59,7 @@ def start_sims(prefix_blocks: int) -> list[tuple[subprocess.Popen[bytes], str]]:
     for speed in SPEEDS_MS:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.simulator", "--model", "m", "--port", str(port),
+            [sys.executable, "-m", "vllm_sim", "--model", "m", "--port", str(port),
              "--output-token-ms", str(speed), "--ttft-ms", "5", "--prompt-token-us", "300",
              "--max-running", "4", "--max-model-len", "8192", "--prefix-cache-blocks", str(prefix_blocks)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

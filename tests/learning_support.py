@@ -1,6 +1,6 @@
 """What the tests of learning from production share: a policy directory that routes on a given predictor
 (with a simulated judge model when asked), a PostgreSQL database of a test's own, and simulator traffic
-whose difficulty the simulator's hidden truth (workers/simulator/truth.py) decides.
+whose difficulty the simulator's hidden truth (vllm_sim/truth.py) decides.
 
 The prompts are made of made-up words in Latin and Cyrillic letters and of CJK characters, so nothing
 English-specific can carry the signal. Each prompt draws its words from the hard and the easy ones in a
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from tests.test_accounting_support import create_pg_database, drop_pg_database
-from workers.simulator import truth
+from vllm_sim import truth
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 JUDGE_PRICE = {"effective_from": "2026-01-01", "per_token": {"input_per_million": 0.5, "output_per_million": 1.0}}

@@ -1,6 +1,6 @@
 """The running gateway, driven with the official `openai` SDK (sync and async) and raw HTTP.
 
-The workers here are simulated vLLM engines (workers/simulator); tests/test_real_vllm.py runs the
+The workers here are simulated vLLM engines (vllm_sim); tests/test_real_vllm.py runs the
 same checks against a real vLLM engine.
 """
 

@@ -1,4 +1,4 @@
-"""The vLLM simulator (workers/simulator), served for real by uvicorn in a background thread and
+"""The vLLM simulator (vllm_sim), served for real by uvicorn in a background thread and
 driven over HTTP with httpx; its answers are compared with real vLLM 0.32 bytes (tests/fixtures)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import httpx
 import msgspec
 import pytest
 
-from workers.simulator import Faults, SimConfig, SimServer
-from workers.simulator.__main__ import build_parser, config_from_args
-from workers.simulator.text import count_tokens, generate, render_chat
+from vllm_sim import Faults, SimConfig, SimServer
+from vllm_sim.__main__ import build_parser, config_from_args
+from vllm_sim.text import count_tokens, generate, render_chat
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 CREATED = 1795818555
@@ -729,14 +729,14 @@ def test_config_validation_and_created_env(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cli_serves_and_says_it_is_a_simulator() -> None:
     help_text = subprocess.run(
-        [sys.executable, "-m", "workers.simulator", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "vllm_sim", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "SIMULATOR" in help_text and "--max-waiting" in help_text
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "workers.simulator",
+            "vllm_sim",
             "--model",
             "cli-model",
             "--port",

@@ -1,4 +1,4 @@
-"""The vLLM simulator's hidden ground truth of answer quality (workers/simulator/truth.py) and its
+"""The vLLM simulator's hidden ground truth of answer quality (vllm_sim/truth.py) and its
 judge mode: the pure functions directly, then markers and verdicts over HTTP from a real
 simulator (uvicorn in a background thread)."""
 
@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.simulator import SimConfig, SimServer
-from workers.simulator.__main__ import build_parser, config_from_args
-from workers.simulator.judge import verdict
-from workers.simulator.text import count_tokens, generate, render_chat
-from workers.simulator.truth import acceptable, difficulty, p_acceptable
+from vllm_sim import SimConfig, SimServer
+from vllm_sim.__main__ import build_parser, config_from_args
+from vllm_sim.judge import verdict
+from vllm_sim.text import count_tokens, generate, render_chat
+from vllm_sim.truth import acceptable, difficulty, p_acceptable
 
 CREATED = 1795818555
 ABILITY = 0.5

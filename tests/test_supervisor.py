@@ -21,7 +21,7 @@ from workers.supervisor import Supervisor, group_alive
 
 def test_commands_for_each_engine() -> None:
     argv, env = replica_command(LaunchSpec(engine="sim", args=("--ttft-ms", "1")), "m", 9000)
-    assert argv[1:] == ["-m", "workers.simulator", "--model", "m", "--host", "127.0.0.1", "--port", "9000",
+    assert argv[1:] == ["-m", "vllm_sim", "--model", "m", "--host", "127.0.0.1", "--port", "9000",
                         "--ttft-ms", "1"]
     argv, env = replica_command(
         LaunchSpec(engine="vllm", model_path="/models/llama", gpus_per_replica=2, args=("--max-model-len", "8192")),

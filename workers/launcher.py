@@ -44,7 +44,7 @@ def replica_command(spec: LaunchSpec, model: str, port: int) -> tuple[list[str],
     """The command line and extra environment of one replica."""
     net = ["--host", "127.0.0.1", "--port", str(port)]
     if spec.engine == "sim":
-        return [sys.executable, "-m", "workers.simulator", "--model", model, *net, *spec.args], {}
+        return [sys.executable, "-m", "vllm_sim", "--model", model, *net, *spec.args], {}
     assert spec.model_path is not None  # settings validation requires it for vLLM engines
     model_path = os.path.expanduser(spec.model_path)
     python = os.path.expanduser(spec.python) if spec.python else None

@@ -1,6 +1,6 @@
 """`gateway sim`: a vLLM simulator (a fake engine for demos, tests and benchmarks).
 
-gateway/cli.py hands every argument after `sim` to workers.simulator; this only lists it in --help.
+gateway/cli.py hands every argument after `sim` to vllm_sim; this only lists it in --help.
 """
 
 from __future__ import annotations

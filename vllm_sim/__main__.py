@@ -1,4 +1,4 @@
-"""CLI of the vLLM *simulator* (a fake vLLM 0.32 server): ``python -m workers.simulator``.
+"""CLI of the vLLM *simulator* (a fake vLLM 0.32 server): ``python -m vllm_sim``.
 
 Another CLI can delegate to :func:`main` with its own argv.
 """
@@ -10,14 +10,14 @@ import signal
 import sys
 from types import FrameType
 
-from workers.simulator.config import SimConfig
+from vllm_sim.config import SimConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 _DEFAULTS = SimConfig()
 
 
-def build_parser(prog: str = "python -m workers.simulator") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m vllm_sim") -> argparse.ArgumentParser:
     d = _DEFAULTS
     p = argparse.ArgumentParser(
         prog=prog,
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from workers.simulator.app import _bind, create_sim_app
+    from vllm_sim.app import _bind, create_sim_app
 
     app = create_sim_app(config)
     try:

@@ -37,9 +37,9 @@ from typing import Any
 
 import msgspec
 
-from workers.simulator.config import Faults, SimConfig
-from workers.simulator.judge import verdict
-from workers.simulator.text import (
+from vllm_sim.config import Faults, SimConfig
+from vllm_sim.judge import verdict
+from vllm_sim.text import (
     Generated,
     count_tokens,
     encode,
@@ -49,7 +49,7 @@ from workers.simulator.text import (
     render_chat,
     warm_up,
 )
-from workers.simulator.truth import OK_MARKER, POOR_MARKER, acceptable
+from vllm_sim.truth import OK_MARKER, POOR_MARKER, acceptable
 
 __all__ = [
     "SYSTEM_FINGERPRINT",

@@ -1,14 +1,14 @@
 """The vLLM *simulator*'s judge mode: grades two answers by the quality markers they carry.
 
 It stands in for a real judge model reading a grading prompt: a real judge would read the two
-answers; this one only looks for the markers of :mod:`workers.simulator.truth`.
+answers; this one only looks for the markers of :mod:`vllm_sim.truth`.
 """
 
 from __future__ import annotations
 
 import re
 
-from workers.simulator.truth import OK_MARKER, POOR_MARKER
+from vllm_sim.truth import OK_MARKER, POOR_MARKER
 
 __all__ = ["score", "verdict"]
 

@@ -9,13 +9,13 @@ plays a model of a given quality against a hidden ground truth (``truth.py``: an
 ``[ok]`` / ``[poor]``) and a judge grading answers by those markers (``judge.py``), for testing
 learned routing.
 
-    python -m workers.simulator --model tiny --port 8001
+    python -m vllm_sim --model tiny --port 8001
 
 or in-process: ``create_sim_app(SimConfig(...))`` (an ASGI app) / ``SimServer`` (uvicorn in
 a background thread).
 """
 
-from workers.simulator.app import (
+from vllm_sim.app import (
     SYSTEM_FINGERPRINT,
     VLLM_VERSION,
     SimApp,
@@ -24,7 +24,7 @@ from workers.simulator.app import (
     SimulatedDeath,
     create_sim_app,
 )
-from workers.simulator.config import FIXED_CREATED_ENV, Faults, SimConfig
+from vllm_sim.config import FIXED_CREATED_ENV, Faults, SimConfig
 
 __all__ = [
     "FIXED_CREATED_ENV",

@@ -13,7 +13,7 @@ import msgspec
 
 __all__ = ["FIXED_CREATED_ENV", "Faults", "SimConfig"]
 
-#: Environment variable read by :func:`workers.simulator.app.create_sim_app` when
+#: Environment variable read by :func:`vllm_sim.app.create_sim_app` when
 #: ``SimConfig.fixed_created`` is None: an integer used as every response's ``created``.
 FIXED_CREATED_ENV = "VLLM_SIM_FIXED_CREATED"
 
@@ -111,7 +111,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     stall_ms: float = 2000.0
     die_rate: float = 0.0
     die_after_tokens: int = 4
-    # Hidden ground truth of answer quality (workers/simulator/truth.py), for testing learned routing.
+    # Hidden ground truth of answer quality (vllm_sim/truth.py), for testing learned routing.
     #: Simulated model quality in [0, 1]: every answer starts with ``[ok] `` or ``[poor] ``, decided
     #: deterministically from the last user message (chat) or the prompt (completions) and this
     #: ability.  None = no quality model: the text is exactly as without these fields.
