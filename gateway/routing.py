@@ -24,7 +24,7 @@ from router.errors import ModelNotFound
 from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
 from router.pricing import TokenRates
 from router.quality import QualityProbe
-from workers.pool import Pool, Pools
+from workers.pool import Pool, Pools, pool_load
 
 log = logging.getLogger("gateway.routing")
 
@@ -106,12 +106,6 @@ class PolicyStore:
 
 def policy_directory(configured: str | None) -> Path:
     return Path(configured) if configured else default_policy_dir()
-
-
-def pool_load(p: Pool) -> float:
-    """How busy a pool is: 0 = idle, 1 = as busy as it may be."""
-    capacity = p.gate.limit if p.gate else 32 * max(1, len(p.replicas))
-    return min(1.0, sum(r.load() for r in p.replicas) / capacity)
 
 
 def pool_states(pools: Pools) -> dict[str, PoolState]:

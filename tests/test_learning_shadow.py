@@ -37,7 +37,6 @@ from gateway.learning.shadow.judge import (
 from gateway.learning.shadow.service import GRACE_S, MAX_TAP_BYTES, Watch, sample_fraction, shadow_body
 from gateway.learning.shadow.spend import DailySpend
 from gateway.learning.store import RoutingOutcome
-from gateway.routing import pool_load
 from gateway.settings import SettingsError, load_settings
 from router import features
 from router.classify import classify
@@ -49,6 +48,7 @@ from tests.learning_support import prompts as traffic
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.test_accounting_support import any_url, create_pg_database, drop_pg_database, record  # noqa: F401
 from vllm_sim.truth import acceptable
+from workers.pool import pool_load
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)

@@ -1,4 +1,5 @@
-"""Pools of replicas, their live state, and the choice of a replica for one call.
+"""Pools of replicas, their live state, the choice of a replica for one call, admission, and how busy a
+pool is.
 
 The choice functions are pure: replicas (with the state last seen) and `now` in, a replica out.
 """
@@ -158,6 +159,16 @@ class Gate:
                 waiter.set_result(None)  # the slot passes straight to the next waiter
                 return
         self.active -= 1
+
+
+# With no admission gate, a pool counts as full at this many calls per replica (a guess).
+UNGATED_CALLS_PER_REPLICA = 32
+
+
+def pool_load(pool: Pool) -> float:
+    """How busy a pool is: 0 = idle, 1 = as busy as it may be (its gate's limit, else the guess above)."""
+    capacity = pool.gate.limit if pool.gate else UNGATED_CALLS_PER_REPLICA * max(1, len(pool.replicas))
+    return min(1.0, sum(r.load() for r in pool.replicas) / capacity)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Calls to a pool's replicas through one pooled client, with failover before the first byte.
+"""The pooled client that calls the workers, and one open call on a replica (failover: workers/forward.py).
 
 Calls go over aiohttp's connection pool. Measured here (bench/upstream_client_bench.py, CPU per call
 at 64 concurrent calls to nginx): httpx with its own transport ~0.9 ms (httpcore polls every idle
@@ -11,7 +11,6 @@ errors are translated here, at the boundary, into the gateway's error tree (`fai
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -19,12 +18,8 @@ from typing import Literal, Protocol
 
 import aiohttp
 
-from router.errors import NoHealthyReplica, UpstreamTimeout
-from workers.pool import Gate, Pool, Replica
+from workers.pool import Gate, Replica
 
-log = logging.getLogger("gateway.workers")
-
-RETRY_AFTER_S = "1"
 # Idle pooled connections are closed after this, before the worker closes them: vLLM's server does at 5 s
 # (VLLM_HTTP_TIMEOUT_KEEP_ALIVE; uvicorn's default too), aiohttp's own default is 15 s. A call written on a
 # connection the worker is closing fails before any answer, and counts against a healthy replica.
@@ -144,103 +139,3 @@ def new_upstream(connect_timeout: float, timeout: float, max_connections: int) -
         trust_env=False,
     )
     return Upstream(session, checks)
-
-
-def _failed(replica: Replica, why: str, failures: list[str]) -> None:
-    replica.in_flight -= 1
-    replica.last_error = why
-    replica.breaker.failed(time.monotonic())
-    failures.append(f"{replica.url}: {why}")
-
-
-async def open_call(
-    upstream: Upstream,
-    pool: Pool,
-    path: str,
-    body: bytes,
-    request_id: str,
-    attempts: int,
-    prefix: bytes | None = None,
-    extra_headers: Mapping[str, str] | None = None,
-) -> UpstreamCall:
-    """Send `body` to a replica of `pool` and return once its status and headers have arrived.
-    `extra_headers` go with it (the trace context: `traceparent`, `tracestate`).
-
-    A refused connection or a 5xx before the first byte moves on to another replica, at most
-    `attempts` replicas in all; the last 5xx is returned as it is when none succeeds. The pool's
-    admission gate is entered first and left when the call is closed.
-    """
-    if pool.gate is not None:
-        await pool.gate.enter()
-    try:
-        return await _open(upstream, pool, path, body, request_id, attempts, prefix, extra_headers)
-    except BaseException:
-        if pool.gate is not None:
-            pool.gate.leave()
-        raise
-
-
-async def _open(
-    upstream: Upstream,
-    pool: Pool,
-    path: str,
-    body: bytes,
-    request_id: str,
-    attempts: int,
-    prefix: bytes | None,
-    extra_headers: Mapping[str, str] | None,
-) -> UpstreamCall:
-    headers = {
-        "content-type": "application/json",
-        "accept-encoding": "identity",  # passthrough streams must not be compressed
-        "x-request-id": request_id,
-        **pool.headers,
-    }
-    if extra_headers:
-        headers.update(extra_headers)
-    tried: list[Replica] = []
-    failures: list[str] = []
-    while len(tried) < attempts:
-        replica = pool.choose(exclude=tried, prefix=prefix)
-        if replica is None:
-            break
-        tried.append(replica)
-        replica.in_flight += 1
-        try:
-            response = await upstream.send(replica.url + path, body, headers)
-        except UPSTREAM_ERRORS as exc:
-            kind = failure_kind(exc)
-            name = type(exc).__name__
-            if kind == "connect":
-                _failed(replica, f"connect failed: {name}", failures)
-                replica.healthy = False  # the health checker brings it back
-                log.warning("request %s: replica %s refused, trying another", request_id, replica.url)
-                continue
-            if kind == "timeout":
-                _failed(replica, "timed out", failures)
-                raise UpstreamTimeout(f"The worker for model `{pool.model}` did not answer in time.") from exc
-            _failed(replica, name, failures)
-            log.warning("request %s: replica %s failed before answering (%s)", request_id, replica.url, name)
-            continue
-        except BaseException:  # cancelled: the client left before the worker answered
-            replica.in_flight -= 1
-            replica.breaker.abandoned()
-            raise
-        call = UpstreamCall(replica, response, pool.gate)
-        if response.status_code < 500:
-            replica.breaker.succeeded()
-            return call
-        replica.last_error = f"answered {response.status_code}"
-        replica.breaker.failed(time.monotonic())
-        if len(tried) < attempts and pool.has_candidate(exclude=tried):
-            log.warning("request %s: replica %s answered %d, trying another",
-                        request_id, replica.url, response.status_code)
-            call.gate = None  # the gate is left once, by open_call's caller
-            await call.aclose()
-            continue
-        return call
-    detail = "no healthy replica" if not failures else f"{len(failures)} replica(s) failed"
-    raise NoHealthyReplica(
-        f"No worker can serve model `{pool.model}` right now ({detail}); retry shortly.",
-        headers={"retry-after": RETRY_AFTER_S},
-    )

@@ -23,10 +23,10 @@ from gateway.relay import RelayStream, read_usage
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import Route, route
-from gateway.telemetry.tracing import RequestTrace, auth_times, route_attributes
-from router.errors import NoHealthyReplica
+from gateway.telemetry.tracing import RequestTrace, UpstreamSpans, auth_times, route_attributes
+from workers.forward import forward_call
 from workers.pool import Pool
-from workers.upstream import UpstreamCall, open_call
+from workers.upstream import UpstreamCall
 
 log = logging.getLogger("gateway")
 
@@ -40,38 +40,21 @@ async def _open(
     ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str, outcome: Outcome,
     trace_headers: dict[str, str] | None,
 ) -> tuple[str, Pool, UpstreamCall, bool]:
-    """The call on the first target that answers: the routed model, then its fallback models when
-    every replica of a pool failed before answering."""
+    """The call on the first of the route's targets that answers (workers/forward.py), and whether the
+    usage chunk the client did not ask for is to be dropped from its stream."""
     max_tokens = chosen.decision.max_tokens if chosen.decision else None
-    trace: RequestTrace | None = outcome.trace
-    last = len(chosen.targets) - 1
-    for i, (model, pool) in enumerate(chosen.targets):
+    strip_usage = False
+
+    def prepare(model: str, pool: Pool) -> tuple[bytes, bytes | None]:
+        nonlocal strip_usage
         payload, strip_usage = upstream_body(parsed, model, body, max_tokens)
-        prefix = prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
-        if trace is not None:  # the worker continues the upstream span's trace
-            trace_headers = trace.upstream(outcome, model, pool.name, parsed.data)
-        try:
-            call = await open_call(ctx.upstream, pool, path, payload, rid, ctx.settings.upstream_attempts, prefix,
-                                   trace_headers)
-        except BaseException as exc:
-            if trace is not None:
-                trace.upstream_failed(exc)
-            if not isinstance(exc, NoHealthyReplica) or i == last:
-                raise
-            log.warning("request %s: pool %s cannot serve %s; falling back to %s", rid, pool.name, model,
-                        chosen.targets[i + 1][0])
-            continue
-        if call.response.status_code >= 500 and i < last:
-            log.warning("request %s: pool %s answered %d; falling back to %s", rid, pool.name,
-                        call.response.status_code, chosen.targets[i + 1][0])
-            if trace is not None:
-                trace.upstream_failed(call.response.status_code)
-            await call.aclose()
-            continue
-        if trace is not None:
-            trace.upstream_opened(call)
-        return model, pool, call, strip_usage
-    raise AssertionError("a route has at least one target")
+        return payload, prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
+
+    # Traced: the worker continues the upstream span's trace instead of the caller's.
+    spans = UpstreamSpans(outcome.trace, outcome, parsed.data) if outcome.trace is not None else None
+    done = await forward_call(ctx.upstream, chosen.targets, path, prepare, rid, ctx.settings.upstream_attempts,
+                              trace_headers, spans)
+    return done.model, done.pool, done.call, strip_usage
 
 
 async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,

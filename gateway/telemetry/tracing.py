@@ -393,6 +393,25 @@ class RequestTrace:
         return f"{self._context[0]:032x}"
 
 
+class UpstreamSpans:
+    """The worker calls of one traced request, as forwarding reports them (`workers.forward.CallObserver`):
+    a CLIENT span per target tried."""
+
+    __slots__ = ("body", "outcome", "trace")
+
+    def __init__(self, trace: RequestTrace, outcome: Outcome, body: Mapping[str, Any]) -> None:
+        self.trace, self.outcome, self.body = trace, outcome, body
+
+    def calling(self, model: str, pool: str) -> dict[str, str]:
+        return self.trace.upstream(self.outcome, model, pool, self.body)
+
+    def failed(self, error: BaseException | int) -> None:
+        self.trace.upstream_failed(error)
+
+    def opened(self, call: UpstreamCall) -> None:
+        self.trace.upstream_opened(call)
+
+
 def _usage_attributes(attributes: dict[str, Any], usage: Any) -> None:
     attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
     attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens

@@ -18,8 +18,9 @@ from gateway.learning.shadow.answers import Kind, body_text
 from gateway.learning.shadow.spend import DailySpend
 from gateway.outcome import Outcome, failure_of, finish
 from gateway.relay import read_usage
+from workers.forward import forward_call
 from workers.pool import Pool
-from workers.upstream import Upstream, open_call
+from workers.upstream import Upstream
 
 log = logging.getLogger("gateway.learning")
 
@@ -54,8 +55,9 @@ async def call_model(env: CallEnv, pool: Pool, model: str, kind: Kind, body: dic
                       key_id=caller.key_id)
     content = b""
     try:
-        call = await open_call(env.upstream, pool, PATHS[kind], msgspec.json.encode(body), request_id, env.attempts,
-                               prefix)
+        payload = msgspec.json.encode(body)
+        call = (await forward_call(env.upstream, ((model, pool),), PATHS[kind], lambda _model, _pool: (payload, prefix),
+                                   request_id, env.attempts)).call
         outcome.replica, outcome.status = call.replica.url, call.response.status_code
         try:
             content = await call.response.aread()

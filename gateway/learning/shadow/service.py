@@ -33,10 +33,10 @@ from gateway.learning.shadow.judge import (
 )
 from gateway.learning.store import OutcomeRow, upsert_outcomes
 from gateway.openai_request import prompt_prefix
-from gateway.routing import PolicyStore, Route, pool_load
+from gateway.routing import PolicyStore, Route
 from gateway.settings import ShadowSettings
 from router import features
-from workers.pool import Pool, Pools
+from workers.pool import Pool, Pools, pool_load
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
