@@ -1,7 +1,8 @@
 """The gateway's one exception tree.
 
 It lives at the bottom layer so that every layer (router, workers, gateway) raises errors that already
-know their HTTP status and OpenAI error type; one exception handler in the gateway renders them.
+know their HTTP status and OpenAI error type; one exception handler in the gateway renders them
+(gateway/errors.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
+
+
+# --- requests, paths and workers
 
 
 class InvalidRequest(GatewayError):
@@ -66,14 +70,6 @@ class NoHealthyReplica(GatewayError):
     code = "no_healthy_replica"
 
 
-class UpstreamUnavailable(GatewayError):
-    """Every replica tried refused the connection or failed before answering."""
-
-    status = 502
-    type = "upstream_error"
-    code = "upstream_unavailable"
-
-
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout_error"
@@ -86,6 +82,70 @@ class PoolOverloaded(GatewayError):
     status = 503
     type = "service_unavailable_error"
     code = "pool_overloaded"
+
+
+# --- keys and roles (gateway/auth/)
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class AuthUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "auth_unavailable"
+
+
+# --- rate limits and budgets (gateway/limits/)
+
+
+class RateLimited(GatewayError):
+    """Over a rate limit; `type` is the limit's kind, `requests` or `tokens`, as OpenAI sends it."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "limits_unavailable"
+
+
+# --- feedback (gateway/learning/feedback.py)
+
+
+class RequestNotFound(GatewayError):
+    """Feedback on a call the feature stash does not hold (unknown, expired, or another tenant's)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "request_not_found"
+
+
+class FeedbackUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "feedback_unavailable"
+
+
+# --- routing (router/)
 
 
 class RoutingError(GatewayError):

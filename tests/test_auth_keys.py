@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import keys, service, store
 from gateway.auth.principal import Limits
-from gateway.auth.service import REVOKED_CHANNEL, Auth, AuthUnavailable, Unauthenticated, presented_key
+from gateway.auth.service import REVOKED_CHANNEL, Auth, presented_key
 from gateway.settings import load_settings
+from router.errors import AuthUnavailable, Unauthenticated
 from tests.limits_support import REDIS_URL, require_redis
 from tests.test_accounting_support import any_url, migrated_engine, pg_url  # noqa: F401 (fixtures)
 

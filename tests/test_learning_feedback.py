@@ -23,12 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.accounting import db
 from gateway.accounting.models import UsageRecord
 from gateway.auth.principal import ANONYMOUS
-from gateway.learning.feedback import RequestNotFound, submit_feedback
+from gateway.learning.feedback import submit_feedback
 from gateway.learning.stash import MemoryStash, RedisStash, StashEntry
 from gateway.learning.store import RoutingOutcome
 from gateway.redis_batch import RedisBatcher
 from router import features
 from router.classify import classify
+from router.errors import RequestNotFound
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
 from tests.learning_support import Database, learned_policies

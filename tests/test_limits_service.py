@@ -24,17 +24,10 @@ from gateway.auth.principal import Principal
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
-from gateway.limits.service import (
-    BudgetExceeded,
-    Limits,
-    LimitsUnavailable,
-    RateLimited,
-    duration,
-    from_units,
-    to_units,
-)
+from gateway.limits.service import Limits, duration, from_units, to_units
 from gateway.outcome import Outcome, Usage, finish
 from gateway.routing import ActivePolicy, Route, route
+from router.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from router.policy import default_policy_dir, load_policy_set
 from tests.test_accounting_support import migrated_engine, record
 from workers.pool import Pool, Pools, Replica

@@ -22,10 +22,10 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from gateway.auth.principal import Principal, Role
-from gateway.auth.service import Auth, AuthUnavailable, Forbidden
+from gateway.auth.service import Auth
 from gateway.request_id import request_id
 from gateway.telemetry.logs import refused
-from router.errors import GatewayError, MethodNotAllowed
+from router.errors import AuthUnavailable, Forbidden, GatewayError, MethodNotAllowed
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN: frozenset[Role] = frozenset({"admin"})

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.auth import store
 from gateway.auth.keys import DevKey, digest
 from gateway.auth.principal import ANONYMOUS, Principal
-from router.errors import GatewayError
+from router.errors import AuthUnavailable, Unauthenticated
 
 log = logging.getLogger("gateway.auth")
 
@@ -40,24 +40,6 @@ MAX_CACHED = 100_000  # keys found; past that their cache starts over
 # one only (at 100k they took ~20 MB), and never pushes out the keys in use.
 MAX_UNKNOWN = 4096
 BEARER = "bearer "
-
-
-class Unauthenticated(GatewayError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(GatewayError):
-    status = 403
-    type = "permission_error"
-    code = "insufficient_permissions"
-
-
-class AuthUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable_error"
-    code = "auth_unavailable"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

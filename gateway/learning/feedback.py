@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.auth.principal import Principal
 from gateway.learning.stash import FeatureStash, StashEntry
 from gateway.learning.store import OutcomeRow, upsert_outcome
-from router.errors import GatewayError, InvalidRequest
+from router.errors import FeedbackUnavailable, InvalidRequest, RequestNotFound
 
 log = logging.getLogger("gateway.learning")
 
@@ -28,18 +28,6 @@ LABELS = {"good": 1.0, "bad": 0.0}
 FIELDS = ("request_id", "score", "label", "model")
 MAX_REQUEST_ID = 128
 WRITE_TIMEOUT_S = 10.0
-
-
-class RequestNotFound(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "request_not_found"
-
-
-class FeedbackUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable_error"
-    code = "feedback_unavailable"
 
 
 class Feedback(msgspec.Struct, frozen=True):

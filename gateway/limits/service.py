@@ -54,7 +54,7 @@ from gateway.limits.backend import (
     RateState,
 )
 from gateway.limits.periods import window
-from router.errors import GatewayError
+from router.errors import BudgetExceeded, GatewayError, LimitsUnavailable, RateLimited
 
 if TYPE_CHECKING:
     from gateway.outcome import Outcome
@@ -67,24 +67,6 @@ PROMPT_MARGIN_TOKENS = 16  # chat template tokens the prompt estimate does not s
 SETTLE_BATCH = 500
 SETTLE_RETRY_S = 1.0
 SETTLE_GIVE_UP_S = 120.0
-
-
-class RateLimited(GatewayError):
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
-
-
-class BudgetExceeded(GatewayError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
-
-
-class LimitsUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable_error"
-    code = "limits_unavailable"
 
 
 def to_units(amount: Decimal) -> int:
