@@ -22,6 +22,7 @@ from gateway.auth.service import start_auth
 from gateway.cache import build_cache
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.front import GatewayApp
 from gateway.learning.shadow import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.service import start_limits
@@ -70,9 +71,10 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
     return Pools(pools)
 
 
-def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> Litestar:
-    """The gateway's app. `span_exporter` (tests: an in-memory exporter) turns tracing on with that
-    exporter, whatever `otel_exporter` says; each span is handed to it as it ends."""
+def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> GatewayApp:
+    """The gateway's app, as served (the short way in for inference calls included: gateway/front.py).
+    `span_exporter` (tests: an in-memory exporter) turns tracing on with that exporter, whatever
+    `otel_exporter` says; each span is handed to it as it ends."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -141,7 +143,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             yield
             gc.unfreeze()
 
-    return Litestar(
+    return GatewayApp(
         route_handlers=HANDLERS,
         guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
         lifespan=[lifespan],

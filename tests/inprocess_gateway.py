@@ -16,7 +16,6 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.context import GatewayContext
-from gateway.front import with_front
 from gateway.settings import Settings, load_settings
 from tests.gateway_process import DEV_KEY
 from workers.launcher import free_port
@@ -26,8 +25,8 @@ T = TypeVar("T")
 
 class InProcessGateway:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, span_exporter: Any = None,
-                 dev_key: str = DEV_KEY, serve: Callable[[Any], Any] = with_front) -> None:
-        """`serve`: what uvicorn serves, made from the app (`gateway serve`'s: `with_front`)."""
+                 dev_key: str = DEV_KEY, serve: Callable[[Any], Any] | None = None) -> None:
+        """`serve`: what uvicorn serves, made from the app (by default the app itself, as `gateway serve`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         base = {"state_dir": str(workdir / "state"), "dev_key": dev_key, "port": self.port, "host": "127.0.0.1"}
@@ -35,7 +34,8 @@ class InProcessGateway:
         self.key = dev_key
         self.app = create_app(self.settings, span_exporter=span_exporter)
         self.server = uvicorn.Server(uvicorn.Config(
-            serve(self.app), host="127.0.0.1", port=self.port, loop="asyncio", http="httptools", lifespan="on",
+            self.app if serve is None else serve(self.app), host="127.0.0.1", port=self.port, loop="asyncio",
+            http="httptools", lifespan="on",
             log_level="warning", access_log=False, timeout_graceful_shutdown=5,
         ))
         self.thread = threading.Thread(target=self.server.run, name=f"gateway:{self.port}", daemon=True)

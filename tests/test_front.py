@@ -1,8 +1,8 @@
 """gateway/front.py: inference POSTs take the short way in, and answer exactly as through Litestar.
 
 Two gateways in this process on the embedded defaults (simulated workers): one served as `gateway serve`
-serves it (`with_front`), one as the bare Litestar app. Every case gets the same status, error envelope
-and headers from both; and the short way is taken for inference POSTs only.
+serves it (the app `create_app` returns), one through Litestar's own entry point alone. Every case gets the
+same status, error envelope and headers from both; and the short way is taken for inference POSTs only.
 """
 
 from __future__ import annotations
@@ -13,43 +13,46 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 
-from gateway.front import with_front
 from tests.inprocess_gateway import InProcessGateway
 
 FAST = {"recorder_flush_interval_s": 0.05, "max_body_bytes": 4096}
 
 
-class CountingApp:
-    """The Litestar app, counting the calls that reach it (attributes are the app's)."""
+class Counting:
+    """Litestar's ASGI handler (its routing, middleware and route handlers), counting the calls it gets."""
 
-    def __init__(self, app: Any) -> None:
-        self._app = app
+    def __init__(self, handler: Any) -> None:
+        self._handler = handler
         self.paths: list[tuple[str, str]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._app, name)
-
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.paths.append((scope["method"], scope["path"]))
-        await self._app(scope, receive, send)
+        self.paths.append((scope["method"], scope["path"]))
+        await self._handler(scope, receive, send)
+
+
+def litestar_only(app: Litestar) -> Any:
+    """The app without its short way: every call through Litestar's own entry point."""
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        await Litestar.__call__(app, scope, receive, send)
+
+    return served
 
 
 @pytest.fixture(scope="module")
-def counted() -> dict[str, CountingApp]:
+def counted() -> dict[str, Counting]:
     return {}
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, counted: dict[str, CountingApp]) -> Iterator[
+def pair(tmp_path_factory: pytest.TempPathFactory, counted: dict[str, Counting]) -> Iterator[
         tuple[InProcessGateway, InProcessGateway]]:
-    def front(app: Any) -> Any:
-        counted["app"] = CountingApp(app)
-        return with_front(counted["app"])
-
-    short = InProcessGateway(tmp_path_factory.mktemp("front"), FAST, serve=front).start()
-    bare = InProcessGateway(tmp_path_factory.mktemp("bare"), FAST, serve=lambda app: app).start()
+    short = InProcessGateway(tmp_path_factory.mktemp("front"), FAST)
+    short.app.asgi_handler = counted["app"] = Counting(short.app.asgi_handler)
+    short.start()
+    bare = InProcessGateway(tmp_path_factory.mktemp("bare"), FAST, serve=litestar_only).start()
     yield short, bare
     short.stop()
     bare.stop()
@@ -116,7 +119,7 @@ def test_the_short_way_answers_as_litestar_does(pair: tuple[InProcessGateway, In
 
 
 def test_only_inference_posts_take_the_short_way(pair: tuple[InProcessGateway, InProcessGateway],
-                                                 counted: dict[str, CountingApp]) -> None:
+                                                 counted: dict[str, Counting]) -> None:
     short, _ = pair
     app = counted["app"]
     app.paths.clear()

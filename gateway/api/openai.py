@@ -159,8 +159,8 @@ async def _serve(scope: Scope, receive: Receive, send: Send, path: str) -> None:
     await answer.send(receive, send)
 
 
-# Served, as POSTs, by gateway/front.py's short way; these routes are Litestar's for everything else
-# (the guard answers 405 for other methods, before asking for a key) and for apps served without it.
+# POSTs to these exact paths take gateway/front.py's short way; these routes are Litestar's for the rest
+# (the guard answers 405 for other methods, before asking for a key; a path with a trailing slash).
 @asgi("/v1/chat/completions", copy_scope=False, opt={"methods": ("POST",)})
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await _serve(scope, receive, send, "/v1/chat/completions")

@@ -9,7 +9,8 @@ import socket
 import sys
 from typing import Any
 
-from gateway.settings import SettingsError, load_settings
+from gateway.commands import config as options
+from gateway.settings import SettingsError
 
 # Allocations between collections of the youngest generation (Python's default: 700). A call allocates
 # thousands of objects that reference counting frees within the call; at 700, the objects of dozens of
@@ -21,7 +22,7 @@ GC_YOUNG_THRESHOLD = 20_000
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the OpenAI-compatible API")
-    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
+    options.add_config(p, "every setting of the gateway")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default $GATEWAY_PORT or 8080)")
     p.set_defaults(run=run)
@@ -31,12 +32,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.front import with_front
+    from gateway.commands.startup import DEBUG_HINT, guard_startup, report
 
     try:
-        settings = load_settings(args.config, overrides={"host": args.host, "port": args.port})
+        settings = options.settings(args, host=args.host, port=args.port)
     except SettingsError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+        print(f"gateway: error: {exc} (check --config, $GATEWAY_CONFIG and the GATEWAY_* variables)", file=sys.stderr)
         return 2
     from gateway.telemetry.logs import configure_logging
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock = socket.create_server((settings.host, settings.port), reuse_port=False)
     except OSError as exc:
-        print(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        print(f"gateway: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror} (another process "
+              "may have it: stop it or choose another --port)", file=sys.stderr)
         return 1
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
     print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}  # ours, not uvicorn's
     config = uvicorn.Config(
-        with_front(create_app(settings)),
+        create_app(settings),
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
@@ -69,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    startup = guard_startup(config)
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)  # this process's: in-process test apps keep Python's
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except SystemExit:  # uvicorn's exit on a failed start
+        if startup.failure is None and not startup.refused:
+            raise
+    if startup.failure is not None or startup.refused:
+        print(report(startup.failure) if startup.failure is not None else "gateway: error: the gateway did not "
+              f"start ({DEBUG_HINT})", file=sys.stderr)
+        return 1
     return 0
