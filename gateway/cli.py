@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:  # everything after `sim` (--help included) belongs to the simulator
-        from vllm_sim.__main__ import main as sim_main
+        from gateway.commands.sim import main as sim_main
 
         return sim_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from vllm_sim import Faults, SimConfig, SimServer
-from vllm_sim.__main__ import build_parser, config_from_args
+from vllm_sim.cli import build_parser, config_from_args
 from vllm_sim.text import count_tokens, generate, render_chat
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
@@ -169,6 +169,8 @@ async def test_health_version_models_tokenize(sim: SimServer, client: httpx.Asyn
 
     r = await client.post(sim.url + "/tokenize", json={"model": "tiny", "messages": HELLO})
     assert r.json()["count"] == count_tokens(render_chat(HELLO).text)
+    r = await client.post(sim.url + "/tokenize", json={"model": "tiny", "messages": [{"role": "user", "content": 5}]})
+    assert (r.status_code, r.json()["error"]["type"]) == (400, "Bad Request")
 
     r = await client.get(sim.url + "/nowhere")
     assert r.status_code == 404

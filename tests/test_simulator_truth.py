@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from vllm_sim import SimConfig, SimServer
-from vllm_sim.__main__ import build_parser, config_from_args
+from vllm_sim.cli import build_parser, config_from_args
 from vllm_sim.judge import verdict
 from vllm_sim.text import count_tokens, generate, render_chat
 from vllm_sim.truth import acceptable, difficulty, p_acceptable

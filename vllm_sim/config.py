@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 __all__ = ["FIXED_CREATED_ENV", "Faults", "SimConfig"]
 
-#: Environment variable read by :func:`vllm_sim.app.create_sim_app` when
+#: Environment variable read by :meth:`SimConfig.resolved_created` when
 #: ``SimConfig.fixed_created`` is None: an integer used as every response's ``created``.
 FIXED_CREATED_ENV = "VLLM_SIM_FIXED_CREATED"
 
@@ -68,63 +70,77 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     ``ttft_ms + prompt_token_us * prompt_tokens / 1000`` ms, then one token every
     ``output_token_ms`` ms.  The defaults are small so that tests stay fast: 5 ms TTFT,
     2 us per prompt token, 0.2 ms per output token (a 100-token answer takes ~25 ms).
+
+    Each field's description is also the help of its command-line flag (``vllm_sim.cli``).
     """
 
-    #: Served model name (the only name ``model`` may take in requests).
-    model: str = "sim-model"
-    #: Context window: prompt + output tokens may not exceed it.
-    max_model_len: int = 1024
-    #: ``root`` of the model in ``/v1/models`` (vLLM shows the weights path); None = ``model``.
-    model_root: str | None = None
-    #: Constant part of the time to first token, milliseconds.
-    ttft_ms: float = 5.0
-    #: Prefill cost per prompt token, microseconds (added to the TTFT).
-    prompt_token_us: float = 2.0
-    #: Time per output token after the first, milliseconds.
-    output_token_ms: float = 0.2
-    #: Requests generating at once (vLLM ``max_num_seqs``); others wait in a FIFO queue.
-    max_running: int = 64
-    #: Requests allowed to wait for a running slot; one more is answered 503.
-    max_waiting: int = 512
-    #: Simulated KV-cache capacity in tokens (for ``vllm:kv_cache_usage_perc``);
-    #: 0 = ``max_model_len * max_running``.
-    kv_cache_tokens: int = 0
-    #: Simulated prefix cache (vLLM's automatic prefix caching): how many 256-character prompt
-    #: blocks it remembers (LRU); the cached part of a prompt costs no prefill time. 0 = off.
-    prefix_cache_blocks: int = 0
-    #: If > 0, the simulated text "ends" (finish_reason ``stop``, like an EOS) after a
-    #: length drawn deterministically from [mean/2, 3*mean/2]; 0 = it never ends by itself
-    #: so requests always run to ``max_tokens`` (finish_reason ``length``).
-    mean_output_tokens: int = 0
-    #: Prompt tokens charged for each non-text chat content part (image, audio, ...).
-    non_text_part_tokens: int = 64
-    #: Server seed: picks the generated text when a request has no ``seed`` and seeds the
-    #: failure-injection PRNG.
-    seed: int = 0
-    #: Fixed ``created`` timestamp for every response (byte-identical responses in tests);
-    #: None = env ``VLLM_SIM_FIXED_CREATED`` if set, else the current time.
-    fixed_created: int | None = None
-    # Initial failure injection (see :class:`Faults`; changeable at run time).
-    error_rate: float = 0.0
-    error_status: int = 500
-    stall_rate: float = 0.0
-    stall_ms: float = 2000.0
-    die_rate: float = 0.0
-    die_after_tokens: int = 4
+    model: Annotated[str, Meta(description="served model name (the only name `model` may take in requests)")] = (
+        "sim-model"
+    )
+    max_model_len: Annotated[int, Meta(description=(
+        "context window in tokens: prompt + output tokens may not exceed it"
+    ))] = 1024
+    model_root: Annotated[str | None, Meta(description=(
+        "'root' of the model in /v1/models (vLLM shows the weights path); default: the model name"
+    ))] = None
+    ttft_ms: Annotated[float, Meta(description="constant part of the time to first token, milliseconds")] = 5.0
+    prompt_token_us: Annotated[float, Meta(description=(
+        "prefill time per prompt token, microseconds (added to the TTFT)"
+    ))] = 2.0
+    output_token_ms: Annotated[float, Meta(description="time per output token after the first, milliseconds")] = 0.2
+    max_running: Annotated[int, Meta(description=(
+        "requests generating at once (vLLM's max_num_seqs); others wait in a FIFO queue"
+    ))] = 64
+    max_waiting: Annotated[int, Meta(description=(
+        "requests allowed to wait for a running slot; one more is answered 503"
+    ))] = 512
+    kv_cache_tokens: Annotated[int, Meta(description=(
+        "simulated KV-cache capacity in tokens (for vllm:kv_cache_usage_perc); 0 = max_model_len * max_running"
+    ))] = 0
+    prefix_cache_blocks: Annotated[int, Meta(description=(
+        "simulated automatic prefix caching: how many 256-character prompt blocks it remembers (LRU); the cached "
+        "part of a prompt costs no prefill time; 0 = off"
+    ))] = 0
+    mean_output_tokens: Annotated[int, Meta(description=(
+        "if > 0 the text ends by itself (finish_reason stop, like an EOS) after a length drawn deterministically "
+        "from [mean/2, 3*mean/2]; 0 = every request runs to max_tokens (finish_reason length)"
+    ))] = 0
+    non_text_part_tokens: Annotated[int, Meta(description=(
+        "prompt tokens charged for each non-text chat content part (image, audio, ...)"
+    ))] = 64
+    seed: Annotated[int, Meta(description=(
+        "server seed: picks the generated text when a request has no seed, and seeds the failure-injection PRNG"
+    ))] = 0
+    fixed_created: Annotated[int | None, Meta(description=(
+        "constant 'created' timestamp of every response (byte-identical responses in tests); "
+        f"default: env {FIXED_CREATED_ENV} if set, else the current time"
+    ))] = None
+    # Initial failure injection (see Faults; changeable at run time through /sim/faults).
+    error_rate: Annotated[float, Meta(description=(
+        "probability of answering a generation request with an injected error"
+    ))] = 0.0
+    error_status: Annotated[int, Meta(description="HTTP status of injected errors")] = 500
+    stall_rate: Annotated[float, Meta(description="probability of stalling before the first byte")] = 0.0
+    stall_ms: Annotated[float, Meta(description="length of an injected stall, milliseconds")] = 2000.0
+    die_rate: Annotated[float, Meta(description="probability of dropping the connection mid-response")] = 0.0
+    die_after_tokens: Annotated[int, Meta(description="output tokens sent before an injected death")] = 4
     # Hidden ground truth of answer quality (vllm_sim/truth.py), for testing learned routing.
-    #: Simulated model quality in [0, 1]: every answer starts with ``[ok] `` or ``[poor] ``, decided
-    #: deterministically from the last user message (chat) or the prompt (completions) and this
-    #: ability.  None = no quality model: the text is exactly as without these fields.
-    ability: float | None = None
-    #: Key of the hidden truth (which words are hard, which answers succeed); a signed 64-bit integer.
-    #: Simulators sharing it agree on every prompt's difficulty.
-    truth_seed: int = 0
-    #: Steepness of P(acceptable) = logistic(truth_sharpness * (ability - difficulty)); > 0.
-    truth_sharpness: float = 12.0
-    #: Judge mode: a chat whose last user message holds ``<answer_a>...</answer_a>`` and
-    #: ``<answer_b>...</answer_b>`` is answered ``{"a": A, "b": B}``, each score 10 for an answer
-    #: carrying ``[ok]``, 0 for ``[poor]``, 5 for neither.
-    judge: bool = False
+    ability: Annotated[float | None, Meta(description=(
+        "simulated model quality in [0, 1]: every answer starts with '[ok] ' or '[poor] ', decided "
+        "deterministically by a hidden truth of prompt difficulty from the last user message (chat) or the "
+        "prompt (completions) and this ability; default: no quality markers"
+    ))] = None
+    truth_seed: Annotated[int, Meta(description=(
+        "key of the hidden truth (a signed 64-bit integer): which prompts are hard, which answers succeed; "
+        "simulators sharing it agree on every prompt's difficulty"
+    ))] = 0
+    truth_sharpness: Annotated[float, Meta(description=(
+        "steepness of P(acceptable) = logistic(truth_sharpness * (ability - difficulty)); > 0"
+    ))] = 12.0
+    judge: Annotated[bool, Meta(description=(
+        "judge mode: a chat whose last user message holds <answer_a>...</answer_a> and <answer_b>...</answer_b> "
+        'is answered {"a": A, "b": B}, each score 10 for an answer carrying [ok], 0 for [poor], 5 for neither'
+    ))] = False
 
     def __post_init__(self) -> None:
         if not self.model:
