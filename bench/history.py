@@ -1,4 +1,4 @@
-"""What each change bought: the overhead benchmark on several commits, in one run (issue #8).
+"""What each change bought: the overhead benchmark on several commits, in one run.
 
 Each commit is checked out into a git worktree (bench/.work/history/<commit>) and measured by
 bench/overhead.py with this checkout's venv (BENCH_GATEWAY_SRC), the same points for all, one commit
@@ -99,7 +99,7 @@ def main() -> int:
                     p["instructions_per_req"] for p in pts if p.get("instructions_per_req")]) else None,
                 "rounds": len(pts),
             })
-    result = {"benchmark": "overhead per commit (issue #8)",
+    result = {"benchmark": "overhead per commit",
               "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "reproduce": "bench/history.py " + " ".join(args.commits) + " -- " + " ".join(extra),
               "rows": rows}

@@ -70,7 +70,7 @@ def main() -> int:
                     for f in FLOORS]
         finally:
             mock.child.stop()
-    args.out.write_text(json.dumps({"benchmark": "instruction floors (issue #8)",
+    args.out.write_text(json.dumps({"benchmark": "instruction floors",
                                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                     "connections": args.connections, "seconds": args.seconds, "floors": rows},
                                    indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""The gateway's own cost (issue #8): throughput, added latency, CPU and memory per request, vs LiteLLM.
+"""The gateway's own cost: throughput, added latency, CPU and memory per request, vs LiteLLM.
 
 A mock upstream that is never the bottleneck (nginx with fixed vLLM 0.32 bodies) and a load generator in
 C (wrk + a Lua script that checks every response) run on core 1; the server under test runs alone on
@@ -654,7 +654,7 @@ def execute(args: argparse.Namespace, tmp: Path,
             p["added_p50_ms"] = round(p["p50_ms"] - d["p50_ms"], 3)
             p["added_p99_ms"] = round(p["p99_ms"] - d["p99_ms"], 3)
     result: dict[str, Any] = {
-        "benchmark": "gateway overhead (issue #8)",
+        "benchmark": "gateway overhead",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "reproduce": reproduce_command(args),
         "command": " ".join([".venv/bin/python", "bench/overhead.py", *sys.argv[1:]]),

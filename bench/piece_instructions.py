@@ -1,4 +1,4 @@
-"""Instructions of single pieces of a call, each alone under callgrind (issue #8).
+"""Instructions of single pieces of a call, each alone under callgrind.
 
 `overhead.py --instructions` counts a whole call in the running gateway; this counts the pieces that
 make it up, on the overhead benchmark's own request and mock stream, to see where the instructions go
@@ -222,7 +222,7 @@ def main() -> int:
             print(f"  {name:15} {per_call:>10,}  {PIECES[name][1]}", flush=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    result = {"benchmark": "instructions per call of single pieces, each alone under callgrind (issue #8)",
+    result = {"benchmark": "instructions per call of single pieces, each alone under callgrind",
               "date": dt.date.today().isoformat(), "commit": commit, "calls": args.calls,
               "reproduce": "bench/piece_instructions.py" + (f" --only {args.only}" if args.only else ""),
               "rows": rows}

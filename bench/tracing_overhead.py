@@ -1,4 +1,4 @@
-"""What tracing costs (issue #9): gateway throughput, non-streaming, with tracing off and with tracing on at
+"""What tracing costs: gateway throughput, non-streaming, with tracing off and with tracing on at
 10 % sampling exporting OTLP/HTTP to a local collector stand-in, in one run.
 
 The pieces are bench/overheadlib's: the nginx mock upstream (fixed vLLM 0.32 bodies) and wrk with load.lua

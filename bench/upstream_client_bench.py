@@ -1,4 +1,4 @@
-"""The gateway's calls to workers: CPU per call of each HTTP client we considered (issue #8).
+"""The gateway's calls to workers: CPU per call of each candidate HTTP client.
 
 The nginx mock of bench/overhead.py (fixed vLLM 0.32 bodies: a JSON completion, a 30-chunk SSE stream)
 runs on core 1; this process runs on core 0 and makes N calls with C in flight through each client,
@@ -162,7 +162,7 @@ def main() -> int:
         finally:
             mock.child.stop()
     result = {
-        "benchmark": "upstream HTTP clients, CPU per call (issue #8)",
+        "benchmark": "upstream HTTP clients, CPU per call",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "reproduce": ".venv/bin/python bench/upstream_client_bench.py",
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},

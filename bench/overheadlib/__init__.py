@@ -1,4 +1,4 @@
-"""Pieces of the gateway overhead benchmark (`bench/overhead.py`, issue #8).
+"""Pieces of the gateway overhead benchmark (`bench/overhead.py`).
 
 procs    child processes (own session, own temp dir), CPU pinning, /proc readers, free ports
 mock     the nginx mock upstream: fixed vLLM-shaped bodies, /health, /metrics
