@@ -1,4 +1,4 @@
-"""Accounting (issue 4): per-call usage and cost in SQL, and the reports finance reads.
+"""Accounting: per-call usage and cost in SQL, and the reports finance reads.
 
 `Accounting` is what the app's lifespan creates and hands to the handlers (through app state): the
 database engine, the price catalogue and the recorder.

@@ -30,18 +30,7 @@ import msgspec
 import yaml
 
 from gateway.accounting.money import ZERO, quantize
-
-try:  # the router's type (router/pricing.py, issue 3); the same shape until it lands
-    from router.pricing import TokenRates
-except ImportError:  # pragma: no cover - depends on the routing work being merged
-
-    @dataclass(frozen=True)
-    class TokenRates:  # type: ignore[no-redef]
-        input_per_million: Decimal
-        cached_input_per_million: Decimal
-        output_per_million: Decimal
-        currency: str
-
+from router.pricing import TokenRates
 
 # The shipped catalogue, found relative to the package (works from any working directory).
 DEFAULT_PRICES_FILE = Path(__file__).resolve().parents[2] / "policies" / "prices.yaml"

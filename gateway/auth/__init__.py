@@ -1,4 +1,4 @@
-"""Keys and roles (issue 7): who may call.
+"""Keys and roles: who may call.
 
 - `keys.py`: the key format, the keyed hash, the server secret and the development key;
 - `models.py` + `store.py`: the `api_keys` and `team_limits` tables and their operations;

@@ -1,4 +1,4 @@
-"""Rate limits and budgets (issue 7): how much a key and its team may call and spend.
+"""Rate limits and budgets: how much a key and its team may call and spend.
 
 - `periods.py`: budget periods (day, month, total) in UTC;
 - `backend.py`: the checks and their outcomes, and the in-process backend (one gateway process);
