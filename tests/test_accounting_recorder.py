@@ -108,7 +108,7 @@ async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_
 
 async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: Path) -> None:  # noqa: F811
     """Each distinct SQL text is a prepared statement cached per connection (and on the PostgreSQL server):
-    batches of every size must not each make their own (issue 8: the gateway grew by hundreds of MB)."""
+    batches of every size must not each make their own (one per size grew a gateway by hundreds of MB)."""
     async with migrated_engine(any_url) as engine:
         texts: dict[str, set[str]] = {"usage_records": set(), "usage_daily": set()}
 

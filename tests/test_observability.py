@@ -1,4 +1,4 @@
-"""Observability (issue 9): traces, metrics and logs.
+"""Observability: traces, metrics and logs.
 
 Traces and the secret scan run the gateway in this process (`tests/inprocess_gateway.py`: the app built
 with an in-memory span exporter, uvicorn in a thread, simulated workers launched by the app's own launch
