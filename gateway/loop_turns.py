@@ -3,7 +3,7 @@ requests after a slice of *time*, not after a number of items.
 
 A loop that yielded every N items gets N items done per turn of the event loop; under load the loop
 turns less often (each turn runs many requests' steps), so that loop's share shrank with the load and
-the recorder fell behind (at ~2,000 cache hits/s its buffer filled and spooled: bench/overhead.py).
+the recorder fell behind (under a load of cache hits its buffer filled and spooled).
 A time budget per turn keeps every stall short (`TURN_S`) and the share steady: `TURN_S` per turn.
 """
 

@@ -3,7 +3,7 @@
 An artefact is one JSON file (`predictor.json`) holding, per *head* (a catalogue model's name), a
 linear model over the feature vector of router/features.py: the n-gram counts are log-scaled and
 L2-normalised, then every weight applies; the result is clipped to [0, 1]. Standardisation was folded
-into the weights when the artefact was written, so inference is one matrix product (~10 µs).
+into the weights when the artefact was written, so inference is one matrix product.
 
 Artefacts are written by `gateway router train` (gateway/learning/); this module only parses,
 validates and evaluates them: no file is read here, the caller hands over the bytes. The artefact's

@@ -10,9 +10,9 @@ PostgreSQL backend by more). So:
 - PostgreSQL: the rows go as one JSON document (encoded by msgspec, in C), turned back into typed rows
   by `jsonb_to_recordset()`: one statement per batch, one prepared statement per connection, whatever
   the batch size. Amounts travel as decimal strings, parsed by NUMERIC's own input: exact. Arrays
-  (one per column) did the same with a prepared shape, but cost ~35 µs of the event loop per row
-  (SQLAlchemy's and asyncpg's per-element processing): a quarter second's batch held requests for
-  milliseconds (bench/overhead.py, p99 at one connection).
+  (one per column) did the same with a prepared shape, but SQLAlchemy's and asyncpg's per-element
+  processing held the event loop for every row: a batch delayed the requests waiting behind it (the p99
+  at one connection, docs/performance.md).
 - SQLite (no arrays): chunks whose sizes are powers of two up to `SQLITE_CHUNK` (a batch of 100 rows
   goes as 64 + 32 + 4), so there are at most 7 distinct statements of each kind.
 """
