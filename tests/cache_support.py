@@ -1,4 +1,4 @@
-"""Shared by the cache tests: the real Redis (127.0.0.1:6379; the tests fail, not skip, without it),
+"""Shared by the cache tests: the real Redis (tests/services.py names it; the tests fail, not skip, without it),
 a key prefix unique to the test run, and clean-up of every key under it."""
 
 from __future__ import annotations
@@ -7,17 +7,16 @@ import uuid
 
 import redis as sync_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.services import redis_url
 
 
 def require_redis() -> sync_redis.Redis:
-    client = sync_redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = sync_redis.Redis.from_url(redis_url(), socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
     except sync_redis.RedisError as exc:
         raise AssertionError(
-            f"the cache tests need a real Redis at {REDIS_URL} ({type(exc).__name__}: {exc}); start one "
-            "(e.g. `redis-server --port 6379`)") from exc
+            f"the cache tests need a real Redis at {redis_url()} ({type(exc).__name__}: {exc})") from exc
     return client
 
 

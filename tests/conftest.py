@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import os
-import socket
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -12,26 +10,33 @@ from redis.asyncio import Redis
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.redis_backend import RedisBackend
 from tests.gateway_process import GatewayProcess, start_gateway
-from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
+from tests.limits_support import delete_prefix, require_redis, unique_prefix
+from tests.pg_support import create_pg_database, drop_pg_database
+from tests.services import ServiceError, Throwaway, redis_url, start_missing, stop_all
 from tests.vllm_engine import VllmEngine, ensure_tiny_model, start_vllm
 
-SERVICES = {
-    "PostgreSQL": os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    "Redis": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-}
+THROWAWAY = pytest.StashKey[list[Throwaway]]()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """The suite runs against real PostgreSQL and Redis: stop at once, loudly, when one is missing."""
-    missing = []
-    for name, url in SERVICES.items():
-        u = urlsplit(url)
-        try:
-            socket.create_connection((u.hostname or "127.0.0.1", u.port or 0), timeout=3).close()
-        except OSError as exc:
-            missing.append(f"{name} is not reachable at {u.hostname}:{u.port} ({exc.strerror or exc})")
-    if missing:
-        pytest.exit("the tests need real services:\n  " + "\n  ".join(missing), returncode=3)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The suite runs against real PostgreSQL and Redis: the configured ones when they answer, else throwaway
+    ones started here (tests/services.py); it stops at once, saying what to install, when neither can be had.
+    A run of `pure` tests alone needs neither and starts nothing."""
+    if session.config.option.collectonly or all(item.get_closest_marker("pure") for item in session.items):
+        return
+    try:
+        started = start_missing()
+    except ServiceError as exc:
+        pytest.exit(str(exc), returncode=3)
+    session.config.stash[THROWAWAY] = started
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for server in started:
+            reporter.write_line(server.note())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_all(session.config.stash.get(THROWAWAY, []))
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +70,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         return
     require_redis()
     prefix = unique_prefix()
-    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    client = Redis.from_url(redis_url(), socket_timeout=3, socket_connect_timeout=3)
     try:
         yield RedisBackend(client, prefix)
     finally:
@@ -77,6 +82,38 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 async def aredis() -> AsyncIterator[Redis]:
     """An asyncio client of the test Redis."""
     require_redis()
-    client = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    client = Redis.from_url(redis_url(), socket_timeout=3, socket_connect_timeout=3)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh database of this test's own on the test PostgreSQL, dropped afterwards."""
+    url = await create_pg_database()
+    yield url
+    await drop_pg_database(url)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a synchronous test (one driving `gateway` processes)."""
+    url = asyncio.run(create_pg_database())
+    yield url
+    asyncio.run(drop_pg_database(url))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The same test on a fresh PostgreSQL database and on a fresh SQLite file."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+        return
+    url = await create_pg_database()
+    yield url
+    await drop_pg_database(url)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.test_accounting_support import create_pg_database, drop_pg_database
+from tests.pg_support import create_pg_database, drop_pg_database
 from vllm_sim import truth
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"

@@ -1,7 +1,7 @@
 """Shared pieces of the auth and limits tests (no tests here): a real Redis with a per-test key prefix.
 
 Redis is used for real: when it is unreachable the fixtures raise, so the tests fail loudly (they never
-skip). $TEST_REDIS_URL names it (default redis://127.0.0.1:6379/0); each test gets its own key prefix,
+skip). tests/services.py names it; each test gets its own key prefix,
 `gwtest:<pid>:<random>:`, whose keys are deleted afterwards.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.services import redis_url
 
 
 def unique_prefix() -> str:
@@ -23,13 +23,13 @@ def unique_prefix() -> str:
 
 def require_redis() -> None:
     try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3).ping()
+        redis.Redis.from_url(redis_url(), socket_timeout=3, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
-        raise RuntimeError(f"Redis at {REDIS_URL} is required by the limits tests: {exc}") from exc
+        raise RuntimeError(f"Redis at {redis_url()} is required by the limits tests: {exc}") from exc
 
 
 def delete_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url())
     try:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:

@@ -22,7 +22,7 @@ import pytest
 from gateway.accounting.money import ZERO
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
 from tests.gateway_process import GatewayProcess, start_gateway
-from tests.test_accounting_support import free_port, pg_database  # noqa: F401 (fixture)
+from workers.launcher import free_port
 
 GATEWAY = Path(sys.executable).parent / "gateway"
 HELLO = [{"role": "user", "content": "Say hello to the accountants."}]
@@ -178,7 +178,7 @@ def _spooled(workdir: Path) -> int:
 
 
 def test_records_spooled_by_a_killed_gateway_are_written_once_after_restart(
-    pg_database: str, tmp_path: Path,  # noqa: F811
+    pg_database: str, tmp_path: Path,
 ) -> None:
     assert cli("db", "--database-url", pg_database, "upgrade", cwd=tmp_path).returncode == 0
     dead_url = pg_database.replace(":5432/", f":{free_port()}/")  # nothing listens there
@@ -218,7 +218,7 @@ def test_records_spooled_by_a_killed_gateway_are_written_once_after_restart(
     assert verify.returncode == 0, verify.stdout
 
 
-def test_the_gateway_refuses_an_unmigrated_database(pg_database: str, tmp_path: Path) -> None:  # noqa: F811
+def test_the_gateway_refuses_an_unmigrated_database(pg_database: str, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as err:
         start_gateway(tmp_path, {"database_url": pg_database}, ready=False)
     assert "not migrated: run `gateway db upgrade`" in str(err.value)

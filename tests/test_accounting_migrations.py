@@ -20,7 +20,6 @@ from gateway.accounting.models import Base
 from gateway.auth import models as _key_models  # noqa: F401 (the key tables join the metadata)
 from gateway.learning import store as _outcome_models  # noqa: F401 (and routing_outcomes)
 from gateway.settings import load_settings
-from tests.test_accounting_support import any_url, pg_url  # noqa: F401 (fixtures)
 
 GATEWAY = Path(sys.executable).parent / "gateway"
 TABLES = {"usage_records", "usage_daily", "price_versions", "api_keys", "team_limits", "routing_outcomes"}
@@ -43,7 +42,7 @@ def test_one_head() -> None:
     assert db.revisions() == ({s.revision for s in script.walk_revisions()}, set(heads))
 
 
-def test_serving_on_postgresql_imports_neither_alembic_nor_sqlite(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_serving_on_postgresql_imports_neither_alembic_nor_sqlite(pg_url: str, tmp_path: Path) -> None:
     """Alembic and Mako are ~10 MB of a gateway's memory, SQLite's modules ~1.5 MB: a start on a migrated
     PostgreSQL database (and the recorder's check when the database comes back) must not import them."""
     assert _cli("db", "--database-url", pg_url, "upgrade", cwd=tmp_path).returncode == 0
@@ -63,7 +62,7 @@ def test_serving_on_postgresql_imports_neither_alembic_nor_sqlite(pg_url: str, t
     assert done.stdout.strip() == "[]"
 
 
-async def test_a_database_from_a_newer_gateway_is_refused(pg_url: str) -> None:  # noqa: F811
+async def test_a_database_from_a_newer_gateway_is_refused(pg_url: str) -> None:
     engine = db.create_engine(pg_url)
     try:
         await db.upgrade(engine)
@@ -79,7 +78,7 @@ async def test_a_database_from_a_newer_gateway_is_refused(pg_url: str) -> None: 
         await engine.dispose()
 
 
-async def test_stairway_up_down_up(any_url: str) -> None:  # noqa: F811
+async def test_stairway_up_down_up(any_url: str) -> None:
     script = ScriptDirectory.from_config(db.alembic_config())
     revisions = list(reversed(list(script.walk_revisions())))
     engine = db.create_engine(any_url)
@@ -101,7 +100,7 @@ async def test_stairway_up_down_up(any_url: str) -> None:  # noqa: F811
         await engine.dispose()
 
 
-async def test_models_match_the_migrated_schema(any_url: str) -> None:  # noqa: F811
+async def test_models_match_the_migrated_schema(any_url: str) -> None:
     engine = db.create_engine(any_url)
     try:
         await db.upgrade(engine)
@@ -123,7 +122,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(GATEWAY), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_cli_upgrade_downgrade_current(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_upgrade_downgrade_current(pg_url: str, tmp_path: Path) -> None:
     head = db.head_revision()
     current = _cli("db", "--database-url", pg_url, "current", cwd=tmp_path)
     assert current.returncode == 0 and "not migrated" in current.stdout
@@ -150,7 +149,7 @@ async def test_embedded_sqlite_is_migrated_at_start(tmp_path: Path) -> None:
         await stop_accounting(accounting)
 
 
-async def test_unmigrated_database_refuses_to_start(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_unmigrated_database_refuses_to_start(pg_url: str, tmp_path: Path) -> None:
     settings = load_settings(env={}, overrides={"state_dir": str(tmp_path), "database_url": pg_url})
     with pytest.raises(db.DatabaseError, match=r"not migrated: run `gateway db upgrade`"):
         await start_accounting(settings)

@@ -16,7 +16,9 @@ from gateway.accounting.prices import (
     load_prices,
     parse_prices,
 )
-from tests.test_accounting_support import PRICES_YAML, catalogue
+from tests.pg_support import PRICES_YAML, catalogue
+
+pytestmark = pytest.mark.pure
 
 T2025 = datetime(2025, 6, 1, tzinfo=UTC).timestamp()
 

@@ -18,18 +18,8 @@ from gateway.accounting.money import ZERO
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import UsageRecord as Record
 from gateway.accounting.spool import DEAD_LETTER, Spool
-from tests.test_accounting_support import (  # noqa: F401 (fixtures)
-    TcpProxy,
-    any_url,
-    catalogue,
-    free_port,
-    migrated_engine,
-    pg_target,
-    pg_url,
-    proxied,
-    record,
-    sqlite_url,
-)
+from tests.pg_support import TcpProxy, catalogue, migrated_engine, pg_target, proxied, record
+from workers.launcher import free_port
 
 
 def recorder(engine, tmp_path: Path, **kw) -> Recorder:  # type: ignore[no-untyped-def]
@@ -67,7 +57,7 @@ def python_totals(records: list[Record]) -> dict[str, object]:
     }
 
 
-async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_path: Path) -> None:
     records = [record(n) for n in range(2500)]
     async with migrated_engine(any_url) as engine:
         inserts: list[int] = []
@@ -106,7 +96,7 @@ async def test_batches_are_one_insert_each_and_sums_are_exact(any_url: str, tmp_
         assert [r.as_dict() for r in raw.rows] == [r.as_dict() for r in rolled.rows]
 
 
-async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: Path) -> None:
     """Each distinct SQL text is a prepared statement cached per connection (and on the PostgreSQL server):
     batches of every size must not each make their own (one per size grew a gateway by hundreds of MB)."""
     async with migrated_engine(any_url) as engine:
@@ -130,7 +120,7 @@ async def test_batches_of_any_size_are_a_few_statements(any_url: str, tmp_path: 
         assert 1 <= len(texts["usage_daily"]) <= most
 
 
-async def test_amounts_are_stored_exactly_rounded_half_to_even(any_url: str) -> None:  # noqa: F811
+async def test_amounts_are_stored_exactly_rounded_half_to_even(any_url: str) -> None:
     """Amounts reach SQL without a float (PostgreSQL: as decimal strings inside the batch's JSON document;
     SQLite: as scaled integers), rounded half to even at 10 places, and a float is refused."""
     wide = Decimal("123456789.0000000001")  # 19 digits: beyond a double's, within SQLite's scaled BIGINT
@@ -149,7 +139,7 @@ async def test_amounts_are_stored_exactly_rounded_half_to_even(any_url: str) -> 
         assert await count_rows(engine) == (2, 2)
 
 
-async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path) -> None:
     records = [record(n) for n in range(300)]
     async with migrated_engine(any_url) as engine:
         assert await store.write_records(engine, records[:200]) == 200
@@ -162,7 +152,7 @@ async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path)
         assert report.rows[0].cost == python_totals(records)["cost"]
 
 
-async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: str, tmp_path: Path) -> None:
     async with migrated_engine(pg_url) as direct:
         proxy = TcpProxy(*pg_target(pg_url))
         await proxy.start()
@@ -218,7 +208,7 @@ async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: 
         assert report.rows[0].cost == python_totals([record(n) for n in range(sent)])["cost"]
 
 
-async def test_a_full_buffer_spills_to_the_spool_instead_of_dropping(sqlite_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_a_full_buffer_spills_to_the_spool_instead_of_dropping(sqlite_url: str, tmp_path: Path) -> None:
     async with migrated_engine(sqlite_url) as engine:
         rec = recorder(engine, tmp_path, queue_max=10, batch_max=4)
         for n in range(100):  # the writer is not running yet: the buffer overflows
@@ -230,7 +220,7 @@ async def test_a_full_buffer_spills_to_the_spool_instead_of_dropping(sqlite_url:
         assert not rec.spool.has_files()
 
 
-async def test_spools_of_dead_processes_are_replayed_at_start(any_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_spools_of_dead_processes_are_replayed_at_start(any_url: str, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     dead = Spool(spool_dir)
     dead.append([record(n) for n in range(40)])
@@ -254,7 +244,7 @@ async def test_spools_of_dead_processes_are_replayed_at_start(any_url: str, tmp_
         assert list(spool_dir.glob("*.jsonl")) == []
 
 
-async def test_shutdown_flushes_to_the_database_or_else_the_spool(sqlite_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_shutdown_flushes_to_the_database_or_else_the_spool(sqlite_url: str, tmp_path: Path) -> None:
     async with migrated_engine(sqlite_url) as engine:
         rec = recorder(engine, tmp_path, flush_interval_s=60)
         await rec.start()
@@ -279,7 +269,7 @@ async def test_shutdown_flushes_to_the_database_or_else_the_spool(sqlite_url: st
     assert lines == 25
 
 
-async def test_a_record_the_database_refuses_goes_to_the_dead_letter(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_a_record_the_database_refuses_goes_to_the_dead_letter(pg_url: str, tmp_path: Path) -> None:
     async with migrated_engine(pg_url) as engine:
         rec = recorder(engine, tmp_path)
         await rec.start()
@@ -292,7 +282,7 @@ async def test_a_record_the_database_refuses_goes_to_the_dead_letter(pg_url: str
         assert b"x" * 300 in (tmp_path / "spool" / DEAD_LETTER).read_bytes()
 
 
-async def test_a_missing_table_is_a_database_not_ready_not_a_refusal(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_a_missing_table_is_a_database_not_ready_not_a_refusal(pg_url: str, tmp_path: Path) -> None:
     """A table gone from under a running gateway (renamed, dropped, a database re-created) spools the
     records and tries again, as an outage does; they are written once the table is back, and none goes
     to the dead letter."""
@@ -329,10 +319,10 @@ async def test_enqueueing_costs_microseconds(tmp_path: Path) -> None:
     assert per_call_us < 20, per_call_us  # typically well under 1 µs
 
 
-async def test_prices_are_loaded_as_versions_and_never_rewritten(any_url: str) -> None:  # noqa: F811
+async def test_prices_are_loaded_as_versions_and_never_rewritten(any_url: str) -> None:
     from gateway.accounting.models import PriceVersion
     from gateway.accounting.prices import parse_prices
-    from tests.test_accounting_support import PRICES_YAML
+    from tests.pg_support import PRICES_YAML
 
     async with migrated_engine(any_url) as engine:
         await store.sync_prices(engine, catalogue())

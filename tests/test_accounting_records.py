@@ -15,7 +15,9 @@ from gateway.accounting.records import build_record, estimate_prompt_tokens, to_
 from gateway.outcome import Outcome, PromptTokensDetails, Usage, failure_of
 from router import tokens
 from router.errors import InvalidRequest, ModelNotFound, NoHealthyReplica, UpstreamTimeout
-from tests.test_accounting_support import catalogue
+from tests.pg_support import catalogue
+
+pytestmark = pytest.mark.pure
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()
 
@@ -110,7 +112,7 @@ def test_unpriced_models_cost_zero_and_claim_no_savings() -> None:
 
 def test_a_price_change_never_alters_a_recorded_cost() -> None:
     from gateway.accounting.prices import parse_prices
-    from tests.test_accounting_support import PRICES_YAML
+    from tests.pg_support import PRICES_YAML
 
     before = build_record(outcome(completed=True, usage=Usage(1000, 1000, 2000)), catalogue())
     raised = parse_prices(PRICES_YAML.replace("output_per_million: 0.40", "output_per_million: 0.80"))

@@ -25,14 +25,15 @@ from gateway.auth.principal import Limits
 from gateway.auth.service import REVOKED_CHANNEL, Auth, presented_key
 from gateway.settings import load_settings
 from router.errors import AuthUnavailable, Unauthenticated
-from tests.limits_support import REDIS_URL, require_redis
-from tests.test_accounting_support import any_url, migrated_engine, pg_url  # noqa: F401 (fixtures)
+from tests.limits_support import require_redis
+from tests.pg_support import migrated_engine
+from tests.services import redis_url
 
 SECRET = b"test-secret"
 
 
 @pytest.fixture
-async def engine(any_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+async def engine(any_url: str) -> AsyncIterator[AsyncEngine]:
     async with migrated_engine(any_url) as e:
         yield e
 
@@ -200,7 +201,7 @@ async def test_the_development_key_lives_in_memory() -> None:
 
 async def test_a_published_revocation_drops_the_key_on_every_gateway_at_once(engine: AsyncEngine) -> None:
     require_redis()
-    redis = Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    redis = Redis.from_url(redis_url(), socket_timeout=3, socket_connect_timeout=3)
     key, info = await store.create_key(engine, SECRET, tenant="acme", team="red", role="app")
     gateways = [Auth(required=True, engine=engine, secret=SECRET, ttl_s=3600, redis=redis) for _ in range(2)]
     try:

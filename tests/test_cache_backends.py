@@ -22,7 +22,8 @@ from gateway.openai_request import ChatFields, parse_body
 from gateway.outcome import Outcome, finish
 from gateway.routing import Route
 from router.decision import CachePolicy, RouteDecision
-from tests.cache_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
+from tests.cache_support import delete_prefix, require_redis, unique_prefix
+from tests.services import redis_url
 from workers.launcher import free_port
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
@@ -44,7 +45,7 @@ async def backend(
     if request.param == "memory":
         yield MemoryBackend(max_entries=100, max_bytes=1_000_000), prefix
         return
-    client = Redis.from_url(REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = Redis.from_url(redis_url(), socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         yield RedisBackend(client), prefix
     finally:
@@ -196,7 +197,7 @@ async def cache(request: pytest.FixtureRequest, redis_sync: sync_redis.Redis) ->
         yield c
         await c.aclose()
         return
-    client = Redis.from_url(REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = Redis.from_url(redis_url(), socket_timeout=1.0, socket_connect_timeout=1.0)
     c = ResponseCache(RedisBackend(client), config)
     try:
         yield c

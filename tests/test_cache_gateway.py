@@ -23,8 +23,9 @@ import openai
 import pytest
 import redis as sync_redis
 
-from tests.cache_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
+from tests.cache_support import delete_prefix, require_redis, unique_prefix
 from tests.gateway_process import GATEWAY_BIN, GatewayProcess, start_gateway
+from tests.services import redis_url
 from workers.launcher import free_port
 
 POOLS = [  # the embedded default's two simulated pools, and one the catalogue does not list (direct calls)
@@ -59,7 +60,7 @@ def memory_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProce
 
 @pytest.fixture(scope="module")
 def redis_gw(tmp_path_factory: pytest.TempPathFactory, redis_prefix: str) -> Iterator[GatewayProcess]:
-    config = {"recorder_flush_interval_s": 0.05, "pools": POOLS, "redis_url": REDIS_URL,
+    config = {"recorder_flush_interval_s": 0.05, "pools": POOLS, "redis_url": redis_url(),
               "cache_key_prefix": redis_prefix}
     gw = start_gateway(tmp_path_factory.mktemp("cache-redis"), config)
     yield gw
@@ -319,7 +320,7 @@ def second_redis_gw(tmp_path_factory: pytest.TempPathFactory, redis_gw: GatewayP
     pools = httpx.get(redis_gw.base_url + "/readyz").json()["pools"]
     config = {"pools": [{"name": name, "model": p["model"], "replicas": [r["url"] for r in p["replicas"]]}
                         for name, p in pools.items()],
-              "redis_url": REDIS_URL, "cache_key_prefix": redis_prefix}
+              "redis_url": redis_url(), "cache_key_prefix": redis_prefix}
     gw = start_gateway(tmp_path_factory.mktemp("cache-redis-2"), config)
     yield gw
     gw.stop()

@@ -33,8 +33,9 @@ from router.errors import RequestNotFound
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
 from tests.learning_support import Database, learned_policies
-from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
-from tests.test_accounting_support import TcpProxy, pg_target, proxied
+from tests.limits_support import delete_prefix, require_redis, unique_prefix
+from tests.pg_support import TcpProxy, pg_target, proxied
+from tests.services import redis_url
 
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)
 ROUTING = """\
@@ -343,8 +344,8 @@ def test_with_redis_the_stash_entry_expires_with_the_window(tmp_path: Path) -> N
     require_redis()
     prefix = unique_prefix()
     database = Database()
-    client = redis.Redis.from_url(REDIS_URL)
-    gateway = start(tmp_path, database.url, redis_url=REDIS_URL, feedback_key_prefix=prefix, feedback_window_s=2,
+    client = redis.Redis.from_url(redis_url())
+    gateway = start(tmp_path, database.url, redis_url=redis_url(), feedback_key_prefix=prefix, feedback_window_s=2,
                     limits_key_prefix=prefix + "limits:", cache_key_prefix=prefix + "cache:")
     try:
         acme_key = new_key(gateway, "acme")[0]

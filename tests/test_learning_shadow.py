@@ -46,7 +46,7 @@ from tests.inprocess_gateway import InProcessGateway
 from tests.learning_support import Database, learned_policies
 from tests.learning_support import prompts as traffic
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
-from tests.test_accounting_support import any_url, create_pg_database, drop_pg_database, record  # noqa: F401
+from tests.pg_support import create_pg_database, drop_pg_database, record
 from vllm_sim.truth import acceptable
 from workers.pool import pool_load
 
@@ -575,7 +575,7 @@ async def test_the_daily_spend_starts_from_the_database_in_process_and_in_redis(
         delete_prefix(prefix)
 
 
-async def test_reports_keep_shadow_spend_apart(any_url: str) -> None:  # noqa: F811
+async def test_reports_keep_shadow_spend_apart(any_url: str) -> None:
     rows = [record(n, purpose=("call", "shadow", "judge")[n % 3], tenant=("acme", "globex")[n % 2])
             for n in range(60)]
     engine = db.create_engine(any_url)

@@ -21,8 +21,9 @@ import pytest
 
 from tests.auth_support import GATEWAY, bearer, cli, new_key
 from tests.gateway_process import GatewayProcess, start_gateway
-from tests.limits_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
-from tests.test_accounting_support import create_pg_database, drop_pg_database
+from tests.limits_support import delete_prefix, require_redis, unique_prefix
+from tests.pg_support import create_pg_database, drop_pg_database
+from tests.services import redis_url
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 CHAT = {"model": "demo-small", "messages": HELLO, "max_tokens": 20}
@@ -48,7 +49,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProc
     url = asyncio.run(create_pg_database())
     prefix = unique_prefix()
     root = tmp_path_factory.mktemp("pair")
-    config = {"database_url": url, "redis_url": REDIS_URL, "limits_key_prefix": prefix,
+    config = {"database_url": url, "redis_url": redis_url(), "limits_key_prefix": prefix,
               "key_hash_secret": SHARED_SECRET, "recorder_flush_interval_s": 0.05, "auth_cache_ttl_s": 30.0}
     gateways: list[GatewayProcess] = []
     try:

@@ -29,7 +29,7 @@ from gateway.outcome import Outcome, Usage, finish
 from gateway.routing import ActivePolicy, Route, route
 from router.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from router.policy import default_policy_dir, load_policy_set
-from tests.test_accounting_support import migrated_engine, record
+from tests.pg_support import migrated_engine, record
 from workers.pool import Pool, Pools, Replica
 
 CATALOGUE = load_prices(DEFAULT_PRICES_FILE)

@@ -24,7 +24,7 @@ from gateway.limits.backend import OK, RateCheck
 from gateway.limits.redis_backend import RedisBackend as LimitsRedisBackend
 from gateway.redis_batch import LuaScript, RedisBatcher
 from tests.limits_support import delete_prefix, unique_prefix
-from tests.test_accounting_support import free_port
+from workers.launcher import free_port
 
 
 def fresh_script(body: str) -> LuaScript:

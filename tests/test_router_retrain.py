@@ -27,7 +27,7 @@ from gateway.learning.store import OUTCOMES, OutcomeRow, upsert_outcome
 from router import features
 from router.policy import default_policy_dir, load_policy_set
 from router.predictor import parse_predictor, prior
-from tests.test_accounting_support import create_pg_database, drop_pg_database
+from tests.pg_support import create_pg_database, drop_pg_database
 
 SMALL, LARGE = "demo-small", "demo-large"
 MODELS = f"{SMALL},{LARGE}"
