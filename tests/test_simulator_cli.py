@@ -5,6 +5,7 @@ was started as (`python -m vllm_sim` or `gateway sim`)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from typing import Annotated, Any
@@ -116,3 +117,17 @@ def test_the_simulator_stands_alone() -> None:
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'gateway', 'workers'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_right_after_the_readiness_line_exits_cleanly(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm_sim", *REQUIRED, "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=10)
+    assert (proc.returncode, err) == (0, "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -21,6 +21,8 @@ from vllm_sim.serving import serve
 __all__ = ["ServeOptions", "add_struct_options", "build_parser", "config_from_args", "main", "serve_options_from_args"]
 
 PROG = "python -m vllm_sim"
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class ServeOptions(msgspec.Struct, kw_only=True, frozen=True):
@@ -58,9 +60,7 @@ def add_struct_options(
             kind = str
         if default is not None and not is_required:
             help_ += " (default: %(default)s)"
-        parser.add_argument(
-            flag, type=kind, default=default, required=is_required, choices=choices, help=help_
-        )
+        parser.add_argument(flag, type=kind, default=default, required=is_required, choices=choices, help=help_)
 
 
 def _unwrap(struct: type, name: str, tp: Any) -> tuple[Any, str]:
@@ -79,19 +79,17 @@ def _unwrap(struct: type, name: str, tp: Any) -> tuple[Any, str]:
     return kind, description
 
 
-def _from_args(struct: type[Any], args: argparse.Namespace) -> Any:
+def _from_args(struct: type[S], args: argparse.Namespace) -> S:
     return struct(**{f.name: getattr(args, f.name) for f in msgspec.structs.fields(struct)})
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The :class:`SimConfig` the parsed flags describe (ValueError when a value is out of range)."""
-    config: SimConfig = _from_args(SimConfig, args)
-    return config
+    return _from_args(SimConfig, args)
 
 
 def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
-    options: ServeOptions = _from_args(ServeOptions, args)
-    return options
+    return _from_args(ServeOptions, args)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

@@ -8,7 +8,6 @@ import socket
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any
 
 from vllm_sim.app import SimApp, create_sim_app
@@ -111,25 +110,16 @@ def serve(config: SimConfig, host: str, port: int, *, log_level: str, access_log
     except OSError as exc:
         print(f"vllm-sim: cannot bind {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    # The socket is listening already: connections made from now on queue until uvicorn serves them.
-    print(f"vllm-sim: listening on {_url(host, sock.getsockname()[1])} model={config.model}", flush=True)
     server = _uvicorn_server(app, log_level=log_level, access_log=access_log, graceful_s=2)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler
-    # found at start: make that one end serve() with status 0 instead of killing the process.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises them with the handlers found at start:
+    # those are the server's own, so a stop at any time, even before it runs, ends serve() with 0.
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # The socket is listening already: connections made from now on queue until uvicorn serves them.
+        print(f"vllm-sim: listening on {_url(host, sock.getsockname()[1])} model={config.model}", flush=True)
         server.run(sockets=[sock])
-    except (KeyboardInterrupt, _Terminated):
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
     return 0
-
-
-class _Terminated(Exception):
-    pass
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
