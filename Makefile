@@ -56,7 +56,7 @@ test: venv vllm-env lint
 	$(BIN)/pytest
 
 # The shipped quality predictor (policies/predictor/), trained on the shipped outcome data. Deterministic:
-# running it again on the same data writes the same bytes. docs/routing.md says what the heads stand for.
+# running it again on the same data writes the same bytes. docs/learned-routing.md says what the heads stand for.
 PREDICTOR_MODELS := demo-small=Qwen2.5-7B-Instruct|mistralai/Mistral-7B-Instruct-v0.1|rinna/japanese-gpt-neox-3.6b-instruction-ppo,demo-large=gpt-4o-2024-05-13|gpt-4-1106-preview|tokyotech-llm/Swallow-70b-instruct-hf
 .PHONY: predictor
 predictor: venv

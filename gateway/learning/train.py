@@ -1,6 +1,6 @@
 """Training the quality predictor: feature vectors and scores in, a `predictor.json` artefact out.
 
-The method, chosen on measurements (docs/routing.md): one ridge regression per head over the feature
+The method, chosen on measurements (docs/learned-routing.md): one ridge regression per head over the feature
 vector of router/features.py, with the n-gram counts log-scaled and L2-normalised, every column
 standardised, and the dense numbers (sizes, structure, request fields) weighted `dense_scale` times as
 much as a single n-gram bucket. The penalty grows with the rows (`alpha_per_row`), so the same
