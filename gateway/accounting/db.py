@@ -33,7 +33,15 @@ _PG_MIGRATION_LOCK = 0x6761_7465_7761_79  # "gateway"
 
 
 class DatabaseError(Exception):
-    """The accounting database cannot be used as it is; the message says what to do."""
+    """The accounting database cannot be used as it is; the message says what to do.
+
+    `problem` and `hint` are the message's two parts (`problem: hint`), for a caller that prints them apart.
+    """
+
+    def __init__(self, problem: str, hint: str = "") -> None:
+        super().__init__(f"{problem}: {hint}" if hint else problem)
+        self.problem = problem
+        self.hint = hint
 
 
 def embedded_url(state_dir: str | Path) -> str:
@@ -205,6 +213,9 @@ async def downgrade(engine: AsyncEngine, revision: str = "-1") -> None:
     await _run(engine, lambda cfg: command.downgrade(cfg, revision))
 
 
+MIGRATE_HINT = "run `gateway db upgrade`"
+
+
 async def check_migrated(engine: AsyncEngine, url: str) -> None:
     """Raise DatabaseError unless the database is at this code's head revision."""
     current = await current_revision(engine)
@@ -213,13 +224,11 @@ async def check_migrated(engine: AsyncEngine, url: str) -> None:
         return
     where = safe_url(url)
     if current is None:
-        raise DatabaseError(f"the accounting database {where} is not migrated: run `gateway db upgrade`")
+        raise DatabaseError(f"the accounting database {where} is not migrated", MIGRATE_HINT)
     if current not in revisions()[0]:
-        raise DatabaseError(
-            f"the accounting database {where} is at revision {current}, which this gateway does not know "
-            "(migrated by a newer version?)")
-    raise DatabaseError(
-        f"the accounting database {where} is at revision {current}, not {head}: run `gateway db upgrade`")
+        raise DatabaseError(f"the accounting database {where} is at revision {current}, which this gateway does not "
+                            "know", "migrated by a newer version? run that version")
+    raise DatabaseError(f"the accounting database {where} is at revision {current}, not {head}", MIGRATE_HINT)
 
 
 async def prepare(engine: AsyncEngine, url: str, auto_migrate: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import socket
 import sys
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock = socket.create_server((settings.host, settings.port), reuse_port=False)
     except OSError as exc:
-        print(f"gateway: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror} (another process "
-              "may have it: stop it or choose another --port)", file=sys.stderr)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"gateway: error: cannot listen on {settings.host}:{settings.port}: {reason} (another process may "
+              "have it: stop it or choose another --port)", file=sys.stderr)
         return 1
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
     print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
