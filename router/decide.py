@@ -18,7 +18,7 @@ from router.classify import Features
 from router.decision import CachePolicy, Caller, PoolState, RouteDecision, Target, TraceStep
 from router.errors import ModelNotFound, NoCapableModel, NoHealthyModel, PolicyDenied
 from router.policy import PolicySet
-from router.pricing import TokenRates, expected_cost
+from router.pricing import TokenRates, expected_cost, format_money
 from router.rules import Rule
 from router.spec import CAPABILITIES
 
@@ -263,7 +263,7 @@ def _fitting(rule: Rule, f: Features, need: int, output: int, health: Mapping[st
         if rate is not None:
             cost = expected_cost(rate, f.prompt_tokens, output)
             key = (0, cost, state.load, m.tier, m.name)
-            price = f"expected cost {cost} {rate.currency}"
+            price = f"expected cost {format_money(cost)} {rate.currency}"
         else:
             key = (1, Decimal(m.tier), state.load, 0, m.name)
             price = "no price"

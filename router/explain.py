@@ -11,6 +11,7 @@ from router.decide import Quality
 from router.decision import Caller, RouteDecision, TraceStep
 from router.errors import GatewayError, RoutingError
 from router.policy import PolicySet
+from router.pricing import format_money
 
 __all__ = ["error_dict", "explain_dict", "explain_text", "features_dict", "trace_lines"]
 
@@ -41,7 +42,7 @@ def features_dict(f: Features) -> dict[str, Any]:
 
 
 def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    return None if value is None else format(value, "f")  # exact, never an exponent
 
 
 def _trace_dict(trace: tuple[object, ...]) -> list[dict[str, Any]]:
@@ -177,9 +178,10 @@ def explain_text(policy: PolicySet, features: Features, caller: Caller, requeste
         else:
             cache = f"no-store ({c.reason})"
         if d.expected_cost is not None:
-            cost = f"expected cost <= {d.expected_cost} {d.currency}"
+            cost = f"expected cost <= {format_money(d.expected_cost)} {d.currency}"
             if d.reference_model is not None and d.reference_cost is not None:
-                cost += f"; on the reference model {d.reference_model}: {d.reference_cost} {d.currency}"
+                cost += (f"; on the reference model {d.reference_model}: {format_money(d.reference_cost)} "
+                         f"{d.currency}")
         else:
             cost = "expected cost: unknown (no rates)"
             if d.reference_model is not None:

@@ -16,7 +16,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
@@ -26,6 +26,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.accounting.models import UsageDaily, UsageRecord
 from gateway.accounting.money import ZERO, Money
+from router.pricing import format_money
 
 GROUPS = ("tenant", "team", "key", "model", "pool", "day", "month")
 ALL_KEYS = ("day", "tenant", "team", "key", "model", "pool")  # the rollups' key (with currency)
@@ -262,22 +263,16 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
-TABLE_PLACES = Decimal("0.000001")
-
-
 def to_table(report: Report) -> str:
-    """Aligned columns for a terminal; amounts rounded to 6 places (json and csv carry them exactly)."""
+    """Aligned columns for a terminal; amounts as format_money prints them (json and csv carry them exactly)."""
     headers = [*report.group_by, "currency", "calls", "errors", "cache_hits", "prompt", "cached", "completion",
                "cost", "reference", "routing_savings", "cache_savings", "shadow_calls", "shadow_cost"]
-
-    def amount(value: Decimal) -> str:
-        return format(value.quantize(TABLE_PLACES, rounding=ROUND_HALF_EVEN), "f")
 
     def cells(row: ReportRow, label: dict[str, str | None]) -> list[str]:
         return [*(label.get(g) or "-" for g in report.group_by), row.currency, str(row.calls), str(row.errors),
                 str(row.cache_hits), str(row.prompt_tokens), str(row.cached_tokens), str(row.completion_tokens),
-                *(amount(getattr(row, a)) for a in AMOUNTS if a not in SHADOW), str(row.shadow_calls),
-                amount(row.shadow_cost)]
+                *(format_money(getattr(row, a)) for a in AMOUNTS if a not in SHADOW), str(row.shadow_calls),
+                format_money(row.shadow_cost)]
 
     lines = [cells(r, r.group) for r in report.rows]
     totals = [cells(t, {g: "TOTAL" if i == 0 else "" for i, g in enumerate(report.group_by)})

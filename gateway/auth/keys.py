@@ -27,6 +27,11 @@ KEY_PREFIX = "sk-gw-"
 SHOWN_CHARS = 12  # `sk-gw-` and 6 characters of the key: enough to recognise it in a list
 SECRET_FILE = "key-hash-secret"
 DEV_KEY_FILE = "dev-key"
+# Who the development key is (it is not in the database): its calls are accounted to this key id.
+DEV_KEY_ID = "dev"
+DEV_TENANT = "default"
+DEV_TEAM = "dev"
+DEV_ROLE = "admin"
 
 
 def new_key() -> str:
@@ -41,17 +46,28 @@ def key_prefix(key: str) -> str:
     return key[:SHOWN_CHARS]
 
 
+def shown_prefix(key: str) -> str:
+    """The prefix a list shows of a key that may be short (a development key from the settings): never more
+    than half of it."""
+    return key[:min(SHOWN_CHARS, len(key) // 2)]
+
+
 def digest(secret: bytes, key: str) -> bytes:
     """The keyed hash of a key (32 bytes); `.hex()` of it is what `api_keys.key_hash` holds."""
     return hmac.digest(secret, key.encode("utf-8", "surrogateescape"), "sha256")
 
 
+def _read(path: Path) -> str | None:
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip() or None
+    return None
+
+
 def _read_or_create(path: Path, make: str) -> str:
     """The file's content; when there is none, `make`, written atomically (a link never overwrites)."""
-    with contextlib.suppress(FileNotFoundError):
-        value = path.read_text().strip()
-        if value:
-            return value
+    value = _read(path)
+    if value is not None:
+        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -81,12 +97,13 @@ class DevKey:
     source: str  # "setting" (dev_key / GATEWAY_DEV_KEY) or the file it is kept in
 
 
-def dev_key(settings: Settings) -> DevKey | None:
+def dev_key(settings: Settings, create: bool = True) -> DevKey | None:
     """The development key, if there is one.
 
     `dev_key` set: that value (an empty string: none). Unset: with the embedded database only (no
     `database_url`), a key generated once and kept in `<state_dir>/dev-key`; with a configured database,
-    none (production keys are made with `gateway keys create`).
+    none (production keys are made with `gateway keys create`). `create=False` (lists): the file's key if
+    it was made already, else none.
     """
     if settings.auth == "off":
         return None
@@ -95,7 +112,8 @@ def dev_key(settings: Settings) -> DevKey | None:
     if settings.database_url is not None:
         return None
     path = Path(settings.state_dir) / DEV_KEY_FILE
-    return DevKey(_read_or_create(path, new_key()), str(path))
+    key = _read_or_create(path, new_key()) if create else _read(path)
+    return DevKey(key, str(path)) if key is not None else None
 
 
 def known_dev_key(settings: Settings) -> str | None:
@@ -107,7 +125,7 @@ def known_dev_key(settings: Settings) -> str | None:
     return None
 
 
-DEV_WHO = "role admin, tenant default, team dev"
+DEV_WHO = f"role {DEV_ROLE}, tenant {DEV_TENANT}, team {DEV_TEAM}"
 
 
 def dev_key_banner(settings: Settings, terminal: bool) -> list[str]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.money import quantize
+from gateway.auth import keys
 from gateway.auth.keys import digest, key_prefix, new_key, new_key_id
 from gateway.auth.models import ApiKey, TeamLimits
 from gateway.auth.principal import PERIODS, ROLES, Limits, Principal
+from gateway.settings import Settings
 
 KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 TEAMS: Table = TeamLimits.__table__  # type: ignore[assignment]
@@ -35,10 +39,11 @@ class KeyInfo:
     tenant: str
     team: str
     role: str
-    created_at: datetime
+    created_at: datetime | None  # None: not known (a development key given in the settings)
     expires_at: datetime | None
     revoked_at: datetime | None
     limits: Limits
+    development: bool = False  # the development key (kept in a file or the settings, not in the database)
 
     def state(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
@@ -53,7 +58,7 @@ class KeyInfo:
             "id": self.id, "prefix": self.prefix, "name": self.name, "tenant": self.tenant, "team": self.team,
             "role": self.role, "state": self.state(), "created_at": _iso(self.created_at),
             "expires_at": _iso(self.expires_at), "revoked_at": _iso(self.revoked_at),
-            **limits_dict(self.limits),
+            **limits_dict(self.limits), "development": self.development,
         }
 
 
@@ -126,6 +131,20 @@ async def create_key(
 
 def _values(row: Any) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+def dev_key_info(settings: Settings) -> KeyInfo | None:
+    """The development key as lists show it, if the gateway has one (it never makes one here)."""
+    dev = keys.dev_key(settings, create=False)
+    if dev is None:
+        return None
+    created = None
+    if dev.source != "setting":
+        with contextlib.suppress(OSError):
+            created = datetime.fromtimestamp(Path(dev.source).stat().st_mtime, UTC)
+    return KeyInfo(id=keys.DEV_KEY_ID, prefix=keys.shown_prefix(dev.key), name=f"development key ({dev.source})",
+                   tenant=keys.DEV_TENANT, team=keys.DEV_TEAM, role=keys.DEV_ROLE, created_at=created,
+                   expires_at=None, revoked_at=None, limits=Limits(), development=True)
 
 
 async def list_keys(engine: AsyncEngine, tenant: str | None = None) -> list[KeyInfo]:

@@ -26,7 +26,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from gateway.settings import SettingsError, load_settings
+from gateway.commands import config
+from gateway.settings import SettingsError
+from router.pricing import format_money
 
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -54,15 +56,15 @@ def _amount(text: str | None) -> Decimal | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
-    p.add_argument("--database-url", help="overrides the settings' database_url")
+    config.add_config(p, "its database_url and state_dir (the key-hash secret, the development key)")
+    config.add_database_url(p)
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpm", type=_per_minute, help="requests per minute")
     p.add_argument("--tpm", type=_per_minute, help="tokens per minute (prompt + completion)")
     p.add_argument("--budget", help="spend allowed per period, in the price catalogue's currency (e.g. 25.00)")
-    p.add_argument("--budget-period", choices=("day", "month", "total"), help="default: month")
+    p.add_argument("--budget-period", choices=("day", "month", "total"), help="the budget's period (default: month)")
 
 
 def _per_minute(text: str) -> int:
@@ -75,33 +77,38 @@ def _per_minute(text: str) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("keys", help="API keys (create, list, revoke, expire) and team limits")
-    actions = p.add_subparsers(dest="action", required=True)
+    actions = p.add_subparsers(dest="action", required=True, help="what to do")
     create = actions.add_parser("create", help="make a key; prints it once")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--team", required=True)
-    create.add_argument("--role", required=True, choices=("app", "finance", "admin"))
+    create.add_argument("--tenant", required=True, help="the tenant the key's calls are accounted to")
+    create.add_argument("--team", required=True, help="the team within the tenant (team limits apply to it)")
+    create.add_argument("--role", required=True, choices=("app", "finance", "admin"),
+                        help="app: inference and feedback; finance: also the reports; admin: everything")
     create.add_argument("--name", help="a label for lists")
     create.add_argument("--expires", metavar="WHEN", help="a date, an ISO 8601 time or a duration (30d)")
     _limit_args(create)
-    listing = actions.add_parser("list", help="the keys (prefix only)")
-    listing.add_argument("--tenant")
-    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing = actions.add_parser("list", help="the keys (prefix only), the development key among them")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    _format(listing)
     revoke = actions.add_parser("revoke", help="revoke a key (it stops working within seconds)")
-    revoke.add_argument("key", metavar="KEY_ID")
+    revoke.add_argument("key", metavar="KEY_ID", help="the key's id (key_...) or the key itself")
     expire = actions.add_parser("expire", help="set when a key expires (default: now)")
-    expire.add_argument("key", metavar="KEY_ID")
-    expire.add_argument("--at", metavar="WHEN")
+    expire.add_argument("key", metavar="KEY_ID", help="the key's id (key_...) or the key itself")
+    expire.add_argument("--at", metavar="WHEN", help="a date, an ISO 8601 time or a duration (default: now)")
     team = actions.add_parser("team", help="set a team's rate limits and budget (all at once)")
-    team.add_argument("--tenant", required=True)
-    team.add_argument("--team", required=True)
+    team.add_argument("--tenant", required=True, help="the team's tenant")
+    team.add_argument("--team", required=True, help="the team")
     _limit_args(team)
     team.add_argument("--clear", action="store_true", help="remove the team's limits")
     teams = actions.add_parser("teams", help="the teams' limits")
-    teams.add_argument("--tenant")
-    teams.add_argument("--format", choices=("table", "json"), default="table")
+    teams.add_argument("--tenant", help="only this tenant's teams")
+    _format(teams)
     for a in (create, listing, revoke, expire, team, teams):
         _common(a)
     p.set_defaults(run=run)
+
+
+def _format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.auth.store import KeyProblem
 
     try:
-        settings = load_settings(args.config, overrides={"database_url": args.database_url})
+        settings = config.settings(args, database_url=args.database_url)
         return asyncio.run(_run(settings, args))
     except (SettingsError, DatabaseError, KeyProblem, ValueError) as exc:
         print(f"gateway keys: {exc}", file=sys.stderr)
@@ -143,13 +150,16 @@ async def _act(settings: Any, engine: Any, args: argparse.Namespace) -> int:
               "The key is shown this once; the gateway keeps only a keyed hash.", file=sys.stderr)
         return 0
     if args.action == "list":
-        keys = await store.list_keys(engine, args.tenant)
+        dev = store.dev_key_info(settings)
+        keys = [dev] if dev is not None and args.tenant in (None, dev.tenant) else []
+        keys += await store.list_keys(engine, args.tenant)
         if args.format == "json":
             print(json.dumps([k.as_dict() for k in keys], indent=1))
         else:
             print(_table(["id", "prefix", "tenant", "team", "role", "state", "created", "expires", "limits", "name"],
-                         [[k.id, k.prefix + "...", k.tenant, k.team, k.role, k.state(), _day(k.created_at),
-                           _day(k.expires_at), _limits_text(k.limits).lstrip(", ") or "-", k.name or "-"]
+                         [[k.id, k.prefix + "...", k.tenant, k.team, k.role, k.state(),
+                           _day(k.created_at) if k.created_at else "-", _day(k.expires_at),
+                           _limits_text(k.limits).lstrip(", ") or "-", k.name or "-"]
                           for k in keys]))
         return 0
     if args.action in ("revoke", "expire"):
@@ -205,8 +215,9 @@ def _limits_text(limits: Any) -> str:
     if limits.tpm is not None:
         parts.append(f"{limits.tpm} tpm")
     if limits.budget is not None:
-        parts.append(f"budget {limits.budget.normalize():f} per {limits.budget_period}"
-                     if limits.budget_period != "total" else f"budget {limits.budget.normalize():f} in total")
+        amount = format_money(limits.budget)
+        parts.append(f"budget {amount} per {limits.budget_period}" if limits.budget_period != "total"
+                     else f"budget {amount} in total")
     return (", " + ", ".join(parts)) if parts else ""
 
 

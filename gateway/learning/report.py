@@ -5,12 +5,13 @@ The same figures in each; no prompt text in any of them.
 
 from __future__ import annotations
 
-import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from gateway.learning.evaluate import SHARES, Evaluation
 from gateway.learning.plot import plot_quality_cost
+from router.pricing import format_money
 
 __all__ = ["as_json", "as_text", "plot"]
 
@@ -19,10 +20,9 @@ def _pct(share: float | None) -> str:
     return "never" if share is None else f"{share * 100:.1f}%"
 
 
-def _decimals(values: list[float]) -> int:
-    """Decimals that give the largest cost about four significant digits (one format for a whole table)."""
-    top = max((abs(v) for v in values), default=0.0)
-    return max(0, 3 - math.floor(math.log10(top))) if top > 0 else 2
+def _cost(value: float) -> str:
+    """A cost statistic (a mean over rows, computed in floats for the curves) at the CLI's one money precision."""
+    return format_money(Decimal(str(float(value))))
 
 
 def _split(ev: Evaluation) -> str:
@@ -36,7 +36,7 @@ def as_text(ev: Evaluation) -> str:
     pair = f"`{ev.weak}` and `{ev.strong}`" if len(ev.models) == 2 else f"all of {', '.join(ev.models)}"
     costs = (f"cost per 1,000 calls in {ev.currency} (floats, for a report)" if ev.currency
              else f"costs n/a (no price for {', '.join(ev.unpriced)})")
-    width = 15 if ev.currency else 7
+    width = 18 if ev.currency else 7
     lines = [
         f"predictor {p.name} (heads: {', '.join(p.heads)}); weak `{ev.weak}`, strong `{ev.strong}`",
         f"data: {ev.rows} rows; {_split(ev)}; {ev.used_rows} scored for {pair}",
@@ -49,21 +49,19 @@ def as_text(ev: Evaluation) -> str:
         f"{'quality / cost per 1,000 calls' if ev.currency else 'quality'} at this share of strong calls",
         f"{'':<8} {'':>6} {'':>9} {'':>9}   " + " ".join(f"{f'{s * 100:.0f}%':<{width}}" for s in SHARES).rstrip(),
     ]
-    d = _decimals([pt.cost_per_1k for r in ev.results for pt in r.points])
     for r in ev.results:
-        cells = [f"{pt.quality:.3f} / {pt.cost_per_1k:.{d}f}" if ev.currency else f"{pt.quality:.3f}"
+        cells = [f"{pt.quality:.3f} / {_cost(pt.cost_per_1k)}" if ev.currency else f"{pt.quality:.3f}"
                  for pt in r.points]
         lines.append(f"{r.name:<8} {r.apgr:>6.3f} {_pct(r.cpt50):>9} {_pct(r.cpt80):>9}   "
                      + " ".join(f"{c:<{width}}" for c in cells).rstrip())
     a = ev.along_cost
     if a is not None:
-        d = _decimals([c * 1000 for c, _ in a.models.values()])
         lines += [
             "",
             f"over all {len(ev.models)} models, APGR along cost (from all `{a.cheapest}` to all `{a.dearest}`): "
             + ", ".join(f"{name} {value:.3f}" for name, value in a.apgr.items()),
             "  every prompt on one model: " + ", ".join(
-                f"{m} {q:.3f} / {c * 1000:.{d}f}" for m, (c, q) in a.models.items()),
+                f"{m} {q:.3f} / {_cost(c * 1000)}" for m, (c, q) in a.models.items()),
         ]
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from gateway.accounting.models import UsageDaily
 from gateway.accounting.money import ZERO, Money, quantize
 from gateway.auth import store
 from gateway.limits.periods import window
+from router.pricing import format_money
 
 
 async def recorded_spend(engine: AsyncEngine, *, tenant: str, team: str | None, key_id: str | None,
@@ -117,15 +118,12 @@ async def budget_rows(engine: AsyncEngine, currency: str, soft_pct: int, now: fl
     return rows
 
 
-TABLE_PLACES = Decimal("0.000001")
-
-
 def to_table(rows: list[BudgetRow]) -> str:
     headers = ["scope", "tenant", "team", "key", "period", "from", "currency", "limit", "spent", "reserved",
                "remaining", "state"]
 
     def amount(v: Decimal | None) -> str:
-        return format(v.quantize(TABLE_PLACES), "f") if v is not None else "-"
+        return format_money(v) if v is not None else "-"
 
     lines = [[r.scope, r.tenant, r.team, r.key_id or "-", r.period,
               r.period_start.isoformat() if r.period_start else "-", r.currency, amount(r.limit), amount(r.spent),
