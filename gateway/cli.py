@@ -12,7 +12,7 @@ COMMANDS = ("serve", "sim", "workers", "db", "keys", "report", "policies", "rout
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="LLM routing gateway with cost accounting")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="`gateway COMMAND --help` shows its options")
     for name in COMMANDS:
         importlib.import_module(f"gateway.commands.{name}").register(sub)
     return parser

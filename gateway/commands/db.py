@@ -11,18 +11,21 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway.settings import SettingsError, load_settings
+from gateway.commands import config
+from gateway.settings import SettingsError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("db", help="migrate the accounting database (upgrade, downgrade, current)")
-    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
-    p.add_argument("--database-url", help="overrides the settings' database_url")
-    actions = p.add_subparsers(dest="action", required=True)
+    config.add_config(p, "its database_url")
+    config.add_database_url(p)
+    actions = p.add_subparsers(dest="action", required=True, help="what to do")
     up = actions.add_parser("upgrade", help="migrate to REV (default: the latest, head)")
-    up.add_argument("revision", nargs="?", default="head")
+    up.add_argument("revision", metavar="REV", nargs="?", default="head",
+                    help="a revision id, `head` (the default) or +N")
     down = actions.add_parser("downgrade", help="migrate back to REV (default: one step, -1; `base`: empty)")
-    down.add_argument("revision", nargs="?", default="-1")
+    down.add_argument("revision", metavar="REV", nargs="?", default="-1",
+                      help="a revision id, -N (default -1) or `base` (no tables)")
     actions.add_parser("current", help="show the database's revision and the latest one")
     p.set_defaults(run=run)
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.accounting.db import DatabaseError
 
     try:
-        settings = load_settings(args.config, overrides={"database_url": args.database_url})
+        settings = config.settings(args, database_url=args.database_url)
         url = database_url(settings)
         return asyncio.run(_run(args.action, url, getattr(args, "revision", None)))
     except (SettingsError, DatabaseError) as exc:

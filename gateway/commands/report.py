@@ -12,18 +12,20 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway.settings import SettingsError, load_settings
+from gateway.commands import config
+from gateway.settings import Settings, SettingsError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("report", help="usage, cost and savings per tenant/team/key/model/pool/day/month")
-    p.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
-    p.add_argument("--database-url", help="overrides the settings' database_url")
+    config.add_config(p, "its database_url, prices_file (--budgets: the currency) and budget_soft_pct")
+    config.add_database_url(p)
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first UTC day (default: the first call)")
     p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last UTC day, included (default: today)")
     p.add_argument("--group-by", action="append", metavar="KEYS",
                    help="comma-separated: tenant, team, key, model, pool, day, month (default: model)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default: table; csv and json carry the amounts exactly)")
     p.add_argument("--verify", action="store_true",
                    help="check that the rollups equal the raw records (exit 1 listing the differences)")
     p.add_argument("--budgets", action="store_true",
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.accounting.reports import ReportError, parse_day, parse_group_by
 
     try:
-        settings = load_settings(args.config, overrides={"database_url": args.database_url})
+        settings = config.settings(args, database_url=args.database_url)
         start, end = parse_day(args.start, "from"), parse_day(args.end, "to")
         group_by = parse_group_by(args.group_by)
         url = database_url(settings)
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"gateway report: no accounting database at {missing} yet (start the gateway with "
                   "`gateway serve`, or run `gateway db upgrade`)", file=sys.stderr)
             return 2
-        return asyncio.run(_run(url, args, start, end, group_by))
+        return asyncio.run(_run(settings, url, args, start, end, group_by))
     except (SettingsError, DatabaseError, ReportError) as exc:
         print(f"gateway report: {exc}", file=sys.stderr)
         return 2
@@ -62,7 +64,8 @@ def _missing_sqlite(url: str) -> str | None:
     return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
-async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_by: tuple[str, ...]) -> int:
+async def _run(settings: Settings, url: str, args: argparse.Namespace, start: Any, end: Any,
+               group_by: tuple[str, ...]) -> int:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from gateway.accounting import db, reports
@@ -79,7 +82,7 @@ async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_b
             print(f"rollups match the records ({keys} rollup key(s) compared)")
             return 0
         if args.budgets:
-            return await _budgets(engine, settings_of(args), args.format)
+            return await _budgets(engine, settings, args.format)
         report = await reports.usage_report(engine, start=start, end=end, group_by=group_by)
         sys.stdout.write(reports.render(report, args.format))
         return 0
@@ -87,11 +90,7 @@ async def _run(url: str, args: argparse.Namespace, start: Any, end: Any, group_b
     return await db.run_command("gateway report", url, work)
 
 
-def settings_of(args: argparse.Namespace) -> Any:
-    return load_settings(args.config, overrides={"database_url": args.database_url})
-
-
-async def _budgets(engine: Any, settings: Any, fmt: str) -> int:
+async def _budgets(engine: Any, settings: Settings, fmt: str) -> int:
     """`--budgets`: from the database alone (the gateway's `GET /v1/reports/budgets` adds its live counters)."""
     import json
 

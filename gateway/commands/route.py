@@ -10,13 +10,17 @@ from typing import Any, Literal
 
 import msgspec
 
+from gateway.commands import config
+from gateway.settings import Settings
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("route", help="routing decisions")
-    cmds = p.add_subparsers(dest="route_command", required=True)
+    cmds = p.add_subparsers(dest="route_command", required=True, help="what to do")
     e = cmds.add_parser("explain", help="print the decision for a request body and its trace")
     e.add_argument("file", metavar="FILE|-", help="the JSON request body (- reads stdin)")
-    e.add_argument("--policies", metavar="DIR", type=Path, help="policy directory (default: the shipped policies/)")
+    config.add_config(e, "its policies_dir, prices_file and pools")
+    config.add_policies(e)
     e.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header (repeatable)")
     e.add_argument("--tenant", default="default", help="caller tenant (default: default)")
     e.add_argument("--team", help="caller team")
@@ -25,23 +29,20 @@ def register(sub: Any) -> None:
     e.add_argument("--kind", choices=("chat", "completion"), help="default: chat if the body has messages")
     e.add_argument("--unhealthy", action="append", default=[], metavar="POOL", help="treat POOL as unhealthy")
     e.add_argument("--load", action="append", default=[], metavar="POOL=X", help="POOL's load, 0..1 (default 0)")
-    e.add_argument("--prices", metavar="FILE", type=Path,
-                   help="price file for expected costs (default: the shipped policies/prices.yaml if present)")
+    config.add_prices(e, "for expected costs")
     e.add_argument("--no-prices", action="store_true", help="decide without rates (tiers stand in for size)")
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
     e.set_defaults(run=run_explain)
 
 
-def _rates(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+def _rates(args: argparse.Namespace, settings: Settings) -> tuple[dict[str, Any], str | None]:
     """Current per-token rates from the accounting price file, or none (with a note why)."""
     if args.no_prices:
         return {}, None
-    try:
-        from gateway.accounting.prices import DEFAULT_PRICES_FILE, current_token_rates, load_prices
-    except ImportError:
-        return {}, "no price catalogue available: deciding without rates"
-    path = args.prices or DEFAULT_PRICES_FILE
-    if args.prices is None and not Path(path).exists():
+    from gateway.accounting.prices import current_token_rates, load_prices
+
+    path = config.prices_file(args, settings)
+    if args.prices is None and settings.prices_file is None and not path.exists():
         return {}, None
     try:
         return dict(current_token_rates(load_prices(path), datetime.now(UTC))), None
@@ -58,8 +59,11 @@ def run_explain(args: argparse.Namespace) -> int:
     from router.policy import load_policy_set
     from router.quality import probe_for
 
+    settings = config.settings_or_none(args, "gateway route explain")
+    if settings is None:
+        return 2
     try:
-        policy = load_policy_set(args.policies)
+        policy = load_policy_set(config.policy_dir(args, settings))
     except PolicyError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return 2
@@ -93,7 +97,7 @@ def run_explain(args: argparse.Namespace) -> int:
                                                          else "chat")
     requested = args.model or (body.get("model") if isinstance(body.get("model"), str) else None) or "auto"
     caller = Caller(tenant=args.tenant, team=args.team, key_id=args.key_id)
-    rates, note = _rates(args)
+    rates, note = _rates(args, settings)
 
     features = classify(body, kind, headers, policy.classifier)
     probe = probe_for(policy.predictor, body, features)

@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.commands import config
+
 if TYPE_CHECKING:  # the training code is imported only when a command runs
     from gateway.learning.build import Built, Examples
     from gateway.learning.production import Production
+    from gateway.settings import Settings
     from router.policy import PolicySet
     from router.predictor import Predictor
 
@@ -66,7 +69,7 @@ examples:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("router", help="train and evaluate the learned quality predictor (needs the `train` extra)")
-    cmds = p.add_subparsers(dest="router_command", required=True)
+    cmds = p.add_subparsers(dest="router_command", required=True, help="what to do")
 
     t = cmds.add_parser("train", help="fit a predictor on outcome files or production outcomes; writes "
                         "DIR/predictor.json", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,9 +81,8 @@ def register(sub: Any) -> None:
                    "request, a model's score the mean of its feedback and shadow scores")
     t.add_argument("--since", metavar="AGE", help="with --from-db: only outcomes scored within AGE: 90m, 12h, 30d, "
                    "2w (default: all)")
-    t.add_argument("--config", metavar="GATEWAY_YAML", help="with --from-db: the gateway's settings, for "
-                   "database_url and policies_dir (default: $GATEWAY_CONFIG, GATEWAY_* variables, else the "
-                   "embedded SQLite in <state_dir>/gateway.db)")
+    config.add_config(t, "its policies_dir and, with --from-db, its database_url (unset: the embedded SQLite in "
+                      "<state_dir>/gateway.db)")
     t.add_argument("--install-if-better", action="store_true",
                    help="with --from-db: compare with the policy's predictor on the held-out rows and, when the "
                    "new one is better by the margin, retrain on every row and replace the policy's predictor "
@@ -91,16 +93,15 @@ def register(sub: Any) -> None:
     _split(t, "hold out this share of the prompts (by text) and of production's requests (by request id) from "
            "training, for `evaluate --holdout` and --install-if-better (default 0; 0.3 with --install-if-better)",
            default=None)
-    t.add_argument("--policies", metavar="DIR", type=Path,
-                   help="policy directory: its classifier computes the file rows' features, and --install-if-"
-                   "better compares with and replaces its predictor (default: the settings' policies_dir with "
-                   "--from-db, else the shipped policies/)")
+    config.add_policies(t, "policy directory: its classifier computes the file rows' features, and "
+                        "--install-if-better compares with and replaces its predictor")
     t.set_defaults(run=run_train)
 
     s = cmds.add_parser("score", help="print each row's predicted score of every head, one JSON object a line")
     _predictor(s)
     _data(s)
     _policies(s)
+    config.add_config(s, "its policies_dir")
     s.set_defaults(run=run_score)
 
     e = cmds.add_parser("evaluate", help="compare the predictor as a router with baselines (APGR, CPT, cost)",
@@ -116,9 +117,9 @@ def register(sub: Any) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     e.add_argument("--plot", metavar="PATH", default=DEFAULT_PLOT,
                    help=f"quality-versus-cost plot, .svg or .png (default: {DEFAULT_PLOT}; `none`: no plot)")
-    e.add_argument("--prices", metavar="FILE", type=Path,
-                   help="price file for costs (default: the shipped policies/prices.yaml)")
+    config.add_prices(e, "for costs")
     _policies(e)
+    config.add_config(e, "its policies_dir and prices_file")
     e.set_defaults(run=run_evaluate)
 
 
@@ -132,9 +133,8 @@ def _predictor(p: argparse.ArgumentParser) -> None:
                    help="directory holding predictor.json (or the file itself)")
 
 
-def _policies(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policies", metavar="DIR", type=Path,
-                   help="policy directory whose classifier computes the features (default: the shipped policies/)")
+def _policies(p: argparse.ArgumentParser) -> None:  # score and evaluate
+    config.add_policies(p, "policy directory whose classifier computes the features")
 
 
 def _split(p: argparse.ArgumentParser, holdout_help: str, default: float | None = 0.0) -> None:
@@ -166,10 +166,22 @@ def _guarded(command: str, work: Callable[[], int]) -> int:
     return 1
 
 
-def _classifier(directory: Path | None) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of --config; their problem as a UsageError."""
+    from gateway.learning.dataset import UsageError
+    from gateway.settings import SettingsError
+
+    try:
+        return config.settings(args)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _classifier(args: argparse.Namespace) -> Any:
+    """The classifier of the policy the settings (or --policies) name."""
     from router.policy import load_classifier
 
-    return load_classifier(directory)
+    return load_classifier(config.policy_dir(args, _settings(args)))
 
 
 def _load_predictor(path: Path) -> Any:
@@ -199,8 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise dataset.UsageError(f"--models: {exc}") from None
         if args.from_db:
             return _train_from_db(args, heads)
-        for given, flag in ((args.since, "--since"), (args.config, "--config"),
-                            (args.install_if_better, "--install-if-better")):
+        for given, flag in ((args.since, "--since"), (args.install_if_better, "--install-if-better")):
             if given:
                 raise dataset.UsageError(f"{flag} goes with --from-db")
         if not args.data:
@@ -208,7 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         holdout = args.holdout or 0.0
         check_holdout(holdout)
         data = dataset.load(args.data)
-        built = build(data, heads, _classifier(args.policies), args.seed, holdout)
+        built = build(data, heads, _classifier(args), args.seed, holdout)
         target = _write_out(args.out, built.artefact)
         _print_trained(built, heads, holdout, args.seed)
         print(f"wrote {target}: predictor {built.predictor.name} (sha256 {built.predictor.hash})")
@@ -282,23 +293,22 @@ def _train_from_db(args: argparse.Namespace, heads: dict[str, list[str]]) -> int
     return _install_if_better(args.out, policy, target, examples, heads, training, built)
 
 
-def _database_and_policies(args: argparse.Namespace) -> tuple[str, Path | str | None]:
+def _database_and_policies(args: argparse.Namespace) -> tuple[str, Path]:
     """The database URL and the policy directory, from --config / $GATEWAY_CONFIG / GATEWAY_* / defaults."""
     from sqlalchemy.exc import ArgumentError
 
     from gateway.accounting import database_url
     from gateway.accounting.db import DatabaseError, async_url
     from gateway.learning.dataset import UsageError
-    from gateway.settings import SettingsError, load_settings
 
+    settings = _settings(args)
     try:
-        settings = load_settings(args.config)
         url = async_url(database_url(settings))
-    except (SettingsError, DatabaseError) as exc:
+    except DatabaseError as exc:
         raise UsageError(str(exc)) from None
     except ArgumentError as exc:
         raise UsageError(f"database_url: {exc}") from None
-    return url, args.policies or settings.policies_dir
+    return url, config.policy_dir(args, settings)
 
 
 def _read_outcomes(url: str, since: timedelta | None, since_text: str | None) -> Production:
@@ -368,7 +378,7 @@ def run_score(args: argparse.Namespace) -> int:
         from gateway.learning.train import row_vectors
 
         predictor = _load_predictor(args.predictor)
-        classifier = _classifier(args.policies)
+        classifier = _classifier(args)
         rows = dataset.load(args.data).rows
         out = sys.stdout
         for start in range(0, len(rows), SCORE_BATCH):
@@ -383,14 +393,16 @@ def run_score(args: argparse.Namespace) -> int:
     return _guarded("score", work)
 
 
-def _rates(path: Path | None) -> dict[str, Any]:
-    from gateway.accounting.prices import DEFAULT_PRICES_FILE, PricesError, current_token_rates, load_prices
+def _rates(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.accounting.prices import PricesError, current_token_rates, load_prices
     from gateway.learning.dataset import UsageError
 
-    if path is None and not DEFAULT_PRICES_FILE.exists():
+    settings = _settings(args)
+    path = config.prices_file(args, settings)
+    if args.prices is None and settings.prices_file is None and not path.exists():
         return {}
     try:
-        return dict(current_token_rates(load_prices(path or DEFAULT_PRICES_FILE), datetime.now(UTC)))
+        return dict(current_token_rates(load_prices(path), datetime.now(UTC)))
     except (PricesError, OSError) as exc:
         raise UsageError(f"prices: {exc}") from None
 
@@ -407,9 +419,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if any("=" in m for m in models):
             raise dataset.UsageError("--models names heads of the predictor (NAME=... is for `train`)")
         predictor = _load_predictor(args.predictor)
-        rates = _rates(args.prices)
+        rates = _rates(args)
         data = dataset.load(args.data)
-        result = evaluate(predictor, data, models, _classifier(args.policies), rates, args.holdout, args.seed)
+        result = evaluate(predictor, data, models, _classifier(args), rates, args.holdout, args.seed)
         if plot_path is not None:
             try:
                 report.plot(result, plot_path)

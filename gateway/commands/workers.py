@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.commands import config
+from gateway.settings import Settings, SettingsError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("workers", help="launch and supervise worker replicas; show their state")
-    wsub = p.add_subparsers(dest="workers_command", required=True)
+    wsub = p.add_subparsers(dest="workers_command", required=True, help="what to do")
     up = wsub.add_parser("up", help="start the replicas of every pool with a `launch` spec and supervise them")
     status = wsub.add_parser("status", help="ask the running gateway for each replica's state, load and last error")
-    for q in (up, status):
-        q.add_argument("--config", help="YAML settings file (default: $GATEWAY_CONFIG)")
+    config.add_config(up, "its pools and state_dir (the replicas' logs)")
+    config.add_config(status, "the gateway's host and port, and its state_dir (the development key)")
     status.add_argument("--port", type=int, help="the gateway's port (default: settings / $GATEWAY_PORT)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--key", help="an admin API key (default: the development key, GATEWAY_DEV_KEY or "
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings | None:
     try:
-        return load_settings(args.config, overrides={"port": getattr(args, "port", None)})
+        return config.settings(args, port=getattr(args, "port", None))
     except SettingsError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return None
