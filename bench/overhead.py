@@ -2,8 +2,9 @@
 
 A mock upstream that is never the bottleneck (nginx with fixed vLLM 0.32 bodies) and a load generator in
 C (wrk + a Lua script that checks every response) run on core 1; the server under test runs alone on
-core 0: first our gateway configured as in production (accounting to PostgreSQL, routing and cache
-as they land: see overheadlib/servers.py), then the LiteLLM proxy configured from its production docs.
+core 0: first the gateway configured as in production (keys and limits, routing, the cache in Redis,
+accounting to PostgreSQL: see overheadlib/servers.py), then the LiteLLM proxy configured from its
+production docs. docs/performance.md describes the method and the latest results.
 Every point is also measured against the mock directly, and the difference is the latency added.
 
     .venv/bin/python bench/overhead.py [--quick] [--soak N] [--skip-litellm] [--profile]

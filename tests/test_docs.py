@@ -1,4 +1,4 @@
-"""Every fenced block of README.md and docs/*.md runs or is checked, so the docs cannot drift from the product.
+"""Every fenced block of README.md, docs/*.md and bench/HISTORY.md runs or is checked, so the docs cannot drift.
 
 The rules are in docs/testing.md, "Examples in the docs": the fence's info string says how a block is
 tested (```console sessions are compared with their output, ```bash/```python must exit 0, ```yaml KIND
@@ -46,7 +46,7 @@ def fail(message: str) -> NoReturn:
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "HISTORY.md"]
 
 
 # --- reading the blocks ------------------------------------------------------------------------------------
