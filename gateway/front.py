@@ -1,11 +1,11 @@
 """The served app: Litestar, with a short way in for inference calls.
 
 A POST to `/v1/chat/completions` or `/v1/completions` is what the gateway serves thousands of times a
-second; Litestar's routing, middleware and guard machinery cost it ~150k instructions a call (a raw
-ASGI answer under uvicorn: ~130k in all; the same behind a Litestar route with a guard: ~280k; callgrind,
-2026-11-28). Those calls take a short way: the same key check (`gateway.auth.guard.admit`), the same
-handler, and an error raised before the answer starts is rendered by the app's own exception handlers,
-as Litestar would. Other methods on those paths (405), other paths and lifespan events go to Litestar.
+second; Litestar's routing, middleware and guard machinery cost such a call more than uvicorn's whole
+answer does (docs/performance.md, "Measurements behind the code"). Those calls take a short way: the
+same key check (`gateway.auth.guard.admit`), the same handler, and an error raised before the answer
+starts is rendered by the app's own exception handlers, as Litestar would. Other methods on those paths
+(405), other paths and lifespan events go to Litestar.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The pooled client that calls the workers, and one open call on a replica (failover: workers/forward.py).
 
-Calls go over aiohttp's connection pool. Measured here (bench/upstream_client_bench.py, CPU per call
-at 64 concurrent calls to nginx): httpx with its own transport ~0.9 ms (httpcore polls every idle
-pooled connection on each request); httpx's API over aiohttp's pool (httpx-aiohttp) ~0.19 ms, or
-~0.12 ms straight to its transport; aiohttp itself ~0.07 ms. The gateway sits in front of every
-token, so the calls use aiohttp, and so do the health checks (workers/health.py), on a session of their
-own: one HTTP library in the serving process (httpx beside it cost ~6 MB of resident memory). aiohttp's
+Calls go over aiohttp's connection pool: of the clients bench/upstream_client_bench.py compares, it costs
+the least CPU per call, many times less than httpx with its own transport (httpcore polls every idle
+pooled connection on each request; docs/performance.md). The gateway sits in front of every token, so the
+calls use aiohttp, and so do the health checks (workers/health.py), on a session of their own: one HTTP
+library in the serving process (httpx beside it cost resident memory too). aiohttp's
 errors are translated here, at the boundary, into the gateway's error tree (`failure_kind`).
 """
 
@@ -64,7 +63,7 @@ class AiohttpResponse:
         return await self.raw.read()
 
     async def aclose(self) -> None:
-        # Never waits, so a cancellation has nothing to interrupt (no shield: ~8 us a call saved).
+        # Never waits, so a cancellation has nothing to interrupt (no anyio shield, and none of its cost).
         if self.raw.content.is_eof():
             self.raw.release()  # read to its end: the connection goes back to the pool
         else:

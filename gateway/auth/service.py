@@ -37,7 +37,7 @@ log = logging.getLogger("gateway.auth")
 REVOKED_CHANNEL = "gateway:auth:revoked"  # messages: a key id, or "*" (drop every cached key)
 MAX_CACHED = 100_000  # keys found; past that their cache starts over
 # Keys not found (unknown, revoked, expired), cached apart and fewer: someone trying random keys fills this
-# one only (at 100k they took ~20 MB), and never pushes out the keys in use.
+# small one only (a large one would hold megabytes of them), and never pushes out the keys in use.
 MAX_UNKNOWN = 4096
 BEARER = "bearer "
 

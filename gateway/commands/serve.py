@@ -15,8 +15,8 @@ from gateway.settings import SettingsError
 
 # Allocations between collections of the youngest generation (Python's default: 700). A call allocates
 # thousands of objects that reference counting frees within the call; at 700, the objects of dozens of
-# calls in flight are walked and promoted again and again. At 20,000 most are gone first: -2.8%
-# instructions per call (bench/history.py --instructions, 2026-11-28). The app's start-up freezes what it
+# calls in flight are walked and promoted again and again. At 20,000 most are gone first: fewer
+# instructions per call (docs/performance.md). The app's start-up freezes what it
 # built (gateway/app.py), so the older generations hold little.
 GC_YOUNG_THRESHOLD = 20_000
 

@@ -95,7 +95,7 @@ def duration(ms: int) -> str:
 
 @dataclass
 class LimitStats:
-    """Counters for the metrics work (issue 9) to export."""
+    """Counters for the metrics (gateway/telemetry/) to export."""
 
     admitted: int = 0
     rate_limited: int = 0

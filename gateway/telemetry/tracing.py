@@ -131,7 +131,7 @@ class Tracing:
     Spans are not opened live through a `Tracer`: a request records its steps' clock readings, and when it
     ends, its finished spans are built at once (`ReadableSpan`, what processors and exporters consume) and
     handed to the provider's processor. Nothing is ever "current", so no context is attached to tasks, and
-    the SDK's per-span sampling, locking and validation (~40 µs a span) is not paid on the request path.
+    the SDK's per-span sampling, locking and validation is not paid on the request path.
     """
 
     def __init__(self, provider: TracerProvider, processor: SpanProcessor, ratio: float) -> None:
