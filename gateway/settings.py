@@ -40,7 +40,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
 
 class ShadowSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Shadow evaluation (README, "Shadow evaluation"): a sample of the calls the quality predictor routed to
+    """Shadow evaluation (docs/learned-routing.md): a sample of the calls the quality predictor routed to
     a cheaper model is asked again of the reference model, off the client's path, and both answers scored."""
 
     sample_rate: float = 0.0  # share of eligible calls evaluated, by a hash of the request id; 0 = off
@@ -105,7 +105,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Replicas tried for one call when a replica refuses the connection or fails before answering.
     upstream_attempts: int = 3
     health_interval_s: float = 2.0
-    # Accounting (gateway/accounting/README.md). No database_url: SQLite at <state_dir>/gateway.db.
+    # Accounting (docs/accounting.md). No database_url: SQLite at <state_dir>/gateway.db.
     database_url: str | None = None
     auto_migrate: bool | None = None  # migrate at start; unset: only the embedded SQLite
     prices_file: str | None = None  # unset: the shipped policies/prices.yaml
@@ -118,7 +118,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Unset: in-process equivalents, for one process (the embedded default).
     redis_url: str | None = None
     redis_max_connections: int = 256  # per gateway process; a call waits up to 1 s for a free one
-    # The response cache (README, "Response cache"): in Redis when redis_url is set, else in memory.
+    # The response cache (docs/cache.md): in Redis when redis_url is set, else in memory.
     cache_enabled: bool = True
     cache_max_entry_bytes: int = 1_000_000  # larger answers are not cached
     cache_memory_max_entries: int = 10_000  # the in-process cache (no redis_url): LRU beyond these
@@ -127,7 +127,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     cache_wait_s: float = 30.0  # longest an identical request waits for the holder's answer, then goes itself
     cache_retry_s: float = 1.0  # after a cache backend error, requests bypass the cache this long
     cache_key_prefix: str = "gateway:cache:"  # Redis keys: <prefix><tenant or namespace>:<sha256>
-    # Keys, roles, limits and budgets (README, "Keys, roles, limits and budgets"; gateway/auth, gateway/limits).
+    # Keys, roles, limits and budgets (docs/keys-limits-budgets.md; gateway/auth, gateway/limits).
     auth: Literal["required", "off"] = "required"  # off: no keys, every call is tenant `default`'s
     # The development key (role admin, tenant default, team dev). Unset: generated once in <state_dir>/dev-key
     # with the embedded database, none with a configured one; "" = none.
@@ -140,12 +140,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # count more than the estimate (cl100k_base); the difference is given back when the call settles.
     budget_prompt_margin_pct: int = 100
     limits_key_prefix: str = "gateway:limits:"  # Redis keys of rate limits and budgets
-    # Feedback (README, "API"; gateway/learning/): how long after a call routed by the quality predictor
+    # Feedback (docs/learned-routing.md; gateway/learning/): how long after a call routed by the quality predictor
     # its features are kept for feedback (0: feedback off), and how many the in-process stash holds.
     feedback_window_s: int = 900
     feedback_stash_entries: int = 10_000  # without redis_url; beyond, the oldest go
     feedback_key_prefix: str = "gateway:feedback:"  # Redis keys: <prefix><tenant>:<request id>
-    # Observability (README, "Observability"; gateway/telemetry/).
+    # Observability (docs/observability.md; gateway/telemetry/).
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (access lines included)
     otel_exporter: Literal["none", "otlp", "console"] = "none"  # traces: none = tracing off, no propagation
     otel_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://collector:4318 (unset: OTEL_EXPORTER_OTLP_*)
