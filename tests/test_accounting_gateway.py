@@ -221,4 +221,5 @@ def test_records_spooled_by_a_killed_gateway_are_written_once_after_restart(
 def test_the_gateway_refuses_an_unmigrated_database(pg_database: str, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as err:
         start_gateway(tmp_path, {"database_url": pg_database}, ready=False)
-    assert "not migrated: run `gateway db upgrade`" in str(err.value)
+    assert "gateway: error: the accounting database " in str(err.value)
+    assert " is not migrated (run `gateway db upgrade`)" in str(err.value)
