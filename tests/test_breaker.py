@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import pytest
+
 from workers.breaker import Breaker
+
+pytestmark = pytest.mark.pure
 
 
 def test_opens_after_threshold_and_probes_back_in() -> None:

@@ -22,8 +22,10 @@ from gateway.cache.entry import (
     render_json,
     render_sse,
 )
-from gateway.outcome import Usage
 from gateway.relay import read_usage
+from gateway.usage import Usage
+
+pytestmark = pytest.mark.pure
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 

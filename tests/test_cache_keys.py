@@ -11,6 +11,8 @@ import pytest
 
 from gateway.cache.keys import NOT_IN_KEY, cache_key, canonical_request
 
+pytestmark = pytest.mark.pure
+
 BASE: dict[str, Any] = {
     "model": "auto",
     "messages": [{"role": "user", "content": "What is 2 + 2?"}],

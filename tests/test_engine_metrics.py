@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from workers.engine_metrics import EngineLoad, parse_load
+
+pytestmark = pytest.mark.pure
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32" / "metrics.prom"
 

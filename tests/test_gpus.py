@@ -8,6 +8,8 @@ import pytest
 
 from workers.gpus import Gpu, GpuError, assign, cuda_visible_devices, parse_query_csv
 
+pytestmark = pytest.mark.pure
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia-smi"
 
 

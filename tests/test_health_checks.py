@@ -19,6 +19,8 @@ from workers.health import check_replica
 from workers.pool import Replica
 from workers.upstream import Upstream, new_upstream
 
+pytestmark = pytest.mark.pure
+
 METRICS = (Path(__file__).resolve().parent / "fixtures" / "vllm-0.32" / "metrics.prom").read_text()
 BUSY = (
     'vllm:num_requests_running{engine="0",model_name="tiny"} 3.0\n'

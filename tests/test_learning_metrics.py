@@ -23,6 +23,8 @@ from gateway.learning.metrics import (
 )
 from gateway.learning.plot import plot_quality_cost
 
+pytestmark = pytest.mark.pure
+
 # Oracle example: gains (strong - weak) are 1, 0.5, -0.5, 0; the total gain is 1.
 WEAK = np.array([0.0, 0.0, 1.0, 0.5])
 STRONG = np.array([1.0, 0.5, 0.5, 0.5])

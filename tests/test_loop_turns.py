@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from gateway.loop_turns import Turns
+
+pytestmark = pytest.mark.pure
 
 
 async def loop_turns_during(work: float, items: int, budget_s: float) -> int:

@@ -6,6 +6,8 @@ import pytest
 from gateway.openai_request import ChatFields, CompletionFields, parse_body, upstream_body
 from router.errors import InvalidRequest
 
+pytestmark = pytest.mark.pure
+
 
 def test_unknown_fields_pass_through_untouched() -> None:
     body = b'{"model":"demo-small","messages":[],"top_k":3,"guided_json":{"a":1},"vendor_x":[1,2]}'

@@ -14,6 +14,8 @@ import pytest
 from gateway.cli import main
 from router.policy import default_policy_dir, load_policy_set
 
+pytestmark = pytest.mark.pure
+
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(argv)

@@ -11,6 +11,8 @@ import pytest
 from router.errors import PoolOverloaded
 from workers.pool import Affinity, Gate, Pool, Replica
 
+pytestmark = pytest.mark.pure
+
 
 def pool(n: int, **kw: object) -> Pool:
     return Pool("p", "m", [Replica(f"http://r{i}", "p", healthy=True) for i in range(n)], **kw)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ import pytest
 
 from router.regex_search import searcher
 
+pytestmark = pytest.mark.pure
+
 # The shipped policy's regexes and the classifier's structure regexes, and constructs the reading must treat
 # with care: case-insensitive scopes, optional parts, alternations with an empty branch, classes, anchors.
 PATTERNS = [

@@ -18,6 +18,8 @@ from gateway.relay import DONE_EVENT, relay_stream
 from workers.pool import Replica
 from workers.upstream import UpstreamCall
 
+pytestmark = pytest.mark.pure
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32"
 
 

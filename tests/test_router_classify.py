@@ -15,6 +15,8 @@ from router.classify import Features, classify
 from router.policy import load_policy_set
 from tests.test_router_policy import write_policy
 
+pytestmark = pytest.mark.pure
+
 SHIPPED = load_policy_set()
 
 

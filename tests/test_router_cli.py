@@ -16,6 +16,8 @@ import pytest
 from gateway.cli import main
 from router.policy import default_policy_dir
 
+pytestmark = pytest.mark.pure
+
 SHIPPED = default_policy_dir() / "training" / "outcomes.jsonl"
 DEMO_HEADS = ("demo-small=Qwen2.5-7B-Instruct|mistralai/Mistral-7B-Instruct-v0.1|cyberagent/calm2-7b-chat|"
               "mistralai/Mixtral-8x7B-Instruct-v0.1,"

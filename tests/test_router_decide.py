@@ -17,6 +17,8 @@ from router.pricing import TokenRates, expected_cost
 from router.quality import probe_for
 from tests.test_router_policy import write_policy
 
+pytestmark = pytest.mark.pure
+
 D = Decimal
 RATES = {
     "tiny": TokenRates(D("0.10"), D("0.05"), D("0.20"), "USD"),

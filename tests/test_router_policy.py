@@ -14,6 +14,8 @@ import pytest
 from router.errors import GatewayError, PolicyError
 from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
 
+pytestmark = pytest.mark.pure
+
 MODELS = """\
 models:
   - name: tiny

@@ -26,6 +26,8 @@ from router.quality import QualityProbe, probe_for
 from tests.test_router_decide import HEALTHY, RATES, TOOL, chat
 from tests.test_router_policy import CLASSIFY, errors_of, write_policy
 
+pytestmark = pytest.mark.pure
+
 ZERO = [0.0] * features.SIZE
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
 

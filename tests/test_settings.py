@@ -6,6 +6,8 @@ import pytest
 
 from gateway.settings import SettingsError, load_settings
 
+pytestmark = pytest.mark.pure
+
 
 def test_embedded_defaults_have_two_simulated_pools() -> None:
     s = load_settings(env={})

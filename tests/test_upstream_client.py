@@ -11,6 +11,8 @@ from aiohttp import web
 
 from workers.upstream import KEEPALIVE_S, Upstream, new_upstream
 
+pytestmark = pytest.mark.pure
+
 WORKER_KEEPALIVE_S = 5.0  # vLLM's server (uvicorn) closes a connection idle this long
 
 
