@@ -8,6 +8,7 @@ and no product file may speak of sessions or issue numbers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -264,11 +265,16 @@ def scratch_dir(root: Path) -> Path:
     """A directory of the block's own, with the repository's top-level entries linked in (to read), the
     virtualenv included (so that `make` targets find it instead of building one)."""
     root.mkdir(parents=True, exist_ok=True)
-    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for name in sorted({line.split("/", 1)[0] for line in listed.splitlines() if line} | {".venv"}):
+    for name in _top_level_entries():
         if (ROOT / name).exists() and not (root / name).exists():
             (root / name).symlink_to(ROOT / name)
     return root
+
+
+@functools.cache
+def _top_level_entries() -> list[str]:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return sorted({line.split("/", 1)[0] for line in listed.splitlines() if line} | {".venv"})
 
 
 def fresh_dir(path: Path) -> Path:
