@@ -155,9 +155,10 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
     """The cache's own work on a hit (key, one lookup, render), without HTTP: median and p99 in µs."""
     from redis.asyncio import Redis
 
-    from gateway.cache import CacheConfig, MemoryBackend, RedisBackend, ResponseCache
+    from gateway.cache.backends import MemoryBackend, RedisBackend
+    from gateway.cache.service import CacheConfig, ResponseCache
     from gateway.openai_request import ChatFields, parse_body
-    from gateway.outcome import Outcome, finish
+    from gateway.outcome import Outcome, Step, finish
     from gateway.routing import Route
     from router.decision import CachePolicy, RouteDecision
 
@@ -174,7 +175,7 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
         client = Redis.from_url(REDIS_URL) if backend == "redis" else None
         store = RedisBackend(client) if client is not None else MemoryBackend(1000, 10_000_000)
         cache = ResponseCache(store, CacheConfig(key_prefix=prefix))
-        o = Outcome("r", "demo-small", time.perf_counter())
+        o = Outcome("r", "demo-small", time.perf_counter(), steps=(Step("cache store", cache.store),))
         t = await cache.begin({}, route, parsed.data, parsed.fields, "chat", o)
         o.model, o.status, o.completed = "demo-small", 200, True
         t.answer(raw)
@@ -188,7 +189,7 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
                 start = time.perf_counter()
                 t = await cache.begin({}, route, req.data, req.fields, "chat", o)
                 assert t.entry is not None
-                t.respond(req.fields, o, {})
+                cache.respond(t, req.fields, o, {})
                 times.append(time.perf_counter() - start)
             times.sort()
             out[f"{name}_median_us"] = round(statistics.median(times) * 1e6, 1)

@@ -36,8 +36,9 @@ from gateway.auth.service import Auth
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.service import Limits
-from gateway.outcome import Outcome, Usage, finish
+from gateway.outcome import Outcome, Step, finish
 from gateway.routing import ActivePolicy, route
+from gateway.usage import Usage
 from router.policy import default_policy_dir, load_policy_set
 from router.tokens import warm_up
 from workers.pool import Pool, Pools, Replica
@@ -88,12 +89,14 @@ async def bench_limits(name: str, backend: Backend, n: int) -> list[dict[str, An
     chosen = route(active, BODY, "chat", "demo-large", {}, PRINCIPAL.caller,
                    current_token_rates(CATALOGUE, datetime.now(UTC)))
     admit_us, settle_us = [], []
+    steps = (Step("budget settlement", limits.settle),)  # the gateway's step after the call, alone
     batch = 250
     try:
         for b in range(n // batch + 1):
             outcomes = []
             for _ in range(batch):
-                o = Outcome(request_id=uuid.uuid4().hex, model="demo-large", started=time.perf_counter())
+                o = Outcome(request_id=uuid.uuid4().hex, model="demo-large", started=time.perf_counter(),
+                            steps=steps)
                 t = time.perf_counter()
                 await limits.admit(PRINCIPAL, chosen, BODY, o)
                 if b:  # the first batch warms up: seeding, the script's load, caches

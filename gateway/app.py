@@ -19,11 +19,12 @@ from gateway.api import HANDLERS
 from gateway.api.metrics import MetricsServer
 from gateway.auth.guard import authorize
 from gateway.auth.service import start_auth
-from gateway.cache import build_cache
+from gateway.cache.service import build_cache
+from gateway.completion import completion_steps
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.front import GatewayApp
-from gateway.learning.shadow import start_shadow
+from gateway.learning.shadow.service import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.service import start_limits
 from gateway.redis_batch import RedisBatcher
@@ -83,8 +84,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             telemetry = Telemetry.create(settings, span_exporter)
             stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
             # First what must refuse a start: a bad price file, an unmigrated database, a bad policy.
-            accounting = await start_accounting(settings)
-            accounting.recorder.on_record = telemetry.on_record  # usage metrics and the access line
+            accounting = await start_accounting(settings, telemetry.on_record)  # usage metrics, the access line
             stack.push_async_callback(stop_accounting, accounting)  # after the last request: flushes records
             app.state.accounting = accounting
             plans = launch_plans(settings)
@@ -124,10 +124,13 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             shadow = await start_shadow(settings, policies, pools, upstream, accounting, redis)
             if shadow is not None:  # its jobs finish or are cancelled first: they use the client, Redis, the recorder
                 stack.push_async_callback(shadow.close)
+            stash = build_stash(settings, batcher)
+            completion = completion_steps(telemetry.metrics.requests, accounting.recorder, cache, limits, stash,
+                                          shadow)
             ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, upstream, accounting, int(time.time()),
-                supervisor, redis, cache=cache, auth=auth, limits=limits, telemetry=telemetry,
-                feedback=build_stash(settings, batcher), shadow=shadow,
+                supervisor, cache, telemetry, completion, redis, auth=auth, limits=limits, feedback=stash,
+                shadow=shadow,
             )
             telemetry.metrics.attach(ctx)
             if settings.metrics_port is not None:

@@ -1,5 +1,5 @@
-"""What became of one call (`Outcome`), the usage a worker reported, and `finish`, which closes a call's
-books once."""
+"""What became of one call (`Outcome`), and `finish`, which closes a call's books once by running the steps
+after its last byte (gateway/completion.py builds them, in their order)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,33 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-import msgspec
+from gateway.cache.ticket import Ticket
+from gateway.learning.shadow.answers import Watch
+from gateway.limits.backend import Admission
+from gateway.usage import Usage
+from router.classify import Kind
+from router.quality import QualityProbe
 
 log = logging.getLogger("gateway.access")
 
 
-class PromptTokensDetails(msgspec.Struct):
-    cached_tokens: int | None = None  # prompt tokens found in the worker's prefix cache
+class Step(NamedTuple):
+    """One step after a call's last byte: `run` reads the finished outcome (and the per-call state the request
+    path left on it); `name` is for the log when it fails."""
+
+    name: str
+    run: Callable[[Outcome], None]
 
 
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
+class Trace(Protocol):
+    """A sampled call's spans (gateway/telemetry/tracing.py's `RequestTrace`), ended by `finish`."""
+
+    @property
+    def trace_id(self) -> str: ...
+
+    def end(self, o: Outcome, status: str, recorded: tuple[float, float] | None) -> None: ...
 
 
 @dataclass(slots=True)  # one per call in flight and per queued record: no per-instance dict
@@ -45,7 +56,7 @@ class Outcome:
     record_id: str | None = None  # the id the call is recorded under, when not `request_id`
     requested_model: str | None = None
     pool: str | None = None
-    tenant: str = "default"  # auth (issue 7) sets tenant, team and key
+    tenant: str = "default"  # auth sets tenant, team and key
     team: str | None = None
     key_id: str | None = None
     policy_rule: str | None = None  # routing sets the rule and the reference model
@@ -54,14 +65,20 @@ class Outcome:
     failure: str | None = None  # set when the gateway itself ends the call: rejected, timeout, ...
     cancelled: bool = False  # the client went away mid-stream
     content_events: int = 0  # stream events carrying content, relayed (an estimate of tokens)
-    prompt: Any = None  # messages / prompt, in memory only, for a token estimate if usage never comes
-    sink: Callable[[Outcome], None] | None = None  # receives the finished outcome (metrics, the recorder)
+    prompt: Any = None  # messages / prompt as the client sent them, in memory only, for a token estimate
     # For telemetry (gateway/telemetry/): what was asked and what the cache did; the trace when sampled.
-    kind: str = "chat"  # "chat" | "completion"
+    kind: Kind = "chat"
     stream: bool = False
     cache: str | None = None  # "hit" | "miss" | "bypass"; None: the call ended before the cache was asked
-    trace: Any = None  # gateway.telemetry.tracing.RequestTrace, for a traced call only
+    trace: Trace | None = None
     reported: bool = False  # the recorder told telemetry of its record (usage metrics, access line)
+    # The steps after the last byte (the app's, from gateway/completion.py), and what the request path left
+    # for them: the cache's ticket, the limits' admission, the predictor's view, the shadow's watch.
+    steps: tuple[Step, ...] = ()
+    ticket: Ticket | None = None
+    admission: Admission | None = None
+    quality: QualityProbe | None = None
+    watch: Watch | None = None
 
     def answered_in_full(self) -> bool:
         """A worker answered it whole: HTTP 200, complete, not from the cache, neither failed nor cut."""
@@ -102,26 +119,26 @@ def call_status(o: Outcome) -> str:
 
 
 def finish(outcome: Outcome) -> None:
-    """Closes the books on a call, once: hands it to its sink (request metrics, then accounting, whose
-    recorder writes the access line once the record is built), and ends its trace."""
+    """Closes the books on a call, once: runs its steps in order (each on its own: one that fails is logged
+    and the next runs; none breaks the call), then ends its trace."""
     if outcome.finished is not None:
         return
     outcome.finished = time.perf_counter()
-    sink, outcome.sink = outcome.sink, None
+    if outcome.usage is not None:
+        outcome.prompt = None  # only an estimate needs it
     trace = outcome.trace
     recorded: tuple[float, float] | None = None
-    if sink is not None:
-        if outcome.usage is not None:
-            outcome.prompt = None  # only an estimate needs it
+    if steps := outcome.steps:
         started = time.perf_counter() if trace is not None else 0.0
-        try:
-            sink(outcome)
-        except Exception:  # accounting never breaks a call
-            log.exception("request %s: recording usage failed", outcome.request_id)
+        for name, run in steps:
+            try:
+                run(outcome)
+            except Exception:
+                log.exception("request %s: %s failed after the call", outcome.request_id, name)
         if trace is not None:
             recorded = (started, time.perf_counter())
     if trace is not None:
         try:
             trace.end(outcome, call_status(outcome), recorded)
-        except Exception:  # nor does tracing
+        except Exception:  # nor does its trace
             log.exception("request %s: ending its trace failed", outcome.request_id)

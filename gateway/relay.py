@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import msgspec
 from litestar.types import Receive, Send
 
-from gateway.outcome import Outcome, Usage, finish
+from gateway.outcome import Outcome, finish
 from gateway.replies import header_list
+from gateway.sse import DONE_EVENT, EVENT_END
+from gateway.usage import Usage
 from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
 log = logging.getLogger("gateway.access")
 
-EVENT_END = b"\n\n"
 USAGE_MARK = b'"usage":'
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 class _UsageCarrier(msgspec.Struct):

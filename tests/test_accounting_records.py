@@ -12,7 +12,8 @@ import pytest
 from gateway.accounting import records
 from gateway.accounting.money import ZERO
 from gateway.accounting.records import build_record, estimate_prompt_tokens, to_row
-from gateway.outcome import Outcome, PromptTokensDetails, Usage, failure_of
+from gateway.outcome import Outcome, failure_of
+from gateway.usage import PromptTokensDetails, Usage
 from router import tokens
 from router.errors import InvalidRequest, ModelNotFound, NoHealthyReplica, UpstreamTimeout
 from tests.pg_support import catalogue

@@ -15,11 +15,12 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from gateway.cache import CacheConfig, MemoryBackend, RedisBackend, ResponseCache, Ticket
-from gateway.cache.backends import CacheBackend
+from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.keys import lock_key
+from gateway.cache.service import CacheConfig, ResponseCache
+from gateway.cache.ticket import Ticket
 from gateway.openai_request import ChatFields, parse_body
-from gateway.outcome import Outcome, finish
+from gateway.outcome import Outcome, Step, finish
 from gateway.routing import Route
 from router.decision import CachePolicy, RouteDecision
 from tests.cache_support import delete_prefix, require_redis, unique_prefix
@@ -178,6 +179,7 @@ def outcome(tenant: str = "default") -> Outcome:
 
 async def begin(cache: ResponseCache, o: Outcome, route: Route | None = None,
                 headers: dict[str, str] | None = None) -> Ticket:
+    o.steps = (Step("cache store", cache.store),)  # what `finish` runs: the cache's step alone
     return await cache.begin(headers or {}, route or decision(), REQUEST.data, REQUEST.fields, "chat", o)
 
 
@@ -216,7 +218,7 @@ async def test_miss_store_hit(cache: ResponseCache) -> None:
     o2 = outcome()
     hit = await begin(cache, o2)
     assert hit.status == "hit" and hit.entry is not None and hit.entry.body == BODY
-    response = hit.respond(REQUEST.fields, o2, {"x-request-id": "rid"})
+    response = cache.respond(hit, REQUEST.fields, o2, {"x-request-id": "rid"})
     assert response.content == BODY and response.headers["x-gateway-cache"] == "hit"
     assert o2.cache_hit and o2.usage is not None and o2.usage.completion_tokens == 12 and o2.replica is None
     assert cache.counts["hits"] == 1 and cache.counts["misses"] == 1 and cache.counts["stores"] == 1
@@ -341,7 +343,7 @@ async def test_a_lookup_abandoned_before_its_answer_leaves_no_lock(cache: Respon
     goes to the worker at once instead of waiting for the lock to expire."""
     t = cache.ask({}, decision(), REQUEST.data, "chat", outcome())
     assert t.lookup is not None
-    t.abandon()
+    cache.abandon(t)
     await cache.aclose()
     t2 = await begin(cache, outcome())
     assert t2.status == "miss" and t2.token is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from gateway.cache import MemoryBackend, RedisBackend, build_cache
+from gateway.cache.backends import MemoryBackend, RedisBackend
+from gateway.cache.service import build_cache
 from gateway.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.pure

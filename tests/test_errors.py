@@ -21,6 +21,8 @@ from gateway.errors import EXCEPTION_HANDLERS
 from router import errors
 from router.errors import GatewayError, PolicyError
 
+pytestmark = pytest.mark.pure
+
 OPENAI_TYPES = {
     "invalid_request_error", "permission_error", "requests", "tokens", "insufficient_quota", "server_error",
     "service_unavailable_error", "timeout_error", "upstream_error",

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from gateway.accounting import db, reports, store
 from gateway.accounting.models import UsageRecord
-from gateway.learning.shadow.answers import Kind, body_text, question, stream_text
+from gateway.learning.shadow.answers import MAX_TAP_BYTES, Watch, body_text, question, stream_text
 from gateway.learning.shadow.judge import (
     exact_scores,
     grading_request,
@@ -34,12 +34,12 @@ from gateway.learning.shadow.judge import (
     parse_verdict,
     swapped,
 )
-from gateway.learning.shadow.service import GRACE_S, MAX_TAP_BYTES, Watch, sample_fraction, shadow_body
+from gateway.learning.shadow.service import GRACE_S, sample_fraction, shadow_body
 from gateway.learning.shadow.spend import DailySpend
 from gateway.learning.store import RoutingOutcome
 from gateway.settings import SettingsError, load_settings
 from router import features
-from router.classify import classify
+from router.classify import Kind, classify
 from router.policy import default_policy_dir
 from router.predictor import parse_predictor, prior
 from tests.inprocess_gateway import InProcessGateway
@@ -530,7 +530,7 @@ def test_answers_from_bodies_and_streams() -> None:
 
 
 def test_a_stream_over_the_bound_is_not_kept() -> None:
-    watch = Watch()
+    watch = Watch({})
     seen: list[bytes] = []
     tap = watch.tap(seen.append)
     event = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 1000 + b'"}}]}\n\n'

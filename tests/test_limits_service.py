@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -25,8 +26,9 @@ from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.service import Limits, duration, from_units, to_units
-from gateway.outcome import Outcome, Usage, finish
+from gateway.outcome import Outcome, Step, finish
 from gateway.routing import ActivePolicy, Route, route
+from gateway.usage import Usage
 from router.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from router.policy import default_policy_dir, load_policy_set
 from tests.pg_support import migrated_engine, record
@@ -61,9 +63,15 @@ def routed(body: dict[str, Any]) -> Route:
                  current_token_rates(CATALOGUE, datetime.now(UTC)))
 
 
-def outcome(model: str = "demo-small", sink: Any = None) -> Outcome:
+def outcome(model: str = "demo-small", limits: Limits | None = None,
+            record: Callable[[Outcome], None] | None = None) -> Outcome:
+    """A call; `finish` runs the app's steps that matter here, in the app's order: `record` (the recorder's
+    place), then the budget settlement of `limits`."""
+    steps = [Step("record", record)] if record is not None else []
+    if limits is not None:
+        steps.append(Step("budget settlement", limits.settle))
     return Outcome(request_id=f"r{time.perf_counter_ns()}", model=model, started=time.perf_counter(),
-                   sink=sink)
+                   steps=tuple(steps))
 
 
 def served(o: Outcome, prompt: int, completion: int) -> None:
@@ -90,10 +98,9 @@ def test_durations_are_written_as_openai_does() -> None:
 async def test_no_limits_costs_nothing_and_adds_no_headers(backend: Backend) -> None:
     limits = await started(backend)
     try:
-        o = outcome(sink=lambda _: None)
-        sink = o.sink
+        o = outcome(limits=limits)
         assert await limits.admit(principal(), direct(), {"messages": HELLO}, o) == {}
-        assert o.sink is sink  # nothing to settle
+        assert o.admission is None  # nothing to settle
     finally:
         await limits.close()
 
@@ -138,7 +145,7 @@ async def test_the_reservation_settles_to_exactly_the_recorded_cost(backend: Bac
         price = CATALOGUE.price_at("demo-large", time.time())
         assert price is not None and reserved == to_units(price.cost(padded, 0, 64))
         recorded: list[Outcome] = []
-        o = outcome("demo-large", recorded.append)
+        o = outcome("demo-large", limits, recorded.append)
         await limits.admit(p, chosen, body, o)
         w = window("month", time.time())
         counters = [f"b:k:key_a:{w.id}", f"b:t:acme:red:{w.id}"]
@@ -157,7 +164,7 @@ async def test_a_failed_call_gives_its_reservation_back(backend: Backend) -> Non
     limits = await started(backend)
     p = principal(key=PrincipalLimits(budget=Decimal("1.00"), tpm=10_000))
     try:
-        o = outcome()
+        o = outcome(limits=limits)
         h = await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 50}, o)
         o.failure, o.status = "unavailable", 503  # no replica answered: no tokens, no cost
         finish(o)
@@ -176,7 +183,7 @@ async def test_over_budget_is_429_insufficient_quota(backend: Backend) -> None:
     _, one = limits.estimate(direct(), body, time.time())
     p = principal(team=PrincipalLimits(budget=from_units(one * 3)))  # room for three reservations
     try:
-        outcomes = [outcome() for _ in range(3)]
+        outcomes = [outcome(limits=limits) for _ in range(3)]
         for o in outcomes:
             await limits.admit(p, direct(), body, o)
         with pytest.raises(BudgetExceeded) as info:
@@ -229,7 +236,7 @@ async def test_the_soft_threshold_warns_once(backend: Backend, caplog: pytest.Lo
     try:
         with caplog.at_level(logging.WARNING, logger="gateway.limits"):
             for _ in range(12):
-                o = outcome()
+                o = outcome(limits=limits)
                 try:
                     await limits.admit(p, direct(), body, o)
                 except BudgetExceeded:
@@ -247,7 +254,7 @@ async def test_a_client_leaving_during_admission_takes_nothing(backend: Backend)
     limits = await started(backend)
     p = principal(key=PrincipalLimits(budget=Decimal("1.00")))
     try:
-        o = outcome()
+        o = outcome(limits=limits)
         task = asyncio.create_task(limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 10}, o))
         await asyncio.sleep(0)  # the admission has started
         task.cancel()  # in Redis, the admission is waiting for its answer; in process, it is already done

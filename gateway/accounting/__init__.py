@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.accounting import db
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, PriceCatalogue, load_prices
 from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import UsageRecord
+from gateway.outcome import Outcome
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.accounting")
@@ -32,8 +35,10 @@ class Accounting:
 __all__ = ["Accounting", "auto_migrate", "database_url", "start_accounting", "stop_accounting"]
 
 
-async def start_accounting(settings: Settings) -> Accounting:
-    """Load prices, open the database (migrating the embedded one), start the recorder.
+async def start_accounting(settings: Settings,
+                           on_record: Callable[[Outcome, UsageRecord], None] | None = None) -> Accounting:
+    """Load prices, open the database (migrating the embedded one), start the recorder (`on_record`: what
+    it tells of each record it builds from a finished call: gateway/telemetry).
 
     Raises PricesError or DatabaseError when the gateway must not start (a bad price file, an
     unmigrated database). An unreachable database is not fatal: records are spooled until it answers.
@@ -60,6 +65,7 @@ async def start_accounting(settings: Settings) -> Accounting:
         engine, catalogue, Path(settings.state_dir) / "spool", url=url,
         queue_max=settings.recorder_queue_max, batch_max=settings.recorder_batch_max,
         flush_interval_s=settings.recorder_flush_interval_s, retry_interval_s=settings.recorder_retry_interval_s,
+        on_record=on_record,
     )
     await recorder.start()
     return Accounting(url, engine, catalogue, recorder)

@@ -19,10 +19,9 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,11 +30,10 @@ from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.records import UsageRecord, build_record, needs_estimate
 from gateway.accounting.spool import Spool
 from gateway.loop_turns import TURN_S, Turns
-
-if TYPE_CHECKING:
-    from gateway.outcome import Outcome
+from gateway.outcome import Outcome
 
 log = logging.getLogger("gateway.accounting")
+Item = Outcome | UsageRecord  # a finished call, or a record built already (the shadow's calls)
 MAX_STRETCH = 8  # a recorder that is behind takes turns up to this many times TURN_S long
 
 
@@ -64,7 +62,10 @@ class Recorder:
         flush_interval_s: float = 0.25,
         retry_interval_s: float = 2.0,
         write_timeout_s: float = 30.0,
+        on_record: Callable[[Outcome, UsageRecord], None] | None = None,
     ) -> None:
+        """`on_record` is told of each record built from a finished call, once: usage metrics and the access
+        line (gateway/telemetry). Off the request path, maybe on a worker thread."""
         self.engine = engine
         self.url = url
         self.catalogue = catalogue
@@ -75,7 +76,7 @@ class Recorder:
         self.retry_interval_s = retry_interval_s
         self.write_timeout_s = write_timeout_s
         self.stats = RecorderStats()
-        self._buf: collections.deque[Any] = collections.deque()
+        self._buf: collections.deque[Item] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -85,9 +86,7 @@ class Recorder:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._last_overflow_log = 0.0
-        # Told of each record built from a finished call, once: usage metrics and the access line
-        # (gateway/telemetry). Off the request path, maybe on a worker thread.
-        self.on_record: Callable[[Outcome, UsageRecord], None] | None = None
+        self.on_record = on_record
 
     @property
     def queued(self) -> int:
@@ -113,7 +112,7 @@ class Recorder:
         except Exception:
             log.exception("accounting: could not queue a usage record")
 
-    def _overflow(self, item: Any) -> None:
+    def _overflow(self, item: Item) -> None:
         items = [self._buf.popleft() for _ in range(min(self.batch_max, len(self._buf)))]
         items.append(item)
         self.stats.overflowed += len(items)
@@ -201,7 +200,7 @@ class Recorder:
             if self._closing and not self._buf:
                 return
 
-    async def _build(self, items: list[Any]) -> list[UsageRecord]:
+    async def _build(self, items: list[Item]) -> list[UsageRecord]:
         heavy = any(not isinstance(i, UsageRecord) and needs_estimate(i) for i in items)
         if heavy:  # tokenizing prompts of cancelled streams: keep it off the event loop
             return await asyncio.to_thread(self._build_sync, items)
@@ -216,18 +215,19 @@ class Recorder:
                 records.append(record)
         return records
 
-    def _build_sync(self, items: list[Any]) -> list[UsageRecord]:
+    def _build_sync(self, items: Sequence[Item]) -> list[UsageRecord]:
         return [r for r in map(self._build_one, items) if r is not None]
 
-    def _build_one(self, item: Any) -> UsageRecord | None:
+    def _build_one(self, item: Item) -> UsageRecord | None:
+        if isinstance(item, UsageRecord):
+            return item
         try:
-            built = isinstance(item, UsageRecord)
-            record = item if built else build_record(item, self.catalogue)
+            record = build_record(item, self.catalogue)
         except Exception:
-            log.exception("accounting: could not build a usage record for %s", getattr(item, "request_id", "?"))
+            log.exception("accounting: could not build a usage record for %s", item.request_id)
             return None
         hook = self.on_record
-        if hook is not None and not built and not item.reported:  # once per call, even if rebuilt
+        if hook is not None and not item.reported:  # once per call, even if rebuilt
             item.reported = True
             try:
                 hook(item, record)
@@ -235,7 +235,7 @@ class Recorder:
                 log.exception("accounting: telemetry failed on record %s", record.request_id)
         return record
 
-    def _spill(self, items: list[Any]) -> None:
+    def _spill(self, items: Sequence[Item]) -> None:
         records = self._build_sync(items)
         try:
             self.spool.append(records)

@@ -23,7 +23,6 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     ctx: GatewayContext = state.ctx
     ready = ctx.pools.ready()
     body = {"status": "ready" if ready else "not_ready", "pools": pools_status(ctx)}
-    if ctx.cache is not None:  # reported, never a reason to be unready: without it the gateway serves uncached
-        await ctx.cache.check()
-        body["cache"] = ctx.cache.status()
+    await ctx.cache.check()  # reported, never a reason to be unready: without it the gateway serves uncached
+    body["cache"] = ctx.cache.status()
     return Response(body, status_code=200 if ready else 503)

@@ -12,11 +12,9 @@ from litestar.datastructures import State
 from litestar.types import Receive, Scope, Send
 
 from gateway.auth.principal import principal_of
-from gateway.cache import HEADER as CACHE_HEADER
-from gateway.cache import ask_cache
+from gateway.cache.service import HEADER as CACHE_HEADER
 from gateway.context import GatewayContext
-from gateway.learning.shadow import Watch
-from gateway.learning.stash import keep_after
+from gateway.learning.shadow.answers import Watch
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.outcome import Outcome, failure_of, finish
 from gateway.relay import RelayStream, read_usage
@@ -38,7 +36,7 @@ KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat"
 
 async def _open(
     ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str, outcome: Outcome,
-    trace_headers: dict[str, str] | None,
+    trace: RequestTrace | None, trace_headers: dict[str, str] | None,
 ) -> tuple[str, Pool, UpstreamCall, bool]:
     """The call on the first of the route's targets that answers (workers/forward.py), and whether the
     usage chunk the client did not ask for is to be dropped from its stream."""
@@ -51,7 +49,7 @@ async def _open(
         return payload, prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
 
     # Traced: the worker continues the upstream span's trace instead of the caller's.
-    spans = UpstreamSpans(outcome.trace, outcome, parsed.data) if outcome.trace is not None else None
+    spans = UpstreamSpans(trace, outcome, parsed.data) if trace is not None else None
     done = await forward_call(ctx.upstream, chosen.targets, path, prepare, rid, ctx.settings.upstream_attempts,
                               trace_headers, spans)
     return done.model, done.pool, done.call, strip_usage
@@ -62,8 +60,8 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     started = time.perf_counter()
     rid = request_id(request)
     fields_type, kind = KINDS[path]
-    # Every call ends in finish(outcome), which hands it to metrics and the recorder (accounting).
-    outcome = Outcome(request_id=rid, model="", started=started, sink=ctx.sink, kind=kind)
+    # Every call ends in finish(outcome), which runs the steps after its last byte (gateway/completion.py).
+    outcome = Outcome(request_id=rid, model="", started=started, kind=kind, steps=ctx.completion)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
         outcome.record_id = new_id()
     principal = principal_of(request)  # from the API key only (gateway/auth/guard.py), never from headers
@@ -91,14 +89,13 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         if trace is not None:
             trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
         if chosen.quality is not None:  # routed by the predictor: feedback may come, a shadow evaluation follow
-            if ctx.feedback is not None:
-                keep_after(ctx.feedback, outcome, chosen.quality)
+            outcome.quality = chosen.quality
             if ctx.shadow is not None:
-                watch = ctx.shadow.sample(outcome, chosen, parsed.data, kind)
+                watch = ctx.shadow.sample(outcome, parsed.data)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
-        ticket = ask_cache(ctx.cache, request.headers, chosen, parsed.data, kind, outcome)
+        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, kind, outcome)
         # Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call finishes.
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
@@ -106,18 +103,19 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
             try:
                 limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome)
             except BaseException:
-                ticket.abandon()
+                ctx.cache.abandon(ticket)
                 raise
             if trace is not None:
                 trace.step("gateway.limits", limits_mark, time.perf_counter())
-        cached = await ticket.resolve(parsed.fields, outcome)
+        cached = await ctx.cache.resolve(ticket, parsed.fields, outcome)
         outcome.cache = "hit" if cached.entry is not None else cached.status
         if trace is not None:
             trace.step("gateway.cache", mark, time.perf_counter(), {"gateway.cache.result": outcome.cache})
         if cached.entry is not None:  # a hit: answered from the response cache, no worker
-            return cached.respond(parsed.fields, outcome,
-                                  {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
-        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace_headers)
+            return ctx.cache.respond(cached, parsed.fields, outcome,
+                                     {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
+        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace,
+                                                     trace_headers)
     except BaseException as exc:
         outcome.failure, outcome.error = failure_of(exc), type(exc).__name__
         outcome.status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 0

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.outcome import Usage
-from gateway.relay import EVENT_END
+from gateway.sse import EVENT_END
+from gateway.usage import Usage
 
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 SSE_BATCH_BYTES = 64 * 1024  # a cacheable stream's events are parsed in batches of about this size

@@ -1,6 +1,7 @@
-"""The response cache on the request path: one `Ticket` per request says what the cache did with it
-(`hit`, `miss`, `bypass`, sent back as `x-gateway-cache`) and what is left to do when the call is over
-(store the answer, release the single-flight lock).
+"""The response cache on the request path: one `Ticket` per request (gateway/cache/ticket.py) says what the
+cache did with it (`hit`, `miss`, `bypass`, sent back as `x-gateway-cache`); when the call is over, `store`
+(one of the steps after the last byte, gateway/completion.py) stores its answer and releases the
+single-flight lock.
 
 Fail-open: any backend error makes the request a bypass, is counted and logged (never sent to the
 client), and the backend is left alone for `cache_retry_s` so a dead Redis costs nothing meanwhile.
@@ -12,14 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from gateway.cache.backends import CacheBackend
+from redis.asyncio import Redis
+
+from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.entry import (
-    Entry,
     StreamCollector,
     decode_entry,
     encode_entry,
@@ -28,21 +30,22 @@ from gateway.cache.entry import (
     render_sse,
 )
 from gateway.cache.keys import cache_key, lock_key
+from gateway.cache.ticket import BYPASS, Ticket
+from gateway.openai_request import ChatFields, CompletionFields
 from gateway.outcome import Outcome, finish
+from gateway.redis_batch import RedisBatcher
 from gateway.replies import Reply
 from gateway.request_id import new_id
+from gateway.routing import Route
+from gateway.settings import Settings
+from gateway.usage import Usage
+from router.classify import Kind
 from router.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from gateway.openai_request import ChatFields, CompletionFields
-    from gateway.routing import Route
 
 log = logging.getLogger("gateway.cache")
 
 HEADER = "x-gateway-cache"
 DIRECTIVES = ("no-store", "refresh")  # the request header's values: opt out, or skip the lookup and store anew
-Kind = Literal["chat", "completion"]
-Status = Literal["hit", "miss", "bypass"]
 SSE = "text/event-stream; charset=utf-8"  # as vLLM sends it
 
 
@@ -54,63 +57,6 @@ class CacheConfig:
     lock_ttl_s: float = 30.0
     wait_s: float = 30.0
     retry_s: float = 1.0
-
-
-@dataclass
-class Ticket:
-    """One request's dealings with the cache."""
-
-    status: Status
-    cache: ResponseCache | None = None
-    kind: Kind = "chat"
-    key: str | None = None
-    model: str | None = None  # the routed model the key is for: only its answers are stored
-    ttl_s: float = 0.0
-    store: bool = False  # store the answer when the call completes
-    token: str | None = None  # the single-flight lock, when this request holds it
-    entry: Entry | None = None  # a hit
-    collector: StreamCollector | None = None
-    body: bytes | None = None
-    lookup: tuple[str, Awaitable[tuple[bytes | None, bool]]] | None = None  # (lock token, answer) until resolved
-
-    async def resolve(self, fields: ChatFields | CompletionFields, outcome: Outcome) -> Ticket:
-        """What the lookup found (see `ResponseCache.resolve`); a bypass is its own answer."""
-        return self if self.cache is None else await self.cache.resolve(self, fields, outcome)
-
-    def abandon(self) -> None:
-        """The request ended before `resolve`: see `ResponseCache.abandon`."""
-        if self.cache is not None:
-            self.cache.abandon(self)
-
-    def stream_tap(self) -> Callable[[bytes], None] | None:
-        """What the relay hands each batch of events to; None (no parsing at all) unless storable."""
-        return self.collector.feed if self.collector is not None else None
-
-    def answer(self, body: bytes) -> None:
-        """The whole body of a non-streaming answer."""
-        if self.store:
-            self.body = body
-
-    def respond(self, fields: ChatFields | CompletionFields, outcome: Outcome,
-                headers: dict[str, str]) -> Reply:
-        """The answer to a hit (see `ResponseCache.respond`)."""
-        assert self.cache is not None
-        return self.cache.respond(self, fields, outcome, headers)
-
-    def settle(self, outcome: Outcome) -> None:
-        """Runs when the call is over (from `finish`, synchronously): schedules the store and the lock's
-        release off the request path."""
-        cache = self.cache
-        if cache is None or (not self.store and self.token is None):
-            return
-        storable = (self.store and outcome.completed and outcome.status == 200 and outcome.failure is None
-                    and not outcome.cache_hit and outcome.model == self.model)
-        collector, body, usage = self.collector, self.body, outcome.usage
-        self.collector = self.body = None
-        cache.spawn(cache.conclude(self, collector if storable else None, body if storable else None, usage))
-
-
-BYPASS = Ticket("bypass")
 
 
 @dataclass
@@ -134,7 +80,7 @@ class ResponseCache:
     async def begin(self, headers: Mapping[str, str], chosen: Route, body: dict[str, Any],
                     fields: ChatFields | CompletionFields, kind: Kind, outcome: Outcome) -> Ticket:
         """`ask`, then `resolve`: the lookup in one step."""
-        return await self.ask(headers, chosen, body, kind, outcome).resolve(fields, outcome)
+        return await self.resolve(self.ask(headers, chosen, body, kind, outcome), fields, outcome)
 
     def ask(
         self,
@@ -144,7 +90,7 @@ class ResponseCache:
         kind: Kind,
         outcome: Outcome,
     ) -> Ticket:
-        """Issue the request's lookup, without waiting for it (`Ticket.resolve` does), so that it shares
+        """Issue the request's lookup, without waiting for it (`resolve` does), so that it shares
         a round trip with the commands issued meanwhile (the rate limits' admission). Call before the body
         is changed for the worker (`upstream_body`)."""
         directive = headers.get(HEADER)
@@ -163,7 +109,7 @@ class ResponseCache:
         policy = decision.cache
         key = cache_key(self.config.key_prefix, kind, body, decision.model, decision.max_tokens, outcome.tenant,
                         policy.namespace)
-        ticket = Ticket("miss", self, kind, key, decision.model, float(policy.ttl_s or 0), store=True)
+        ticket = Ticket("miss", kind, key, decision.model, float(policy.ttl_s or 0), store=True)
         if directive != "refresh":
             token = new_id()
             # One atomic step: the entry, or else the lock (so no answer lands between the two).
@@ -171,9 +117,11 @@ class ResponseCache:
         return ticket
 
     async def resolve(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome) -> Ticket:
-        """The lookup's answer: a hit carries its entry; a miss may hold the single-flight lock."""
+        """The lookup's answer: a hit carries its entry; a miss may hold the single-flight lock (the ticket
+        goes on the outcome, for `store` when the call is over). A bypass is its own answer."""
         backend, key = self.backend, ticket.key
-        assert backend is not None and key is not None
+        if backend is None or key is None:
+            return ticket
         try:
             if ticket.lookup is not None:
                 token, lookup = ticket.lookup
@@ -202,7 +150,7 @@ class ResponseCache:
         self.counts["misses"] += 1
         if fields.stream:
             ticket.collector = StreamCollector(ticket.kind, self.config.max_entry_bytes)
-        _after_finish(outcome, ticket.settle)
+        outcome.ticket = ticket
         return ticket
 
     def abandon(self, ticket: Ticket) -> None:
@@ -237,13 +185,26 @@ class ResponseCache:
 
     # --- after the call -----------------------------------------------------------------------------
 
-    def spawn(self, job: Any) -> None:
+    def store(self, outcome: Outcome) -> None:
+        """The step after the call (from `finish`, synchronously): schedules the store of a complete answer
+        that may be cached, and the lock's release, off the request path."""
+        ticket = outcome.ticket
+        if ticket is None or (not ticket.store and ticket.token is None):
+            return
+        storable = (ticket.store and outcome.completed and outcome.status == 200 and outcome.failure is None
+                    and not outcome.cache_hit and outcome.model == ticket.model)
+        collector, body = ticket.collector, ticket.body
+        ticket.collector = ticket.body = None
+        self.spawn(self.conclude(ticket, collector if storable else None, body if storable else None,
+                                 outcome.usage))
+
+    def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def conclude(self, ticket: Ticket, collector: StreamCollector | None, body: bytes | None,
-                       usage: Any) -> None:
+                       usage: Usage | None) -> None:
         """Store a complete answer that may be cached, then release the lock (waiters then find it)."""
         backend, key = self.backend, ticket.key
         assert backend is not None and key is not None
@@ -322,30 +283,21 @@ class ResponseCache:
         }
 
 
-def _after_finish(outcome: Outcome, then: Callable[[Outcome], None]) -> None:
-    """Run `then` when the call's books are closed (`outcome.finish`), before the recorder gets it."""
-    sink = outcome.sink
-
-    def chained(o: Outcome) -> None:
-        try:
-            then(o)
-        except Exception:  # the cache never breaks a call or its record
-            log.exception("request %s: cache follow-up failed", o.request_id)
-        if sink is not None:
-            sink(o)
-
-    outcome.sink = chained
-
-
-def ask_cache(
-    cache: ResponseCache | None,
-    headers: Mapping[str, str],
-    chosen: Route,
-    body: dict[str, Any],
-    kind: Kind,
-    outcome: Outcome,
-) -> Ticket:
-    """`cache.ask(...)`, or a bypass when the gateway has no cache."""
-    if cache is None:
-        return BYPASS
-    return cache.ask(headers, chosen, body, kind, outcome)
+def build_cache(settings: Settings, redis: Redis | None, batcher: RedisBatcher | None = None) -> ResponseCache:
+    """Redis when the gateway has one (`redis_url`), else this process's memory; off (every call a bypass)
+    when `cache_enabled` is false. `batcher`: the app's auto-pipelining for `redis` (shared with the limits),
+    else the backend makes its own."""
+    config = CacheConfig(
+        enabled=settings.cache_enabled,
+        key_prefix=settings.cache_key_prefix,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+        lock_ttl_s=settings.cache_lock_ttl_s,
+        wait_s=settings.cache_wait_s,
+        retry_s=settings.cache_retry_s,
+    )
+    backend: CacheBackend
+    if redis is not None:
+        backend = RedisBackend(redis, batcher)
+    else:
+        backend = MemoryBackend(settings.cache_memory_max_entries, settings.cache_memory_max_bytes)
+    return ResponseCache(backend if settings.cache_enabled else None, config)

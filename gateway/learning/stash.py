@@ -19,17 +19,14 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
+from gateway.outcome import Outcome
 from gateway.redis_batch import LuaScript, RedisBatcher
 from gateway.settings import Settings
 from router import features
-
-if TYPE_CHECKING:
-    from gateway.outcome import Outcome
-    from router.quality import QualityProbe
 
 log = logging.getLogger("gateway.learning")
 
@@ -144,21 +141,11 @@ def build_stash(settings: Settings, batcher: RedisBatcher | None) -> FeatureStas
     return MemoryStash(settings.feedback_window_s, settings.feedback_stash_entries)
 
 
-def keep_after(stash: FeatureStash, outcome: Outcome, probe: QualityProbe) -> None:
-    """Once the call is finished (`outcome.finish` hands it on), stash its features if a worker answered it
-    in full. Chained in front of the outcome's sink, as the cache and the limits chain their steps."""
-    sink = outcome.sink
-    vector, predictor = probe.vector, probe.predictor.hash
-
-    def kept(o: Outcome) -> None:
-        try:
-            if vector is not None and o.answered_in_full():
-                stash.put(o.tenant, o.request_id, StashEntry(
-                    o.record_id or o.request_id, o.model, o.tenant, o.team, o.key_id, predictor,
-                    features.FEATURES, features.encode_vector(vector)))
-        except Exception:  # feedback never breaks a call or its record
-            log.exception("request %s: keeping its features for feedback failed", o.request_id)
-        if sink is not None:
-            sink(o)
-
-    outcome.sink = kept
+def keep_features(stash: FeatureStash, o: Outcome) -> None:
+    """The step after the call (from `finish`, bound to the app's stash): a call the predictor routed that a
+    worker answered in full leaves its features for feedback."""
+    probe = o.quality
+    if probe is not None and probe.vector is not None and o.answered_in_full():
+        stash.put(o.tenant, o.request_id, StashEntry(
+            o.record_id or o.request_id, o.model, o.tenant, o.team, o.key_id, probe.predictor.hash,
+            features.FEATURES, features.encode_vector(probe.vector)))

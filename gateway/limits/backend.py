@@ -1,5 +1,6 @@
-"""The counters behind rate limits and budgets: what is checked, what comes back, and the in-process
-backend. `redis_backend.py` does exactly the same in Redis (the tests run one suite on both).
+"""The counters behind rate limits and budgets: what is checked, what comes back, what an admitted call
+holds until it is settled, and the in-process backend. `redis_backend.py` does exactly the same in Redis
+(the tests run one suite on both).
 
 **Rate limits** are GCRA (the generic cell rate algorithm, a leaky bucket kept as one timestamp per
 counter, the "theoretical arrival time"): a limit of L per minute refills one unit every 60/L seconds
@@ -82,6 +83,25 @@ class BudgetSettle:
     reserved: int
     actual: int
     ttl_ms: int
+
+
+@dataclass(slots=True)
+class BudgetHold:
+    check: BudgetCheck
+    label: str  # "team default/dev", "key key_..."
+
+
+@dataclass(slots=True)
+class Admission:
+    """One admitted call: what to settle when it ends (kept on the call's `Outcome` until then)."""
+
+    member: str  # the budget reservations' id
+    tokens: int  # estimated
+    token_counters: list[RateCheck]
+    budgets: list[BudgetHold]
+    headers: dict[str, str]
+    received: float = 0.0
+    enqueued: float = 0.0  # monotonic: when its call finished (settlements are retried for a while)
 
 
 class Backend(Protocol):

@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.money import SCALE, ZERO
@@ -45,20 +46,24 @@ from gateway.limits.backend import (
     RATE_LIMITED,
     SEED,
     TOO_LARGE,
+    Admission,
     AdmitResult,
     Backend,
     BudgetCheck,
+    BudgetHold,
     BudgetSettle,
+    MemoryBackend,
     RateCheck,
     RateSettle,
     RateState,
 )
 from gateway.limits.periods import window
+from gateway.limits.redis_backend import RedisBackend
+from gateway.outcome import Outcome
+from gateway.redis_batch import RedisBatcher
+from gateway.routing import Route
+from gateway.settings import Settings
 from router.errors import BudgetExceeded, GatewayError, LimitsUnavailable, RateLimited
-
-if TYPE_CHECKING:
-    from gateway.outcome import Outcome
-    from gateway.routing import Route
 
 log = logging.getLogger("gateway.limits")
 
@@ -105,25 +110,6 @@ class LimitStats:
     settled: int = 0
     settle_failures: int = 0
     seeded: int = 0
-
-
-@dataclass(slots=True)
-class _BudgetHold:
-    check: BudgetCheck
-    label: str  # "team default/dev", "key key_..."
-
-
-@dataclass(slots=True)
-class Admission:
-    """One admitted call: what to settle when it ends."""
-
-    member: str
-    tokens: int  # estimated
-    token_counters: list[RateCheck]
-    budgets: list[_BudgetHold]
-    headers: dict[str, str]
-    received: float = 0.0
-    enqueued: float = 0.0  # monotonic: when its call finished (settlements are retried for a while)
 
 
 def _n(body: Mapping[str, Any]) -> int:
@@ -234,7 +220,7 @@ class Limits:
         """Check and take the caller's limits for this call; the x-ratelimit-* headers for its answer.
 
         Raises RateLimited / BudgetExceeded (429) or LimitsUnavailable (503). When the call is
-        admitted, its settlement is attached to `outcome` (it runs once the call is finished).
+        admitted, its admission is kept on `outcome`, for `settle` once the call is finished.
         """
         if not principal.limited:
             return {}
@@ -246,7 +232,7 @@ class Limits:
         tokens, cost = (self.estimate(chosen, body, outcome.received, priced)
                         if priced or kl.tpm is not None or tl.tpm is not None else (0, 0))
         rates: list[RateCheck] = []
-        budgets: list[_BudgetHold] = []
+        budgets: list[BudgetHold] = []
         for scope, ident, lim in (("key", key_id, kl), ("team", team_name, tl)):
             if ident is None:
                 continue
@@ -262,7 +248,7 @@ class Limits:
                 if cost > check.limit:
                     self.stats.over_budget += 1
                     raise self._over_budget(check, label, lim.budget_period, None)
-                budgets.append(_BudgetHold(check, label))
+                budgets.append(BudgetHold(check, label))
         member = os.urandom(8).hex()
         checks = [b.check for b in budgets]
         result: AdmitResult | None = None
@@ -304,17 +290,10 @@ class Limits:
         if outcome.finished is not None:  # the call ended (the client left) while we waited: give it back
             self._enqueue(admission, None)
         else:
-            sink = outcome.sink
-
-            def settle_after(o: Outcome) -> None:
-                if sink is not None:
-                    sink(o)
-                self._enqueue(admission, o)
-
-            outcome.sink = settle_after
+            outcome.admission = admission  # settled by `settle` when the call is over
         return admission.headers
 
-    async def _seed(self, principal: Principal, hold: _BudgetHold, now: float) -> None:
+    async def _seed(self, principal: Principal, hold: BudgetHold, now: float) -> None:
         """Start a budget counter from what the accounting database recorded for its period."""
         check = hold.check
         lim = principal.key_limits if check.scope == "key" else principal.team_limits
@@ -380,6 +359,11 @@ class Limits:
 
     # --- after the call ---------------------------------------------------------------------------
 
+    def settle(self, outcome: Outcome) -> None:
+        """The step after the call (from `finish`): its admission is settled off the request path."""
+        if (admission := outcome.admission) is not None:
+            self._enqueue(admission, outcome)
+
     def _enqueue(self, admission: Admission, outcome: Outcome | None) -> None:
         admission.enqueued = time.monotonic()
         self._queue.append((admission, outcome))
@@ -438,7 +422,7 @@ class Limits:
             actuals = [self._actual(a, o) for a, o in batch]
         rate_items: list[RateSettle] = []
         budget_items: list[BudgetSettle] = []
-        holds: list[_BudgetHold] = []
+        holds: list[BudgetHold] = []
         for (admission, _), (tokens, cost) in zip(batch, actuals, strict=True):
             for r in admission.token_counters:
                 if tokens != admission.tokens:
@@ -455,7 +439,7 @@ class Limits:
         for hold, item, after in zip(holds, budget_items, spent, strict=True):
             self._watch(hold, item.actual, after)
 
-    def _watch(self, hold: _BudgetHold, actual: int, after: int) -> None:
+    def _watch(self, hold: BudgetHold, actual: int, after: int) -> None:
         """Warn once when a settlement crosses the soft threshold, and when it passes the limit."""
         limit = hold.check.limit
         before = after - actual
@@ -486,13 +470,10 @@ def rate_headers(states: tuple[RateState, ...]) -> dict[str, str]:
     return headers
 
 
-async def start_limits(settings: Any, catalogue: PriceCatalogue, engine: AsyncEngine | None,
-                       redis: Any | None, batcher: Any | None = None) -> Limits:
+async def start_limits(settings: Settings, catalogue: PriceCatalogue, engine: AsyncEngine | None,
+                       redis: Redis | None, batcher: RedisBatcher | None = None) -> Limits:
     """The app's `Limits`: counters in Redis when `redis_url` is set, else in this process. `batcher`:
     the app's auto-pipelining for `redis` (shared with the cache), else the backend makes its own."""
-    from gateway.limits.backend import MemoryBackend
-    from gateway.limits.redis_backend import RedisBackend
-
     backend: Backend = (RedisBackend(redis, settings.limits_key_prefix, batcher) if redis is not None
                         else MemoryBackend())
     limits = Limits(backend, catalogue, engine, soft_pct=settings.budget_soft_pct,

@@ -1,4 +1,4 @@
-"""Observability (issue 9): traces (`tracing.py`), metrics (`metrics.py`), logs (`logs.py`).
+"""Observability: traces (`tracing.py`), metrics (`metrics.py`), logs (`logs.py`).
 
 `Telemetry` is created by the app's lifespan and handed to the request path through the
 `GatewayContext`: nothing here is global, so each app (and each test) has its own tracer provider and
@@ -7,23 +7,16 @@ its own metrics registry.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from gateway.accounting.records import UsageRecord
+from gateway.outcome import Outcome
+from gateway.settings import Settings
 from gateway.telemetry import logs
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExporter
-
-    from gateway.accounting.records import UsageRecord
-    from gateway.outcome import Outcome
-    from gateway.settings import Settings
-
-log = logging.getLogger("gateway.telemetry")
 
 __all__ = ["Metrics", "Telemetry", "Tracing"]
 
@@ -36,19 +29,6 @@ class Telemetry:
     @classmethod
     def create(cls, settings: Settings, span_exporter: SpanExporter | None = None) -> Telemetry:
         return cls(Tracing.create(settings, span_exporter))
-
-    def sink(self, then: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
-        """What a finished call is handed to: its request metrics, then `then` (the recorder)."""
-        observe = self.metrics.requests.observe
-
-        def finished(o: Outcome) -> None:
-            try:
-                observe(o)
-            except Exception:  # metrics never break a call or its record
-                log.exception("request %s: metrics failed", o.request_id)
-            then(o)
-
-        return finished
 
     def on_record(self, outcome: Outcome, record: UsageRecord) -> None:
         """The recorder built a call's usage record (off the request path): usage metrics, the access line."""

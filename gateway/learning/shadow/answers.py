@@ -1,16 +1,18 @@
 """Texts a shadow job reads, in memory only (never stored or logged): the answer of a call, from its JSON
-body or its relayed stream events, and the question a judge is shown."""
+body or its relayed stream events, and the question a judge is shown; `Watch` keeps a sampled call's
+request and answer on its `Outcome` until the call is over."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
-from gateway.relay import EVENT_END
+from gateway.sse import EVENT_END
+from router.classify import Kind
 
-Kind = Literal["chat", "completion"]
+MAX_TAP_BYTES = 256 * 1024  # a streamed answer longer than this is not evaluated
 
 
 class _Message(msgspec.Struct):
@@ -90,3 +92,47 @@ def question(kind: Kind, body: dict[str, Any]) -> str:
 def normalised(text: str) -> str:
     """Stripped, whitespace collapsed, lower-cased: what the exact judge compares."""
     return " ".join(text.split()).lower()
+
+
+class Watch:
+    """What a sampled call leaves for its job: its request, and its JSON body or its stream's events
+    (bounded)."""
+
+    __slots__ = ("body", "events", "overflow", "request", "size")
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request  # as parsed (and as sent to the worker)
+        self.body: bytes | None = None
+        self.events: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def feed(self, events: bytes) -> None:
+        """Whole SSE events, as the relay forwards them: an append, parsed only by the job."""
+        if self.overflow:
+            return
+        self.size += len(events)
+        if self.size > MAX_TAP_BYTES:
+            self.overflow = True
+            self.events.clear()
+            return
+        self.events.append(events)
+
+    def tap(self, other: Callable[[bytes], None] | None) -> Callable[[bytes], None]:
+        """The relay's tap: this watch's, after `other` (the response cache's) when there is one."""
+        if other is None:
+            return self.feed
+        feed = self.feed
+
+        def both(events: bytes) -> None:
+            other(events)
+            feed(events)
+
+        return both
+
+    def answer(self, kind: Kind) -> str | None:
+        if self.body is not None:
+            return body_text(kind, self.body)
+        if self.overflow or not self.events:
+            return None
+        return stream_text(kind, self.events)

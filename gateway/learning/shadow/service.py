@@ -3,11 +3,12 @@ is asked again of the reference model, off the client's path, both answers are s
 judge model), and the two scores are stored in `routing_outcomes` with the call's features (never its text).
 
 On the request path a routed call pays one hash of its request id (`sample`); a sampled one also keeps its
-answer (the JSON body, or the relayed stream's events up to `MAX_TAP_BYTES`). When the call is over
-(`outcome.finish`) a step offers the job: a call a worker answered in full, not from the cache, by a model other
-than the reference, while today's shadow spend is under the budget and the reference model's pool is not
-busier than `max_load`, enters a bounded queue, else it is dropped and counted. `concurrency` tasks owned by
-the app's lifespan run the jobs; at shutdown they get `GRACE_S` to finish, then are cancelled.
+answer (the JSON body, or the relayed stream's events up to `MAX_TAP_BYTES`) in a `Watch` on its outcome.
+When the call is over, a step (`offer`, gateway/completion.py) offers the job: a call a worker answered in
+full, not from the cache, by a model other than the reference, while today's shadow spend is under the
+budget and the reference model's pool is not busier than `max_load`, enters a bounded queue, else it is
+dropped and counted. `concurrency` tasks owned by the app's lifespan run the jobs; at shutdown they get
+`GRACE_S` to finish, then are cancelled.
 """
 
 from __future__ import annotations
@@ -16,37 +17,41 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.learning.shadow.answers import Kind, body_text, question, stream_text
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.accounting import Accounting
+from gateway.learning.shadow.answers import Watch, question
 from gateway.learning.shadow.calls import CallEnv, Caller, call_model
 from gateway.learning.shadow.judge import (
     EXACT,
     JUDGE_MAX_TOKENS,
     exact_scores,
+    grading_prompt_path,
     grading_request,
+    load_grading_prompt,
     parse_verdict,
     swapped,
 )
+from gateway.learning.shadow.spend import DailySpend
 from gateway.learning.store import OutcomeRow, upsert_outcomes
 from gateway.openai_request import prompt_prefix
-from gateway.routing import PolicyStore, Route
-from gateway.settings import ShadowSettings
+from gateway.outcome import Outcome
+from gateway.routing import PolicyStore
+from gateway.settings import Settings, ShadowSettings
 from router import features
+from router.classify import Kind
 from workers.pool import Pool, Pools, pool_load
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from gateway.outcome import Outcome
+from workers.upstream import Upstream
 
 log = logging.getLogger("gateway.learning")
 
+PRIME_TIMEOUT_S = 5.0
 GRACE_S = 3.0  # at shutdown, how long running and queued jobs may still take before they are cancelled
-MAX_TAP_BYTES = 256 * 1024  # a streamed answer longer than this is not evaluated
 WRITE_TIMEOUT_S = 10.0
 DROP_REASONS = ("queue_full", "budget", "load", "answer", "shutdown")
 _HASH_SPAN = float(1 << 64)
@@ -54,48 +59,6 @@ _HASH_SPAN = float(1 << 64)
 
 class ShadowConfigError(ValueError):
     """The shadow settings name a model the gateway cannot call."""
-
-
-class Watch:
-    """What a sampled call leaves for its job: its JSON body, or its stream's events (bounded)."""
-
-    __slots__ = ("body", "events", "overflow", "size")
-
-    def __init__(self) -> None:
-        self.body: bytes | None = None
-        self.events: list[bytes] = []
-        self.size = 0
-        self.overflow = False
-
-    def feed(self, events: bytes) -> None:
-        """Whole SSE events, as the relay forwards them: an append, parsed only by the job."""
-        if self.overflow:
-            return
-        self.size += len(events)
-        if self.size > MAX_TAP_BYTES:
-            self.overflow = True
-            self.events.clear()
-            return
-        self.events.append(events)
-
-    def tap(self, other: Callable[[bytes], None] | None) -> Callable[[bytes], None]:
-        """The relay's tap: this watch's, after `other` (the response cache's) when there is one."""
-        if other is None:
-            return self.feed
-        feed = self.feed
-
-        def both(events: bytes) -> None:
-            other(events)
-            feed(events)
-
-        return both
-
-    def answer(self, kind: Kind) -> str | None:
-        if self.body is not None:
-            return body_text(kind, self.body)
-        if self.overflow or not self.events:
-            return None
-        return stream_text(kind, self.events)
 
 
 @dataclass(slots=True)
@@ -106,7 +69,7 @@ class Job:
     watch: Watch
     model: str  # the model that answered
     reference: str
-    vector: Any  # router.features.Vector
+    vector: features.Vector
     predictor: str  # sha256 of the predictor that routed the call
     caller: Caller
 
@@ -155,31 +118,25 @@ class Shadow:
 
     # --- the request path ---------------------------------------------------------------------------
 
-    def sample(self, outcome: Outcome, chosen: Route, data: dict[str, Any], kind: Kind) -> Watch | None:
-        """For a call the predictor routed: a watch for its answer when the call is sampled (its job is
-        offered when the call is over), else None."""
+    def sample(self, outcome: Outcome, data: dict[str, Any]) -> Watch | None:
+        """For a call the predictor routed: a watch for its answer when the call is sampled (kept on the
+        outcome: `offer` reads it when the call is over), else None."""
         record_id = outcome.record_id or outcome.request_id  # always the gateway's: clients cannot pick them
-        probe = chosen.quality
-        if probe is None or sample_fraction(record_id) >= self.config.sample_rate:
+        if outcome.quality is None or sample_fraction(record_id) >= self.config.sample_rate:
             return None
-        watch = Watch()
-        reference = (self.config.reference_model or (chosen.decision.reference_model if chosen.decision else None)
-                     or self.default_reference)
-        vector, predictor = probe.vector, probe.predictor.hash
-        sink = outcome.sink
-
-        def offered(o: Outcome) -> None:
-            try:
-                if reference is not None and vector is not None and o.answered_in_full() and o.model != reference:
-                    self._offer(Job(record_id, kind, data, watch, o.model, reference, vector, predictor,
-                                    Caller(o.tenant, o.team, o.key_id)))
-            except Exception:  # shadow evaluation never breaks a call or its record
-                log.exception("request %s: offering its shadow evaluation failed", o.request_id)
-            if sink is not None:
-                sink(o)
-
-        outcome.sink = offered
+        outcome.watch = watch = Watch(data)
         return watch
+
+    def offer(self, o: Outcome) -> None:
+        """The step after the call (from `finish`): a sampled call a worker answered in full, by a model
+        other than the reference, becomes a job (queued, or dropped and counted)."""
+        watch, probe = o.watch, o.quality
+        if watch is None or probe is None or probe.vector is None:
+            return
+        reference = self.config.reference_model or o.reference_model or self.default_reference
+        if reference is not None and o.answered_in_full() and o.model != reference:
+            self._offer(Job(o.record_id or o.request_id, o.kind, watch.request, watch, o.model, reference,
+                            probe.vector, probe.predictor.hash, Caller(o.tenant, o.team, o.key_id)))
 
     def _offer(self, job: Job) -> None:
         self.stats.sampled += 1
@@ -316,3 +273,33 @@ class Shadow:
     @property
     def spent_today(self) -> Decimal:
         return self.env.spend.known
+
+
+async def start_shadow(settings: Settings, policies: PolicyStore, pools: Pools, upstream: Upstream,
+                       accounting: Accounting, redis: Redis | None) -> Shadow | None:
+    """The running shadow evaluator, or None when `shadow.sample_rate` is 0. Raises ShadowConfigError when a
+    model it names has no pool, or GradingPromptError for a judge model without a usable grading prompt."""
+    config = settings.shadow
+    if not config.enabled:
+        return None
+    spend = DailySpend(accounting.engine, accounting.catalogue.currency, redis, config.key_prefix)
+    env = CallEnv(upstream, settings.upstream_attempts, accounting.recorder, accounting.catalogue, spend)
+    grading = None
+    if config.judge != EXACT:
+        grading = load_grading_prompt(grading_prompt_path(policies.directory))
+    shadow = Shadow(config, policies, pools, env, accounting.engine, grading, accounting.catalogue.reference_model)
+    for what, model in (("reference_model", config.reference_model),
+                        ("judge", config.judge if config.judge != EXACT else None)):
+        if model is not None and shadow.pool_of(model) is None:
+            raise ShadowConfigError(f"shadow.{what}: no configured pool serves the model `{model}` (catalogue "
+                                    f"models: {', '.join(policies.active.policy.models)})")
+    try:  # today's spend so far, before the first call asks
+        async with asyncio.timeout(PRIME_TIMEOUT_S):
+            await spend.spent()
+    except Exception as exc:
+        log.warning("shadow evaluation: today's spend could not be read yet (%s); jobs read it when they run",
+                    type(exc).__name__)
+    shadow.start()
+    log.info("shadow evaluation on: %.1f%% of routed calls, judge %s, budget %s %s a day", 100 * config.sample_rate,
+             config.judge, config.daily_budget, accounting.catalogue.currency)
+    return shadow
