@@ -187,9 +187,9 @@ def stop_all(servers: list[Throwaway]) -> None:
 def start_postgres(bin_dir: Path, why: str) -> Throwaway:
     """A throwaway PostgreSQL with trust auth, user `postgres` and an empty database `test`. Its data need not
     survive a crash, so it never waits for the disk."""
+    uid, gid = _unprivileged()
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="gateway-test-postgres-"))
-    uid, gid = _unprivileged()
     if uid is not None and gid is not None:
         os.chown(directory, uid, gid)
     groups: list[int] | None = [] if uid is not None else None
