@@ -31,6 +31,7 @@ from gateway.redis_batch import RedisBatcher
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
+from gateway.telemetry.metrics import Sources
 from router.tokens import warm_up
 from workers.breaker import Breaker
 from workers.gpus import discover
@@ -132,7 +133,10 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
                 supervisor, cache, telemetry, completion, redis, auth=auth, limits=limits, feedback=stash,
                 shadow=shadow,
             )
-            telemetry.metrics.attach(ctx)
+            telemetry.metrics.attach(Sources(
+                pools, supervisor, policies, accounting.recorder, accounting.engine, accounting.catalogue.currency,
+                cache, limits, auth, shadow,
+            ))
             if settings.metrics_port is not None:
                 metrics_server = MetricsServer(ctx, settings.host, settings.metrics_port)
                 await metrics_server.start()

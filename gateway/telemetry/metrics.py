@@ -15,24 +15,30 @@ from the keys an admin made. Never a request id, a key, or text a client sent.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.outcome import call_status
-
-if TYPE_CHECKING:
-    from gateway.accounting.records import UsageRecord
-    from gateway.context import GatewayContext
-    from gateway.limits.budgets import BudgetRow
-    from gateway.outcome import Outcome
+from gateway.accounting.recorder import Recorder
+from gateway.accounting.records import UsageRecord
+from gateway.auth.service import Auth
+from gateway.cache.service import ResponseCache
+from gateway.learning.shadow.service import Shadow
+from gateway.limits.budgets import BudgetRow, budget_rows
+from gateway.limits.service import Limits, from_units
+from gateway.outcome import Outcome, call_status
+from gateway.routing import PolicyStore
+from workers.pool import Pools
+from workers.supervisor import Supervisor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPERATIONS = {"chat": "chat", "completion": "text_completion"}
@@ -170,38 +176,54 @@ def _gauge(name: str, help_: str, labels: tuple[str, ...], samples: Sequence[tup
     return m
 
 
+@dataclass(frozen=True)
+class Sources:
+    """The running gateway's objects a scrape reads."""
+
+    pools: Pools
+    supervisor: Supervisor
+    policies: PolicyStore
+    recorder: Recorder
+    engine: AsyncEngine  # the accounting database (budgets' recorded spend)
+    currency: str  # the price catalogue's
+    cache: ResponseCache | None = None
+    limits: Limits | None = None
+    auth: Auth | None = None
+    shadow: Shadow | None = None
+
+
 class StateCollector(Collector):
     """Everything read at scrape time from the running gateway (on its event loop: the /metrics handlers)."""
 
-    def __init__(self, context: Callable[[], GatewayContext | None]) -> None:
-        self._context = context
+    def __init__(self) -> None:
+        self.sources: Sources | None = None  # None: nothing attached yet (the app is starting)
         self.budgets: list[BudgetRow] = []
         self.budgets_at = 0.0  # monotonic time of the last refresh (0: never)
         self.budget_errors = 0
 
     def collect(self) -> Iterator[Metric]:
-        ctx = self._context()
-        if ctx is None:
+        src = self.sources
+        if src is None:
             return
-        yield from self._replicas(ctx)
-        yield from self._cache(ctx)
-        yield from self._recorder(ctx)
-        yield from self._limits(ctx)
-        if ctx.auth is not None:
+        yield from self._replicas(src)
+        yield from self._cache(src)
+        yield from self._recorder(src)
+        yield from self._limits(src)
+        if src.auth is not None:
             yield _counter("gateway_auth_key_lookups", "API key lookups that asked the database (cache misses).",
-                           ctx.auth.lookups)
-        yield from self._shadow(ctx)
+                           src.auth.lookups)
+        yield from self._shadow(src)
         yield _gauge("gateway_policy_reload_failed", "1 when the last policy reload was refused (the last good "
-                     "policy stays in force).", (), [((), 1.0 if ctx.policies.last_error else 0.0)])
+                     "policy stays in force).", (), [((), 1.0 if src.policies.last_error else 0.0)])
 
-    def _replicas(self, ctx: GatewayContext) -> Iterator[Metric]:
+    def _replicas(self, src: Sources) -> Iterator[Metric]:
         now = time.monotonic()
-        managed = {m.url: m for m in ctx.supervisor.replicas}
+        managed = {m.url: m for m in src.supervisor.replicas}
         labels = ("pool", "model", "replica")
         rows: dict[str, list[tuple[tuple[str, ...], float]]] = {
             k: [] for k in ("healthy", "in_flight", "running", "waiting", "kv", "open", "load", "restarts")}
         gates: dict[str, list[tuple[tuple[str, ...], float]]] = {"active": [], "queued": [], "limit": []}
-        for pool in ctx.pools.pools:
+        for pool in src.pools.pools:
             for r in pool.replicas:
                 v = (pool.name, pool.model, r.url)
                 rows["healthy"].append((v, 1.0 if r.healthy else 0.0))
@@ -239,8 +261,8 @@ class StateCollector(Collector):
                      ("pool",), gates["queued"])
         yield _gauge("gateway_pool_admission_limit", "The pool's max_in_flight.", ("pool",), gates["limit"])
 
-    def _cache(self, ctx: GatewayContext) -> Iterator[Metric]:
-        cache = ctx.cache
+    def _cache(self, src: Sources) -> Iterator[Metric]:
+        cache = src.cache
         if cache is None:
             return
         c = cache.counts
@@ -256,8 +278,8 @@ class StateCollector(Collector):
         yield _gauge("gateway_cache_up", "1 when the response cache's backend answers.", ("backend",),
                      [((cache.backend_name,), 0.0 if cache.ok is False else 1.0)])
 
-    def _recorder(self, ctx: GatewayContext) -> Iterator[Metric]:
-        rec = ctx.accounting.recorder
+    def _recorder(self, src: Sources) -> Iterator[Metric]:
+        rec = src.recorder
         yield _gauge("gateway_recorder_queue_depth", "Usage records in memory, waiting to be written.", (),
                      [((), float(rec.queued))])
         files, records, size = rec.spool.usage()
@@ -281,8 +303,8 @@ class StateCollector(Collector):
         for f in fields(s):
             yield _counter(f"gateway_recorder_{f.name}", help_.get(f.name, f.name), getattr(s, f.name))
 
-    def _shadow(self, ctx: GatewayContext) -> Iterator[Metric]:
-        shadow = ctx.shadow
+    def _shadow(self, src: Sources) -> Iterator[Metric]:
+        shadow = src.shadow
         if shadow is None:
             return
         s = shadow.stats
@@ -299,10 +321,10 @@ class StateCollector(Collector):
                      [((), float(shadow.queue.qsize()))])
         yield _gauge("gateway_shadow_spend_today", "Today's shadow and judge spend (UTC day) as last read, in the "
                      "price catalogue's currency.", ("currency",),
-                     [((ctx.accounting.catalogue.currency,), float(shadow.spent_today))])
+                     [((src.currency,), float(shadow.spent_today))])
 
-    def _limits(self, ctx: GatewayContext) -> Iterator[Metric]:
-        limits = ctx.limits
+    def _limits(self, src: Sources) -> Iterator[Metric]:
+        limits = src.limits
         if limits is None:
             return
         s = limits.stats
@@ -340,28 +362,24 @@ class Metrics:
         self.requests = RequestMetrics(self.registry)
         self.usage = UsageMetrics()
         self.registry.register(self.usage)
-        self._ctx: GatewayContext | None = None
-        self.state = StateCollector(lambda: self._ctx)
+        self.state = StateCollector()
         self.registry.register(self.state)
 
-    def attach(self, ctx: GatewayContext) -> None:
-        self._ctx = ctx
+    def attach(self, sources: Sources) -> None:
+        """What scrapes read from now on (the app's lifespan attaches its services once they run)."""
+        self.state.sources = sources
 
     async def refresh_budgets(self, every_s: float, timeout_s: float = 5.0) -> None:
         """Re-read the budgets (the database's list and spend, the live counters) when older than `every_s`."""
-        import asyncio
-
-        from gateway.limits.budgets import budget_rows
-        from gateway.limits.service import from_units
-
-        ctx, state = self._ctx, self.state
-        if ctx is None or ctx.limits is None or (state.budgets_at and time.monotonic() - state.budgets_at < every_s):
+        state = self.state
+        src = state.sources
+        if src is None or src.limits is None or (state.budgets_at and time.monotonic() - state.budgets_at < every_s):
             return
         state.budgets_at = time.monotonic()
-        limits = ctx.limits
+        limits = src.limits
         try:
             async with asyncio.timeout(timeout_s):
-                rows = await budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct)
+                rows = await budget_rows(src.engine, src.currency, limits.soft_pct)
                 live = await limits.backend.read([r.counter for r in rows]) if rows else []
         except Exception:
             state.budget_errors += 1
