@@ -9,9 +9,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from litestar import Litestar
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.accounting import start_accounting, stop_accounting
@@ -40,9 +40,6 @@ from workers.launcher import PoolLaunch, ReplicaPlan, plan
 from workers.pool import Affinity, Gate, Pool, Pools, Replica
 from workers.supervisor import Supervisor
 from workers.upstream import new_upstream
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("gateway")
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import watchfiles
 
+from gateway.accounting.prices import PriceCatalogue, current_token_rates
 from router.classify import Features, classify
 from router.decide import decide
 from router.decision import Caller, PoolState, RouteDecision
@@ -117,15 +118,13 @@ def pool_states(pools: Pools) -> dict[str, PoolState]:
 class Rates:
     """Per-token rates for routing's cost comparison, refreshed now and then (prices change by date)."""
 
-    source: Any  # gateway.accounting.prices.PriceCatalogue
+    source: PriceCatalogue
     _rates: Mapping[str, TokenRates] = field(default_factory=dict)
     _until: float = 0.0
 
     def current(self) -> Mapping[str, TokenRates]:
         now = time.monotonic()
         if now >= self._until:
-            from gateway.accounting.prices import current_token_rates
-
             self._rates, self._until = current_token_rates(self.source, datetime.now(UTC)), now + RATES_TTL_S
         return self._rates
 

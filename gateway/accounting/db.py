@@ -22,7 +22,7 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # alembic loads only when migrations run: not on every start of a migrated database
     from alembic.config import Config
 
 log = logging.getLogger("gateway.accounting")

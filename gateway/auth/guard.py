@@ -22,7 +22,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from gateway.auth.principal import Principal, Role
-from gateway.auth.service import Auth
+from gateway.context import GatewayContext
 from gateway.request_id import request_id
 from gateway.telemetry.logs import refused
 from router.errors import AuthUnavailable, Forbidden, GatewayError, MethodNotAllowed
@@ -80,9 +80,9 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
 async def admit(connection: ASGIConnection[Any, Any, Any, Any], roles: frozenset[Role]) -> None:
     """Authenticate the caller and check its role: the guard's work, also done by the inference calls'
     own way in (gateway/front.py)."""
-    ctx: Any = getattr(connection.app.state, "ctx", None)
-    auth: Auth | None = getattr(ctx, "auth", None)
-    if auth is None:  # never in a started app; closed rather than open if it ever were
+    ctx: GatewayContext | None = getattr(connection.app.state, "ctx", None)
+    auth = ctx.auth if ctx is not None else None
+    if ctx is None or auth is None:  # never in a started app; closed rather than open if it ever were
         raise AuthUnavailable("The gateway is not ready to check API keys.", headers={"retry-after": "1"})
     tracing = ctx.telemetry.tracing is not None
     started = time.perf_counter() if tracing else 0.0

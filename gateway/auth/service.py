@@ -22,14 +22,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import store
-from gateway.auth.keys import DevKey, digest
+from gateway.auth.keys import DevKey, dev_key, digest, server_secret
 from gateway.auth.principal import ANONYMOUS, Principal
+from gateway.settings import Settings
 from router.errors import AuthUnavailable, Unauthenticated
 
 log = logging.getLogger("gateway.auth")
@@ -237,15 +237,8 @@ async def publish_revocation(redis: Redis, key_id: str) -> None:
                     key_id, type(exc).__name__)
 
 
-def auth_of(app_state: Any) -> Auth | None:
-    ctx = getattr(app_state, "ctx", None)
-    return getattr(ctx, "auth", None)
-
-
-async def start_auth(settings: Any, engine: AsyncEngine | None, redis: Redis | None) -> Auth:
+async def start_auth(settings: Settings, engine: AsyncEngine | None, redis: Redis | None) -> Auth:
     """The app's `Auth` from the settings (the lifespan calls this)."""
-    from gateway.auth.keys import dev_key, server_secret
-
     required = settings.auth == "required"
     if required and settings.database_url is not None and not settings.key_hash_secret:
         log.warning("auth: key_hash_secret is not set; using the one in %s/key-hash-secret. Every gateway "

@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-if TYPE_CHECKING:
-    from gateway.accounting.records import UsageRecord
-    from gateway.outcome import Outcome
+from gateway.accounting.records import UsageRecord
+from gateway.outcome import Outcome
 
 ACCESS = logging.getLogger("gateway.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

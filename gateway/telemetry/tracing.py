@@ -28,7 +28,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
@@ -44,11 +44,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-if TYPE_CHECKING:
-    from gateway.outcome import Outcome
-    from gateway.routing import Route
-    from gateway.settings import Settings
-    from workers.upstream import UpstreamCall
+from gateway.outcome import Outcome
+from gateway.routing import Route
+from gateway.settings import Settings
+from gateway.usage import Usage
+from workers.upstream import UpstreamCall
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -412,7 +412,7 @@ class UpstreamSpans:
         self.trace.upstream_opened(call)
 
 
-def _usage_attributes(attributes: dict[str, Any], usage: Any) -> None:
+def _usage_attributes(attributes: dict[str, Any], usage: Usage) -> None:
     attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
     attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
     details = usage.prompt_tokens_details
