@@ -11,10 +11,12 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.types import Receive, Scope, Send
 
-from gateway.auth.principal import principal_of
+from gateway.auth.principal import Principal, principal_of
 from gateway.cache.service import HEADER as CACHE_HEADER
+from gateway.cache.service import ResponseCache
+from gateway.cache.ticket import Ticket
 from gateway.context import GatewayContext
-from gateway.learning.shadow.answers import Watch
+from gateway.limits.service import Limits
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
 from gateway.outcome import Outcome, failure_of, finish
 from gateway.relay import RelayStream, read_usage
@@ -57,6 +59,7 @@ async def _open(
 
 async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,
                   path: str) -> Reply | RelayStream:
+    """One inference call: route, admit (rate limits and budgets), the cache, forward to a worker, relay."""
     started = time.perf_counter()
     rid = request_id(request)
     fields_type, kind = KINDS[path]
@@ -71,42 +74,17 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     if (tracing := ctx.telemetry.tracing) is not None:
         trace, trace_headers = tracing.begin(request.headers, outcome, path, auth_times(request))
         outcome.trace = trace
-    watch: Watch | None = None  # the answer, kept for a shadow evaluation of a sampled call
     try:
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         parsed = parse_body(body, fields_type)
-        outcome.requested_model = parsed.fields.model
-        outcome.stream = bool(parsed.fields.stream)
-        outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
-        active = ctx.policies.active  # the policy this request keeps to its end, whatever reloads meanwhile
-        mark = time.perf_counter()
-        chosen = route(active, parsed.data, kind, parsed.fields.model, request.headers, principal.caller,
-                       ctx.rates.current())
-        outcome.policy_rule = chosen.rule
-        if chosen.decision is not None:
-            outcome.reference_model = chosen.decision.reference_model
-        outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
-        if trace is not None:
-            trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, parsed.fields.model))
-        if chosen.quality is not None:  # routed by the predictor: feedback may come, a shadow evaluation follow
-            outcome.quality = chosen.quality
-            if ctx.shadow is not None:
-                watch = ctx.shadow.sample(outcome, parsed.data)
+        chosen = _route(ctx, request, parsed, principal, outcome, trace)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
         ticket = ctx.cache.ask(request.headers, chosen, parsed.data, kind, outcome)
-        # Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call finishes.
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
-            limits_mark = time.perf_counter()
-            try:
-                limit_headers = await ctx.limits.admit(principal, chosen, parsed.data, outcome)
-            except BaseException:
-                ctx.cache.abandon(ticket)
-                raise
-            if trace is not None:
-                trace.step("gateway.limits", limits_mark, time.perf_counter())
+            limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, outcome, trace)
         cached = await ctx.cache.resolve(ticket, parsed.fields, outcome)
         outcome.cache = "hit" if cached.entry is not None else cached.status
         if trace is not None:
@@ -121,11 +99,13 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         outcome.status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 0
         finish(outcome)
         raise
+    # The relay: the worker's answer back to the client, as it comes.
     outcome.model, outcome.pool = model, pool.name
     outcome.replica, outcome.status = call.replica.url, call.response.status_code
     headers = {"x-request-id": rid, "x-gateway-model": model, "x-gateway-route": chosen.header,
                CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
+    watch = outcome.watch  # a call sampled for a shadow evaluation keeps its answer
     if parsed.fields.stream and call.response.status_code == 200:
         tap = cached.stream_tap()
         if watch is not None:
@@ -148,6 +128,45 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
             watch.body = content
     finish(outcome)
     return Reply(content, call.response.status_code, media_type, headers)
+
+
+def _route(ctx: GatewayContext, request: ASGIConnection[Any, Any, Any, Any], parsed: ParsedRequest,
+           principal: Principal, outcome: Outcome, trace: RequestTrace | None) -> Route:
+    """The call's route under the policy in force (kept to its end, whatever reloads meanwhile), written on
+    its outcome; a call the predictor routed keeps the predictor's view (for feedback) and may be sampled
+    for a shadow evaluation."""
+    fields = parsed.fields
+    outcome.requested_model, outcome.stream = fields.model, bool(fields.stream)
+    outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
+    mark = time.perf_counter()
+    chosen = route(ctx.policies.active, parsed.data, outcome.kind, fields.model, request.headers, principal.caller,
+                   ctx.rates.current())
+    outcome.policy_rule = chosen.rule
+    if chosen.decision is not None:
+        outcome.reference_model = chosen.decision.reference_model
+    outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
+    if trace is not None:
+        trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, fields.model))
+    if chosen.quality is not None:
+        outcome.quality = chosen.quality
+        if ctx.shadow is not None:
+            ctx.shadow.sample(outcome, parsed.data)
+    return chosen
+
+
+async def _admit(limits: Limits, cache: ResponseCache, ticket: Ticket, principal: Principal, chosen: Route,
+                 parsed: ParsedRequest, outcome: Outcome, trace: RequestTrace | None) -> dict[str, str]:
+    """Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call is over; the
+    x-ratelimit-* headers of its answer. Refused, the cache lookup issued meanwhile is abandoned."""
+    mark = time.perf_counter()
+    try:
+        headers = await limits.admit(principal, chosen, parsed.data, outcome)
+    except BaseException:
+        cache.abandon(ticket)
+        raise
+    if trace is not None:
+        trace.step("gateway.limits", mark, time.perf_counter())
+    return headers
 
 
 async def _serve(scope: Scope, receive: Receive, send: Send, path: str) -> None:
