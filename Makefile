@@ -32,8 +32,8 @@ help: ## list the targets, and what `make test` needs
 	@echo "  disk: ~0.7 GB for .venv, ~3.5 GB for the vLLM engine's environment (shared between checkouts):"
 	@echo "    $(VLLM_VENV)"
 	@echo "  memory: ~3 GB while a test runs a vLLM engine (one at a time)"
-	@echo "  time: ~8 min on 2 cores once installed (lint ~20 s; each of the 3 vLLM test modules starts an engine,"
-	@echo "    1.5-2 min); the first run adds the installs. \`make test-unit\`: ~30 s, no service."
+	@echo "  time: 7-10 min on 2 cores once installed (~1100 tests; lint ~20 s; the 3 vLLM test modules ~3 min,"
+	@echo "    each starting its engine); the first run adds the installs. \`make test-unit\`: ~30 s, no service."
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
