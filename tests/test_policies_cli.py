@@ -313,22 +313,3 @@ def test_check_warns_about_pools_the_gateway_does_not_have(tmp_path: Path,
            "which is not configured" in err
     code, _, err = run(["policies", "check"], capsys)  # the embedded defaults have pools small and large
     assert code == 0 and "warning" not in err
-
-
-def test_the_example_policy_in_the_readme_is_valid(policy_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (default_policy_dir() / "README.md").read_text()
-    section = readme.split("### An example policy", 1)[1]
-    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
-    (policy_copy / "routing.yaml").write_text(example)
-    for test_file in (policy_copy / "tests").glob("*.yaml"):
-        test_file.unlink()  # the shipped tests expect the shipped rules
-    code, out, _ = run(["policies", "check", "--policies", str(policy_copy)], capsys)
-    assert code == 0, out
-    body = write(policy_copy.parent / "req.json",
-                 '{"messages": [{"role": "user", "content": "Summarize our refund policy."}], "temperature": 0.7}')
-    code, out, _ = run(["route", "explain", "--no-prices", "--policies", str(policy_copy), "--tenant", "acme",
-                        str(body)], capsys)
-    assert code == 0
-    assert "decision   demo-small (pool small) by rule `acme-support`" in out
-    assert "cache: store, ttl 3600s, shared namespace `acme-support`" in out
-    assert "max_tokens: set to 512 (the rule's cap)" in out
