@@ -5,8 +5,8 @@ SHELL := /bin/bash
 
 # The gateway's interpreter: the system's Python when it is 3.11+ and can make a venv, else python3.
 # Distributions build theirs with PGO and LTO; pyenv's default build has neither and runs the gateway's
-# Python code ~25% slower (the gateway needs 5-22% less CPU per call on a PGO/LTO build: README,
-# Performance). PYTHON=... chooses another.
+# Python code ~25% slower (the gateway needs 5-22% less CPU per call on a PGO/LTO build:
+# docs/performance.md). PYTHON=... chooses another.
 SYSTEM_PYTHON_OK := /usr/bin/python3 -c 'import sys, ensurepip; ensurepip.version(); sys.exit(sys.version_info < (3, 11))'
 PYTHON ?= $(shell $(SYSTEM_PYTHON_OK) >/dev/null 2>&1 && echo /usr/bin/python3 || echo python3)
 VENV := .venv

@@ -1,4 +1,4 @@
-"""Figures -> targets (PASS/FAIL) and the Markdown summary for the README."""
+"""Figures -> targets (PASS/FAIL) and the Markdown summary for docs/performance.md."""
 
 from __future__ import annotations
 

@@ -323,7 +323,7 @@ def base_python(venv_bin: Path = VENV_BIN) -> str:
 def ensure_litellm(refresh: bool) -> str:
     """LiteLLM (latest from PyPI) in its own throwaway venv under bench/.work; never a project dependency.
     The venv is made from the gateway's own interpreter, so that both run on the same build of Python (a
-    PGO/LTO build runs Python code ~25% faster than one without: README, Performance)."""
+    PGO/LTO build runs Python code ~25% faster than one without: docs/performance.md)."""
     stamp = LITELLM_VENV / ".installed"
     python = base_python()
     made_from = base_python(LITELLM_VENV / "bin") if (LITELLM_VENV / "bin" / "python").exists() else None

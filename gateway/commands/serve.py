@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from gateway.telemetry.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (README, Observability)
+    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (docs/observability.md)
     # uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let
     # a requested stop end with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
