@@ -144,5 +144,5 @@ def dev_key_banner(settings: Settings, terminal: bool) -> list[str]:
     if terminal:
         return [f"gateway: development key ({DEV_WHO}): {dk.key}",
                 f"gateway:   send it as `Authorization: Bearer <key>`; it is kept in {dk.source}: "
-                f"export GATEWAY_DEV_KEY=$(cat {dk.source})"]
+                f"export GATEWAY_KEY=$(cat {dk.source})"]
     return [f"gateway: development key ({DEV_WHO}) in {dk.source} (printed only on a terminal)"]
