@@ -9,7 +9,7 @@ way and turned into spans afterwards, so the request path itself only reads a cl
     ├── gateway.limits                     INTERNAL  rate limits and budget reservation (limited keys only)
     ├── gateway.cache                      INTERNAL  gateway.cache.result: hit / miss / bypass
     ├── chat demo-small                    CLIENT    the worker call, to the stream's end; event `first_token`
-    └── gateway.usage.record               INTERNAL  handing the outcome to accounting (enqueue)
+    └── gateway.usage.record               INTERNAL  the steps after the last byte (gateway/completion.py)
 
 Sampling is decided before anything is created: a request carrying a `traceparent` follows its sampled
 flag (parent-based); one without is traced with probability `otel_sample_ratio`. A request that is not
