@@ -1,4 +1,4 @@
-"""The response cache (README, "Response cache"): repeated deterministic requests answered from Redis,
+"""The response cache (docs/cache.md): repeated deterministic requests answered from Redis,
 or from this process's memory in the embedded default, instead of a GPU.
 
 - `keys.py`: the tenant-scoped key of the canonical request after routing

@@ -251,7 +251,7 @@ class StateCollector(Collector):
                      "(vllm:kv_cache_usage_perc).", labels, rows["kv"])
         yield _gauge("gateway_replica_circuit_open", "1 while the replica's circuit breaker keeps it out "
                      "(open, or half-open waiting for its probe).", labels, rows["open"])
-        yield _gauge("gateway_replica_load", "The load replica choice compares (README, Worker pools).", labels,
+        yield _gauge("gateway_replica_load", "The load replica choice compares (docs/worker-pools.md).", labels,
                      rows["load"])
         yield _gauge("gateway_replica_restarts", "Restarts of a replica the gateway launched, within its "
                      "restart window.", labels, rows["restarts"])

@@ -1,4 +1,4 @@
-"""Shadow evaluation of routed calls (README, "Shadow evaluation").
+"""Shadow evaluation of routed calls (docs/learned-routing.md).
 
 - `service.py`: `Shadow` (sampling on the request path, the job offered after the call, the jobs) and
   `start_shadow`, which builds it for the app's lifespan;
