@@ -20,25 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.commands import config
+from gateway.durations import parse_duration
 from gateway.settings import SettingsError
 from router.pricing import format_money
-
-_DURATION = re.compile(r"(\d+)([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
-    m = _DURATION.fullmatch(text.strip())
-    if m:
-        return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    if (duration := parse_duration(text)) is not None:
+        return now + duration
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -13,7 +13,6 @@ and share always hold out the same requests.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.accounting import db
+from gateway.durations import parse_duration
 from gateway.learning.build import Examples, head_targets
 from gateway.learning.dataset import UsageError
 from gateway.learning.outcomes import in_share
@@ -36,8 +36,6 @@ from router import features
 __all__ = ["MIN_SCORED", "Production", "check_enough", "examples", "parse_since", "public_url", "read_production",
            "request_in_holdout"]
 
-_SINCE = re.compile(r"\s*(\d+)\s*([mhdw])\s*")
-_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # A head taught by fewer scored rows than this is noise, not a predictor worth installing.
 MIN_SCORED = 20
 FETCH_ROWS = 2000  # rows fetched per round trip while streaming the table
@@ -55,11 +53,11 @@ class Production:
 
 def parse_since(text: str) -> timedelta:
     """`30d`, `12h`, `90m`, `2w` -> the window; UsageError otherwise."""
-    m = _SINCE.fullmatch(text)
-    if m is None or int(m.group(1)) <= 0:
+    window = parse_duration(text)
+    if window is None or window <= timedelta(0):
         raise UsageError(f"--since {text!r}: give a positive number of minutes, hours, days or weeks "
                          "(90m, 12h, 30d, 2w)")
-    return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+    return window
 
 
 def public_url(url: str) -> str:
