@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import store
-from gateway.auth.keys import DevKey, dev_key, digest, server_secret
+from gateway.auth.keys import DEV_KEY_ID, DEV_ROLE, DEV_TEAM, DEV_TENANT, DevKey, dev_key, digest, server_secret
 from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.settings import Settings
 from router.errors import AuthUnavailable, Unauthenticated
@@ -95,7 +95,7 @@ class Auth:
         self._dev: tuple[bytes, Principal] | None = None
         if dev is not None:
             self._dev = (digest(secret, dev.key),
-                         Principal(tenant="default", team="dev", key_id="dev", role="admin"))
+                         Principal(tenant=DEV_TENANT, team=DEV_TEAM, key_id=DEV_KEY_ID, role=DEV_ROLE))
         self._listener: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
         self.lookups = 0  # database queries made (tests, metrics)
