@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.auth.principal import Role
 from gateway.settings import Settings
 
 KEY_PREFIX = "sk-gw-"
@@ -31,7 +32,7 @@ DEV_KEY_FILE = "dev-key"
 DEV_KEY_ID = "dev"
 DEV_TENANT = "default"
 DEV_TEAM = "dev"
-DEV_ROLE = "admin"
+DEV_ROLE: Role = "admin"
 
 
 def new_key() -> str:
