@@ -517,7 +517,7 @@ def test_links(doc: Path) -> None:
 # --- no sessions or issue numbers in the product ---------------------------------------------------------
 
 HISTORY_TALK = re.compile(r"[Ii]ssue #?[0-9]+|[Ss]ession [0-9]+")
-PRODUCT_SUFFIXES = (".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".txt", ".sh")
+PRODUCT_SUFFIXES = (".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".txt", ".sh", ".json")
 
 
 def product_files() -> list[Path]:
