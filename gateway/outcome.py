@@ -135,6 +135,9 @@ def finish(outcome: Outcome) -> None:
                 run(outcome)
             except Exception:
                 log.exception("request %s: %s failed after the call", outcome.request_id, name)
+        # The steps took what they need. The outcome may wait in the recorder's queue a while yet: it
+        # must not keep the predictor's vector, the shadow's answer or the cache's ticket alive meanwhile.
+        outcome.ticket = outcome.admission = outcome.quality = outcome.watch = None
         if trace is not None:
             recorded = (started, time.perf_counter())
     if trace is not None:

@@ -17,7 +17,9 @@ from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
 from gateway.accounting.recorder import Recorder
 from gateway.cache.backends import MemoryBackend as CacheMemory
 from gateway.cache.service import ResponseCache
+from gateway.cache.ticket import Ticket
 from gateway.completion import completion_steps
+from gateway.learning.shadow.answers import Watch
 from gateway.learning.stash import MemoryStash
 from gateway.limits.backend import MemoryBackend as LimitsMemory
 from gateway.limits.service import Limits
@@ -63,3 +65,14 @@ def test_finish_drops_the_prompt_once_usage_is_known() -> None:
     o.prompt, o.usage = [{"role": "user", "content": "hi"}], Usage(1, 1, 2)
     finish(o)
     assert o.prompt is None and o.finished is not None
+
+
+def test_finish_lets_go_of_what_only_the_steps_needed() -> None:
+    """A finished outcome waits in the recorder's queue: the steps saw the ticket and the shadow's watch, and
+    the outcome holds neither afterwards (under load, thousands of queued outcomes would keep them alive)."""
+    seen: list[tuple[object, object]] = []
+    o = outcome(Step("look", lambda o: seen.append((o.ticket, o.watch))))
+    o.ticket, o.watch = Ticket("miss", key="k", model="demo-small"), Watch({"model": "auto"})
+    finish(o)
+    assert len(seen) == 1 and None not in seen[0]
+    assert (o.ticket, o.admission, o.quality, o.watch) == (None, None, None, None)
