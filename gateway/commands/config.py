@@ -56,15 +56,14 @@ def settings_or_none(args: argparse.Namespace, prog: str, **overrides: Any) -> S
 
 def policy_dir(args: argparse.Namespace, settings: Settings) -> Path:
     """`--policies`, else the settings' policies_dir, else the shipped policies/ (what `gateway serve` loads)."""
-    from router.policy import default_policy_dir
+    from gateway.routing import policy_directory
 
-    chosen = getattr(args, "policies", None) or settings.policies_dir
-    return Path(chosen) if chosen else default_policy_dir()
+    chosen = getattr(args, "policies", None)
+    return Path(chosen) if chosen else policy_directory(settings.policies_dir)
 
 
 def prices_file(args: argparse.Namespace, settings: Settings) -> Path:
     """`--prices`, else the settings' prices_file, else the shipped price file (what the accounting uses)."""
     from gateway.accounting.prices import DEFAULT_PRICES_FILE
 
-    chosen = getattr(args, "prices", None) or settings.prices_file
-    return Path(chosen) if chosen else Path(DEFAULT_PRICES_FILE)
+    return Path(getattr(args, "prices", None) or settings.prices_file or DEFAULT_PRICES_FILE)
