@@ -63,7 +63,8 @@ def table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         cells = (r.scenario, r.answered, r.refused, r.server_errors, r.cut, r.unreachable, r.records, r.lost,
-                 r.duplicated, f"{r.slowest_s:.2f}", "" if r.budget is None else r.budget, "" if r.spend is None else r.spend)
+                 r.duplicated, f"{r.slowest_s:.2f}", "" if r.budget is None else r.budget,
+                 "" if r.spend is None else r.spend)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
