@@ -4,8 +4,6 @@ routes on predicted quality), feedback stored with the call's features, tenants 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,10 +29,10 @@ from router import features
 from router.classify import classify
 from router.errors import RequestNotFound
 from router.predictor import parse_predictor, prior
+from tests.fault_proxy import FaultProxy
 from tests.inprocess_gateway import InProcessGateway
 from tests.learning_support import Database, learned_policies
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
-from tests.pg_support import TcpProxy, pg_target, proxied
 from tests.services import redis_url
 
 PREDICTOR = prior(["demo-small", "demo-large"], 0.9)
@@ -282,26 +280,19 @@ def test_a_client_chosen_request_id_rates_the_call_recorded_under_the_gateways(g
 
 
 @pytest.fixture(scope="module")
-def proxy() -> Iterator[tuple[TcpProxy, asyncio.AbstractEventLoop, str]]:
-    """A TCP proxy in front of a database of the module's own, on a loop in its own thread."""
+def proxy() -> Iterator[tuple[FaultProxy, str]]:
+    """A fault proxy in front of a database of the module's own."""
     database = Database()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    p = TcpProxy(*pg_target(database.url))
-    asyncio.run_coroutine_threadsafe(p.start(), loop).result(10)
-    yield p, loop, proxied(database.url, p)
-    asyncio.run_coroutine_threadsafe(p.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with FaultProxy.before(database.url) as p:
+        yield p, p.through(database.url)
     database.drop()
 
 
 @pytest.fixture(scope="module")
 def short(tmp_path_factory: pytest.TempPathFactory,
-          proxy: tuple[TcpProxy, asyncio.AbstractEventLoop, str]) -> Iterator[InProcessGateway]:
+          proxy: tuple[FaultProxy, str]) -> Iterator[InProcessGateway]:
     """A 1 s window and a stash of 2 entries, its database behind the proxy."""
-    gateway = start(tmp_path_factory.mktemp("short"), proxy[2], feedback_window_s=1, feedback_stash_entries=2)
+    gateway = start(tmp_path_factory.mktemp("short"), proxy[1], feedback_window_s=1, feedback_stash_entries=2)
     yield gateway
     gateway.stop()
 
@@ -319,11 +310,11 @@ def test_the_in_process_stash_keeps_the_newest_entries_within_the_window(short: 
 
 
 def test_feedback_gets_503_while_the_database_is_unreachable(
-        short: InProcessGateway, proxy: tuple[TcpProxy, asyncio.AbstractEventLoop, str]) -> None:
-    p, loop = proxy[0], proxy[1]
+        short: InProcessGateway, proxy: tuple[FaultProxy, str]) -> None:
+    p = proxy[0]
     key = short.key  # its lookup is cached (auth_cache_ttl_s 60): the key check needs no database below
     rid = chat(short, key, body()).headers["x-request-id"]
-    asyncio.run_coroutine_threadsafe(p.cut(), loop).result(10)
+    p.set_mode("refuse")
     try:
         r = feedback(short, key, {"request_id": rid, "score": 0.4})
         assert r.status_code == 503, r.text
@@ -331,7 +322,7 @@ def test_feedback_gets_503_while_the_database_is_unreachable(
         assert (e["type"], e["code"]) == ("service_unavailable_error", "feedback_unavailable")
         assert "database" in e["message"] and r.headers["retry-after"]
     finally:
-        asyncio.run_coroutine_threadsafe(p.restore(), loop).result(10)
+        p.set_mode("pass")
     r = feedback(short, key, {"request_id": rid, "score": 0.4})  # the client's retry
     assert r.status_code == 200, r.text
     assert [row.score for row in outcomes(short, rid)] == [0.4]
