@@ -88,7 +88,8 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             plans = launch_plans(settings)
             pools = build_pools(settings, plans)
             policies = PolicyStore(policy_directory(settings.policies_dir), pools)
-            supervisor = Supervisor(plans, Path(settings.state_dir) / "logs")
+            # The health checks below also tell the supervisor which launched replica stays unhealthy.
+            supervisor = Supervisor(plans, Path(settings.state_dir) / "logs", pools.replicas())
             stack.push_async_callback(supervisor.stop)
             if plans:
                 await supervisor.start()

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway.commands.workers import format_status
-from tests.gateway_process import GATEWAY_BIN, start_gateway
+from tests.gateway_process import GATEWAY_BIN, GatewayProcess, start_gateway
 from workers.config import LaunchSpec
 from workers.launcher import PoolLaunch, plan, replica_command
 from workers.supervisor import Supervisor, group_alive
+
+WEDGED = "the replica answers nothing and ignores SIGTERM (POST /sim/wedge)"
 
 
 def test_commands_for_each_engine() -> None:
@@ -131,3 +138,135 @@ def test_status_table_formats_remote_and_managed_replicas() -> None:
     assert rows[1].split() == ["p", "m", "http://a", "remote", "yes", "closed", "2", "3", "1", "25%", "-", "-"]
     assert rows[2].split()[:6] == ["p", "m", "http://b", "restarting", "no", "open"]
     assert rows[2].endswith("connect failed")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, which only waits to be reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def children(pid: int) -> set[int]:
+    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
+
+
+def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def wedge(url: str) -> None:
+    httpx.post(url + "/sim/wedge").raise_for_status()
+    with pytest.raises(httpx.TimeoutException):  # alive, but /health no longer answers
+        httpx.get(url + "/health", timeout=0.5)
+
+
+def managed(gw: GatewayProcess) -> dict[str, Any]:
+    (replica,) = httpx.get(gw.base_url + "/admin/workers", headers=gw.auth).json()["pools"]["p"]["replicas"]
+    return {**replica["managed"], "url": replica["url"]}
+
+
+def test_a_wedged_replica_is_restarted_and_traffic_recovers(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, {"health_interval_s": 0.2, "pools": [{"name": "p", "model": "m", "launch": {
+        "replicas": 1, "unhealthy_restart_s": 1.0, "stop_grace_s": 1.0}}]})
+    hello = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    try:
+        before = managed(gw)
+        assert httpx.post(gw.api + "/chat/completions", json=hello, headers=gw.auth).status_code == 200
+        wedge(before["url"])
+        assert alive(before["pid"]), WEDGED
+        wait_until(lambda: managed(gw)["pid"] != before["pid"] and managed(gw)["state"] == "ready", 60,
+                   "the wedged replica was not restarted")
+        after = managed(gw)
+        assert after["restarts"] == 1 and after["last_error"].startswith("unhealthy for"), after
+        assert not group_alive(before["pid"])  # SIGKILL after the grace: it ignored SIGTERM
+        assert f"at {before['url']} has failed its health checks" in gw.log()
+        wait_until(lambda: httpx.post(gw.api + "/chat/completions", json=hello, headers=gw.auth).status_code == 200,
+                   30, "traffic did not come back to the restarted replica")
+    finally:
+        gw.stop()
+
+
+async def test_stopping_ends_a_wedged_replica_within_its_grace(tmp_path: Path) -> None:
+    sup = Supervisor(sim_plans(tmp_path, replicas=2, stop_grace_s=1.0), tmp_path)
+    await sup.start()
+    try:
+        wedged, other = sup.replicas
+        await asyncio.to_thread(wedge, wedged.url)
+    finally:
+        await sup.stop()
+    for r in (wedged, other):
+        assert r.process.returncode is not None and not group_alive(r.process.pid), WEDGED
+    assert wedged.process.returncode == -signal.SIGKILL and other.process.returncode == 0
+    assert sup.watchdog is not None and sup.watchdog.process.returncode == 0  # no group left for it
+
+
+def test_a_gateway_killed_with_sigkill_leaves_no_replica_behind(tmp_path: Path) -> None:
+    # unhealthy_restart_s 0: the wedged replica stays, as it would if the gateway died before restarting it.
+    gw = start_gateway(tmp_path, {"pools": [{"name": "p", "model": "m", "launch": {
+        "replicas": 1, "unhealthy_restart_s": 0, "stop_grace_s": 1.0}}]})
+    started: set[int] = set()
+    try:
+        replica = managed(gw)
+        started = children(gw.process.pid)  # the replica and the watchdog
+        assert replica["pid"] in started
+        wedge(replica["url"])
+        gw.process.kill()
+        gw.process.wait()
+        wait_until(lambda: not group_alive(replica["pid"]), 15, f"the orphaned replica still runs ({WEDGED})")
+        wait_until(lambda: not any(alive(pid) for pid in started), 15, "a process the gateway started still runs")
+    finally:
+        gw.stop()
+        for pid in started:  # whatever the outcome, nothing of this test outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+WATCHED = textwrap.dedent("""
+    import asyncio, subprocess
+    from workers.watchdog import Watchdog
+
+    async def main():
+        watchdog = await Watchdog.start()
+        # A replica's group, as vLLM's: a server and a child, both ignoring SIGTERM.
+        group = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 600 & sleep 600"], start_new_session=True)
+        watchdog.watch(group.pid, 1.0)
+        print(group.pid, watchdog.process.pid, flush=True)
+        await asyncio.sleep(600)
+
+    asyncio.run(main())
+""")
+
+
+def test_the_watchdog_stops_every_process_of_a_dead_supervisors_groups(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", WATCHED], stdout=subprocess.PIPE, text=True)
+    try:
+        pgid, watchdog = map(int, parent.stdout.readline().split())  # type: ignore[union-attr]
+        wait_until(lambda: len(group_members(pgid)) >= 2, 10, "the group did not start its child")
+        parent.kill()  # as kill -9 of the gateway: nothing of the parent runs to stop the group
+    finally:
+        parent.kill()
+        parent.wait()
+    try:
+        wait_until(lambda: not group_alive(pgid), 15, "the dead supervisor's group still runs")
+        wait_until(lambda: not alive(watchdog), 15, "the watchdog still runs")
+    finally:
+        for group in (pgid, watchdog):  # the watchdog leads a session, hence a group, of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members

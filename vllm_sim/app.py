@@ -13,13 +13,18 @@ per request and per token as possible since it is also a benchmark target.
 
 Endpoints: ``GET /health``, ``GET /version``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /tokenize``, ``GET /metrics``, and the simulator-only
-``GET``/``POST /sim/faults`` and ``GET /sim/last-request-headers`` (a debug aid for tests: the
-``traceparent``, ``tracestate`` and ``x-request-id`` of the last generation request, nothing else).
+``GET``/``POST /sim/faults``, ``GET /sim/last-request-headers`` (a debug aid for tests: the
+``traceparent``, ``tracestate`` and ``x-request-id`` of the last generation request, nothing else) and
+``POST /sim/wedge`` (a test hook: the process stays alive but answers nothing and ignores SIGTERM).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -78,6 +83,7 @@ class SimApp:
             "/tokenize": {"POST": self._tokenize},
             "/sim/faults": {"GET": self._get_faults, "POST": self._post_faults},
             "/sim/last-request-headers": {"GET": self._last_request_headers},
+            "/sim/wedge": {"POST": self._wedge},
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -192,3 +198,18 @@ class SimApp:
     ) -> None:
         """SIMULATOR DEBUG AID: GET /sim/last-request-headers -> {"traceparent": ..., "x-request-id": ...}."""
         await respond(send, 200, msgspec.json.encode(self.state.last_request_headers), JSON_HEADERS, extra)
+
+    async def _wedge(self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        """SIMULATOR TEST HOOK: POST /sim/wedge -> 200, then the simulator wedges as an engine stuck in a
+        runaway request does: the process stays alive, but answers nothing more (not even /health: connections
+        wait unanswered) and ignores SIGTERM and SIGINT; only SIGKILL ends it."""
+        await respond(send, 200, b'{"wedged":true}', JSON_HEADERS, extra)
+        asyncio.get_running_loop().call_soon(_wedge)  # the answer has been written to the socket
+
+
+def _wedge() -> None:
+    if threading.current_thread() is threading.main_thread():  # a simulator in a thread wedges only its thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+    while True:
+        time.sleep(3600)  # the event loop never runs again

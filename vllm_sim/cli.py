@@ -106,7 +106,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             "/v1/completions, /tokenize; simulator-only GET/POST /sim/faults "
             "(JSON {error_rate, stall_rate, stall_ms, die_rate, die_after_tokens, status, health_status}) and "
             "GET /sim/last-request-headers (a debug aid: traceparent, tracestate, x-request-id of the last "
-            "generation request). "
+            "generation request) and POST /sim/wedge (a test hook: from then on the process answers nothing "
+            "and ignores SIGTERM, until SIGKILL). "
             "Readiness: the line 'vllm-sim: listening on http://HOST:PORT' on stdout, or GET /health -> 200."
         ),
     )

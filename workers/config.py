@@ -5,9 +5,11 @@ Part of the gateway's settings (gateway/settings.py), defined here because worke
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -28,6 +30,11 @@ class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     max_restarts: int = 5  # restarts within restart_window_s before the replica is given up
     restart_window_s: float = 600.0
     ready_timeout_s: float = 900.0  # a vLLM engine compiles for minutes on first start
+    # A replica that was ready and then fails its health checks this long is restarted (0: never). Short next
+    # to a vLLM engine's restart, long enough for a loaded engine answering /health late now and then.
+    unhealthy_restart_s: Seconds = 30.0
+    # Stopping a replica: SIGTERM to its process group, SIGKILL to what is left after this.
+    stop_grace_s: Seconds = 10.0
 
 
 class Affinity(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 
@@ -41,7 +42,9 @@ async def check_replica(session: aiohttp.ClientSession, replica: Replica, timeou
     if ok != replica.healthy:
         log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")
     replica.healthy = ok
-    if not ok:
+    if ok:
+        replica.healthy_at = time.monotonic()  # the supervisor restarts a launched replica silent too long
+    else:
         replica.last_error = error
 
 

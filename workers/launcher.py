@@ -24,6 +24,8 @@ class ReplicaPlan:
     ready_timeout_s: float = 900.0
     max_restarts: int = 5
     restart_window_s: float = 600.0
+    unhealthy_restart_s: float = 30.0  # 0: never restarted for failing its health checks
+    stop_grace_s: float = 10.0
 
     @property
     def url(self) -> str:
@@ -86,5 +88,6 @@ def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[Re
             plans.append(ReplicaPlan(
                 launch.pool, i, launch.model, port, tuple(argv), {**env, **spec.env}, tuple(gpus),
                 spec.ready_timeout_s, spec.max_restarts, spec.restart_window_s,
+                unhealthy_restart_s=spec.unhealthy_restart_s, stop_grace_s=spec.stop_grace_s,
             ))
     return plans

@@ -25,6 +25,7 @@ class Replica:
     url: str
     pool: str
     healthy: bool = False  # set by health checks; a refused connection clears it at once
+    healthy_at: float = 0.0  # when a health check last found it healthy (monotonic)
     in_flight: int = 0  # calls this gateway process has open on it
     # From the replica's /metrics (vLLM's gauges), as last polled; other gateways' calls included.
     running: float = 0.0

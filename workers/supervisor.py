@@ -1,5 +1,6 @@
-"""Starting launched replicas, watching them, restarting the ones that die (with backoff, up to a
-limit), and stopping them all cleanly. One process group per replica, so vLLM's children go too."""
+"""Starting launched replicas, watching them, restarting the ones that die or stay unhealthy (with backoff,
+up to a limit), and stopping them all cleanly. One process group per replica, so vLLM's children go too; a
+watchdog process (workers/watchdog.py) stops the groups if this process dies without stopping them."""
 
 from __future__ import annotations
 
@@ -12,49 +13,42 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import aiohttp
 
+from workers.groups import group_alive, stop_groups
 from workers.health import fetch
 from workers.launcher import ReplicaPlan
+from workers.pool import Replica
+from workers.watchdog import Watchdog
+
+__all__ = ["ManagedReplica", "Supervisor", "group_alive"]
 
 log = logging.getLogger("gateway.workers")
 
 State = Literal["starting", "ready", "restarting", "failed", "stopped"]
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
+_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    os.setsid()  # own process group: stop() signals the replica and every child it spawned
-    if sys.platform.startswith("linux"):  # and it is told to stop if we die without stopping it
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _own_group(parent: int) -> Callable[[], None]:
+    """What the replica runs before its command: a process group of its own, which stopping signals whole
+    (the replica and every child it spawns), and death with us. SIGKILL, since a wedged replica ignores
+    SIGTERM; it reaches only this process: the watchdog stops the rest of the group."""
 
+    def before_exec() -> None:
+        os.setsid()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # we died before prctl could arm it
+                os.kill(os.getpid(), signal.SIGKILL)
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs (zombies, which only wait to be reaped, do not count)."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # no procfs: ask the kernel, zombies included
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+    return before_exec
 
 
 @dataclass(eq=False)
@@ -66,6 +60,8 @@ class ManagedReplica:
     restarts: list[float] = field(default_factory=list)  # when it was restarted (monotonic)
     last_error: str | None = None
     started_at: float = 0.0
+    ready_at: float = 0.0
+    checked: Replica | None = None  # its pool's replica, whose health the checks (workers/health.py) keep
 
     @property
     def url(self) -> str:
@@ -86,15 +82,21 @@ class ManagedReplica:
 
 
 class Supervisor:
-    def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path) -> None:
+    def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path, checked: Iterable[Replica] = ()) -> None:
+        """`checked`: the pools' replicas, kept up to date by the health checks; a launched replica among them
+        that stays unhealthy past its `unhealthy_restart_s` is restarted. Without them, only one that exits."""
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.replicas = [ManagedReplica(p, log_dir / f"{p.name}.log") for p in plans]
+        by_url = {c.url: c for c in checked}
+        self.replicas = [ManagedReplica(p, log_dir / f"{p.name}.log", checked=by_url.get(p.url)) for p in plans]
         self._tmp = log_dir.parent / "tmp"
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.watchdog: Watchdog | None = None
 
     async def start(self) -> None:
         """Start every replica and return once each is ready or given up."""
+        if self.replicas:
+            self.watchdog = await Watchdog.start()
         firsts = [asyncio.get_running_loop().create_future() for _ in self.replicas]
         self._tasks = [asyncio.create_task(self._run(r, f)) for r, f in zip(self.replicas, firsts, strict=True)]
         await asyncio.gather(*firsts)
@@ -109,9 +111,11 @@ class Supervisor:
             out.flush()
             r.process = await asyncio.create_subprocess_exec(
                 *r.plan.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "TMPDIR": str(tmp), **r.plan.env}, preexec_fn=_die_with_parent,
+                env={**os.environ, "TMPDIR": str(tmp), **r.plan.env}, preexec_fn=_own_group(os.getpid()),
             )
         r.started_at = time.monotonic()
+        if self.watchdog is not None:
+            self.watchdog.watch(r.process.pid, r.plan.stop_grace_s)
 
     async def _wait_ready(self, r: ManagedReplica) -> bool:
         """True once /health answers; otherwise sets last_error (exited, or too slow and then killed)."""
@@ -127,65 +131,79 @@ class Supervisor:
                         return True
                 await asyncio.sleep(0.1 if time.monotonic() - r.started_at < 10 else 1.0)
         r.last_error = f"not healthy after {r.plan.ready_timeout_s:.0f}s"
-        await self._kill(r)
         return False
+
+    async def _serve(self, r: ManagedReplica) -> str:
+        """Waits while the ready replica runs and passes its health checks; returns why it no longer does."""
+        assert r.process is not None
+        exited = asyncio.ensure_future(r.process.wait())
+        limit, checked = r.plan.unhealthy_restart_s, r.checked
+        try:
+            while True:
+                await asyncio.wait({exited}, timeout=min(1.0, limit / 4) if checked and limit else None)
+                if exited.done():
+                    return f"exited with status {exited.result()}"
+                assert checked is not None
+                silent = time.monotonic() - max(r.ready_at, checked.healthy_at)
+                if silent > limit:
+                    log.warning("replica %s at %s has failed its health checks for %.0fs (%s); restarting it",
+                                r.plan.name, r.url, silent, checked.last_error)
+                    return f"unhealthy for {silent:.0f}s ({checked.last_error})"
+        finally:
+            exited.cancel()
 
     async def _run(self, r: ManagedReplica, first: asyncio.Future[None]) -> None:
         try:
             while not self._stopping:
                 await self._spawn(r)
                 if await self._wait_ready(r):
-                    r.state = "ready"
+                    r.state, r.ready_at = "ready", time.monotonic()
                     log.info("replica %s (%s) is ready at %s", r.plan.name, r.plan.model, r.url)
                     if not first.done():
                         first.set_result(None)
-                    assert r.process is not None
-                    code = await r.process.wait()
-                    if self._stopping:
-                        break
-                    r.last_error = f"exited with status {code}"
+                    r.last_error = await self._serve(r)
                 if self._stopping:
                     break
+                # Whatever ended it (an exit, a failed start, its health), nothing of its group may outlive it:
+                # vLLM's engine core would hold the GPUs the next start needs.
+                await self._kill(r)
                 now = time.monotonic()
                 r.restarts = [t for t in r.restarts if now - t < r.plan.restart_window_s]
                 if len(r.restarts) >= r.plan.max_restarts:
                     r.state = "failed"
-                    log.error("replica %s gave up after %d restarts: %s\n%s", r.plan.name, len(r.restarts),
-                              r.last_error, r.log_tail())
+                    log.error("replica %s at %s gave up after %d restarts: %s\n%s", r.plan.name, r.url,
+                              len(r.restarts), r.last_error, r.log_tail())
                     break
                 delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** len(r.restarts))
                 r.state = "restarting"
-                log.warning("replica %s %s; restarting in %.1fs", r.plan.name, r.last_error, delay)
+                log.warning("replica %s at %s %s; restarting in %.1fs", r.plan.name, r.url, r.last_error, delay)
                 r.restarts.append(now)
                 await asyncio.sleep(delay)
         finally:
             if not first.done():
                 first.set_result(None)
 
-    async def _kill(self, r: ManagedReplica, grace: float = 10.0) -> None:
-        """SIGTERM to the replica's whole process group; SIGKILL to what is left after `grace`."""
+    async def _kill(self, r: ManagedReplica) -> None:
+        """SIGTERM to the replica's whole process group; SIGKILL to what is left after its grace; reaped."""
         proc = r.process
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), grace)
-        # vLLM's worker processes can outlive the server by a moment; wait for them too.
-        while group_alive(proc.pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling procfs
-            await asyncio.sleep(0.1)
-        if group_alive(proc.pid) or proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if await stop_groups({proc.pid: r.plan.stop_grace_s}):  # stuck in the kernel: the watchdog keeps it
+            log.error("replica %s: processes of group %d still run after SIGKILL", r.plan.name, proc.pid)
+            return
+        await proc.wait()
+        if self.watchdog is not None:
+            self.watchdog.forget(proc.pid)
 
     async def stop(self) -> None:
+        """Every replica stopped (its group gone, SIGKILL after its grace), then the watchdog."""
         self._stopping = True
-        await asyncio.gather(*(self._kill(r) for r in self.replicas))
-        for task in self._tasks:
+        for task in self._tasks:  # first, so that none starts a replica while the others are stopped
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._kill(r) for r in self.replicas))
+        if self.watchdog is not None:
+            await self.watchdog.close()
         for r in self.replicas:
             r.state = "stopped"
             shutil.rmtree(self._tmp / r.plan.name, ignore_errors=True)

@@ -85,14 +85,20 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 async def _up(settings: Settings) -> int:
-    from gateway.app import launch_plans
+    from gateway.app import build_pools, launch_plans
+    from workers.health import watch_health
     from workers.supervisor import Supervisor
+    from workers.upstream import new_upstream
 
     plans = launch_plans(settings)
     if not plans:
         print("gateway: no pool has a `launch` spec; nothing to start", file=sys.stderr)
         return 1
-    supervisor = Supervisor(plans, Path(settings.state_dir) / "logs")
+    # Health checks as `gateway serve` runs them: a replica that stays unhealthy is restarted here too.
+    pools = build_pools(settings, plans)
+    supervisor = Supervisor(plans, Path(settings.state_dir) / "logs", pools.replicas())
+    upstream = new_upstream(settings.upstream_connect_timeout_s, settings.upstream_timeout_s, 16)
+    checks = asyncio.create_task(watch_health(upstream.checks, pools, settings.health_interval_s))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,5 +115,8 @@ async def _up(settings: Settings) -> int:
             return 1
         await stop.wait()
     finally:
+        checks.cancel()
+        await asyncio.gather(checks, return_exceptions=True)
         await supervisor.stop()
+        await upstream.aclose()
     return 0
