@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec
+from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec, check_timeout
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
@@ -175,6 +175,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                     raise msgspec.ValidationError(f"pool `{pool.name}`: launch.replicas and gpus_per_replica >= 1")
                 if launch.engine != "sim" and not launch.model_path:
                     raise msgspec.ValidationError(f"pool `{pool.name}`: engine {launch.engine} needs launch.model_path")
+                # A healthy replica is checked once per round (the checks' timeout plus the interval): two rounds
+                # at least, or one slow round would restart it.
+                least = 2 * (self.health_interval_s + check_timeout(self.health_interval_s))
+                if 0 < launch.unhealthy_restart_s < least:
+                    raise msgspec.ValidationError(f"pool `{pool.name}`: launch.unhealthy_restart_s must be 0 (off) or "
+                                                  f"at least {least:g} (two rounds of health checks)")
             for url in pool.replicas:
                 if not url.startswith(("http://", "https://")):
                     raise msgspec.ValidationError(f"pool `{pool.name}`: replica `{url}` is not an http(s) URL")

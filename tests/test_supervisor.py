@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from gateway.commands.workers import format_status
+from gateway.settings import Settings, SettingsError, load_settings
 from tests.gateway_process import GATEWAY_BIN, GatewayProcess, start_gateway
 from workers.config import LaunchSpec
 from workers.launcher import PoolLaunch, plan, replica_command
@@ -172,7 +173,7 @@ def managed(gw: GatewayProcess) -> dict[str, Any]:
 
 def test_a_wedged_replica_is_restarted_and_traffic_recovers(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, {"health_interval_s": 0.2, "pools": [{"name": "p", "model": "m", "launch": {
-        "replicas": 1, "unhealthy_restart_s": 1.0, "stop_grace_s": 1.0}}]})
+        "replicas": 1, "unhealthy_restart_s": 1.5, "stop_grace_s": 1.0}}]})
     hello = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
     try:
         before = managed(gw)
@@ -189,6 +190,18 @@ def test_a_wedged_replica_is_restarted_and_traffic_recovers(tmp_path: Path) -> N
                    30, "traffic did not come back to the restarted replica")
     finally:
         gw.stop()
+
+
+@pytest.mark.pure
+def test_an_unhealthy_restart_within_two_rounds_of_health_checks_is_refused() -> None:
+    # A healthy replica's checks succeed once per round (the checks' 0.5 s timeout, then the interval).
+    def launch(seconds: float) -> Settings:
+        pool = {"name": "p", "model": "m", "launch": {"unhealthy_restart_s": seconds}}
+        return load_settings(env={}, overrides={"health_interval_s": 0.2, "pools": [pool]})
+
+    with pytest.raises(SettingsError, match=r"unhealthy_restart_s must be 0 \(off\) or at least 1.4 "):
+        launch(1.0)
+    assert [launch(s).pools[0].launch.unhealthy_restart_s for s in (0, 1.4)] == [0, 1.4]  # type: ignore[union-attr]
 
 
 async def test_stopping_ends_a_wedged_replica_within_its_grace(tmp_path: Path) -> None:

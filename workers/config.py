@@ -12,6 +12,12 @@ import msgspec
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
+def check_timeout(interval: float) -> float:
+    """How long one health check of a replica may take, for checks every `interval` seconds
+    (workers/health.py)."""
+    return max(0.5, min(interval, 5.0))
+
+
 class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Replicas started and supervised by the gateway (or `gateway workers up`), one process each."""
 

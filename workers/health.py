@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 
+from workers.config import check_timeout
 from workers.engine_metrics import parse_load
 from workers.pool import Pools, Replica
 
@@ -55,5 +56,5 @@ async def check_all(session: aiohttp.ClientSession, pools: Pools, timeout: float
 async def watch_health(session: aiohttp.ClientSession, pools: Pools, interval: float) -> None:
     """Runs until cancelled."""
     while True:
-        await check_all(session, pools, timeout=max(0.5, min(interval, 5.0)))
+        await check_all(session, pools, timeout=check_timeout(interval))
         await asyncio.sleep(interval)
