@@ -17,6 +17,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from gateway.accounting import start_accounting, stop_accounting
 from gateway.api import HANDLERS
 from gateway.api.metrics import MetricsServer
+from gateway.api.openapi import openapi_config
 from gateway.auth.guard import authorize
 from gateway.auth.service import start_auth
 from gateway.cache.service import build_cache
@@ -154,7 +155,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=None,
+        openapi_config=openapi_config(),  # the document, for admins, built when first asked for
         logging_config=None,
     )
 

@@ -8,6 +8,7 @@ what they need, call the services below them and render the answer.
 - `keys.py`: `/admin/keys`, `/admin/teams`;
 - `health.py`: `/healthz`, `/readyz`;
 - `metrics.py`: `/metrics`, and the separate metrics listener.
+- `openapi.py`: the OpenAPI document, `GET /admin/openapi.json` (Litestar's, completed).
 """
 
 from __future__ import annotations

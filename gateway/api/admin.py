@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromQuery
+from litestar.params import QueryParameter
 
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
@@ -19,6 +19,8 @@ from router.errors import GatewayError, InvalidRequest
 from router.explain import explain_dict
 from router.quality import probe_for
 from workers.pool import Replica
+
+KINDS = ("chat", "completion")  # what `kind` may be
 
 
 def replica_status(r: Replica, now: float) -> dict[str, Any]:
@@ -57,11 +59,14 @@ async def policy_status(state: State) -> dict[str, Any]:
     return state.ctx.policies.status()  # type: ignore[no-any-return]
 
 
-@post("/admin/route/explain", status_code=200)
-async def route_explain(request: Request[Any, Any, Any], state: State, kind: FromQuery[str] = "chat") -> dict[str, Any]:
+@post("/admin/route/explain", status_code=200, opt={"request_body": (ChatFields, CompletionFields)})
+async def route_explain(
+    request: Request[Any, Any, Any], state: State,
+    kind: Annotated[str, QueryParameter(schema_extra={"enum": list(KINDS)})] = "chat",
+) -> dict[str, Any]:
     """The whole routing decision for a request body, with its trace (nothing is sent to a worker)."""
     ctx: GatewayContext = state.ctx
-    if kind not in ("chat", "completion"):
+    if kind not in KINDS:
         raise InvalidRequest("kind must be `chat` or `completion`", param="kind")
     body = await request.body()
     parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields)

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
-from litestar.params import FromQuery
+from litestar.params import QueryParameter
 
+from gateway.api.reports import FORMATS
 from gateway.context import GatewayContext
 from gateway.limits.budgets import budget_rows
 from gateway.limits.service import from_units
 from router.errors import InvalidRequest
 
 
-@get("/v1/reports/budgets")
-async def budgets_report(state: State, format: FromQuery[str] = "json") -> Response[Any]:
+@get("/v1/reports/budgets", opt={"produces": tuple(FORMATS.values())})  # the document: gateway/api/openapi.py
+async def budgets_report(
+    state: State, format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json"
+) -> Response[Any]:
     ctx: GatewayContext = state.ctx
-    if format not in ("json", "csv"):
+    if format not in FORMATS:
         raise InvalidRequest(f"format `{format}` is not json or csv", param="format", code="invalid_report_query")
     limits = ctx.limits
     assert limits is not None

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from gateway.api.admin import pools_status
 from gateway.context import GatewayContext
@@ -16,7 +17,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz")
+NOT_READY = ResponseSpec(dict[str, Any], generate_examples=False,
+                         description="Not ready: the same body, with `status` not_ready")
+
+
+@get("/readyz", responses={503: NOT_READY})
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Ready when every configured pool has at least one healthy replica; the body also details the
     response cache (backend, ok, errors, last error)."""

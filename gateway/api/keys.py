@@ -30,14 +30,18 @@ from router.errors import InvalidRequest, RouteNotFound
 log = logging.getLogger("gateway.auth")
 
 
-class _LimitsBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TeamLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A team's limits (PUT /admin/teams/...); also a new key's."""
+
     rpm: int | None = None
     tpm: int | None = None
     budget: str | int | None = None  # an amount, as text (exact) or an integer
     budget_period: str | None = None
 
 
-class _KeyBody(_LimitsBody, forbid_unknown_fields=True, kw_only=True):
+class KeyRequest(TeamLimits, forbid_unknown_fields=True, kw_only=True):
+    """A new key (POST /admin/keys)."""
+
     tenant: str
     team: str
     role: str
@@ -54,7 +58,7 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json") from None
 
 
-def _limits(b: _LimitsBody) -> Any:
+def _limits(b: TeamLimits) -> Any:
     budget = None
     if b.budget is not None:
         try:
@@ -74,10 +78,10 @@ async def list_keys(state: State, tenant: FromQuery[str | None] = None) -> dict[
     return {"keys": [k.as_dict() for k in await store.list_keys(_engine(state), tenant)]}
 
 
-@post("/admin/keys", status_code=201)
+@post("/admin/keys", status_code=201, opt={"request_body": KeyRequest})  # the document: gateway/api/openapi.py
 async def create_key(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     ctx: GatewayContext = state.ctx
-    b: _KeyBody = _decode(await request.body(), _KeyBody)
+    b: KeyRequest = _decode(await request.body(), KeyRequest)
     assert ctx.auth is not None
     try:
         expires = datetime.fromisoformat(b.expires_at) if b.expires_at else None
@@ -111,11 +115,11 @@ async def list_teams(state: State, tenant: FromQuery[str | None] = None) -> dict
     return {"teams": [t.as_dict() for t in await store.list_team_limits(_engine(state), tenant)]}
 
 
-@put("/admin/teams/{tenant:str}/{team:str}", status_code=200)
+@put("/admin/teams/{tenant:str}/{team:str}", status_code=200, opt={"request_body": TeamLimits})
 async def set_team(
     tenant: FromPath[str], team: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> dict[str, Any]:
-    b: _LimitsBody = _decode(await request.body(), _LimitsBody)
+    b: TeamLimits = _decode(await request.body(), TeamLimits)
     try:
         limits = _limits(b)
         await store.set_team_limits(_engine(state), tenant, team, limits)

@@ -39,7 +39,7 @@ async def scrape(ctx: GatewayContext, headers: Mapping[str, str]) -> bytes:
     return metrics.render()
 
 
-@get("/metrics")
+@get("/metrics", media_type=MEDIA_TYPE)
 async def metrics_endpoint(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     ctx: GatewayContext = state.ctx
     if ctx.settings.metrics_port is not None:

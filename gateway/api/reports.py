@@ -7,18 +7,21 @@ comma-separated list of tenant, team, key, model, pool, day, month; default mode
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
+from litestar.params import QueryParameter
 
 from gateway.accounting import Accounting, reports
-from gateway.accounting.reports import ReportError, parse_day, parse_group_by, to_csv, to_json
+from gateway.accounting.reports import GROUPS, ReportError, parse_day, parse_group_by, to_csv, to_json
 from gateway.auth.guard import REPORTS, check_role
 from gateway.auth.principal import principal_of
 from router.errors import InvalidRequest
+
+FORMATS = {"json": "application/json", "csv": "text/csv"}  # the reports' `format`: the answer's media type
 
 
 def may_read_reports(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -30,19 +33,25 @@ def may_read_reports(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     check_role(principal_of(connection), REPORTS)
 
 
-@get("/v1/reports/usage", guards=[may_read_reports])
-async def usage_report(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+@get("/v1/reports/usage", guards=[may_read_reports], opt={"produces": tuple(FORMATS.values())})
+async def usage_report(
+    state: State,
+    start: Annotated[str | None, QueryParameter(name="from", description="first UTC day, YYYY-MM-DD")] = None,
+    end: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD (included)")] = None,
+    group_by: Annotated[list[str] | None, QueryParameter(
+        description=f"comma-separated, or repeated: {', '.join(GROUPS)}")] = None,
+    format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
+) -> Response[Any]:
     accounting: Accounting = state.accounting
-    q = request.query_params
-    fmt = q.get("format") or "json"
+    fmt = format or "json"
     try:
-        if fmt not in ("json", "csv"):
+        if fmt not in FORMATS:
             raise ReportError(f"format `{fmt}` is not json or csv", "format")
         report = await reports.usage_report(
             accounting.engine,
-            start=parse_day(q.get("from"), "from"),
-            end=parse_day(q.get("to"), "to"),
-            group_by=parse_group_by(q.getall("group_by", None) or None),
+            start=parse_day(start, "from"),
+            end=parse_day(end, "to"),
+            group_by=parse_group_by(group_by),
         )
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc

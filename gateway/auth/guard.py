@@ -20,6 +20,8 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.router import Router
+from litestar.utils import join_paths
 
 from gateway.auth.principal import Principal, Role
 from gateway.context import GatewayContext
@@ -47,7 +49,9 @@ def roles_for(path: str) -> frozenset[Role] | None:
 
 
 def _handler_roles(handler: BaseRouteHandler) -> frozenset[Role] | None:
-    return _roles_for_paths(tuple(sorted(handler.paths)))
+    # The paths as served: a handler on a router (the OpenAPI document's) declares them relative to it.
+    owners = [layer.path for layer in handler.ownership_layers[:-1] if isinstance(layer, Router)]
+    return _roles_for_paths(tuple(sorted(join_paths([*owners, p]) for p in handler.paths)))
 
 
 @functools.lru_cache(maxsize=1024)  # keyed by the route's paths: bounded by the app's routes

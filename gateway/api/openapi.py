@@ -1,0 +1,192 @@
+"""The OpenAPI document of the HTTP API, served to admins at `GET /admin/openapi.json` (docs/api.md).
+
+Litestar generates it from the route handlers, on the first request for it, and this module completes
+it with what Litestar cannot see; the result is encoded once and kept. Nothing here runs per call: the
+document is built when an admin first asks for it, never at start or on the inference path.
+
+What the completion adds:
+- the two inference endpoints, raw ASGI handlers Litestar does not describe: their body is the fields
+  the gateway reads (gateway/openai_request.py), and any other field, which reaches the worker untouched;
+- the bodies that handlers read themselves (to answer in OpenAI's error shape): a handler names its
+  body's msgspec type (a tuple: any one of them), or a JSON Schema, in `opt["request_body"]`, and the
+  media types of its answers, when not JSON alone, in `opt["produces"]`;
+- OpenAI's error envelope (gateway/errors.py) as every operation's 4XX and 5XX answer;
+- the API key, and the roles each path needs (gateway/auth/guard.py's table): open paths need no key.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib.metadata import version
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.routes import HTTPRoute
+
+from gateway.api.openai import KINDS
+from gateway.auth.guard import roles_for
+
+PATH = "/admin/openapi.json"
+SCHEMAS = "#/components/schemas/{name}"
+ERROR = {"$ref": SCHEMAS.format(name="Error")}
+# The envelope of every error the gateway raises, and of the workers' own errors it passes through.
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "integer", "null"]},
+        },
+    }},
+}
+_ERRORS = {
+    "4XX": {"description": "The request was refused; `error.code` says why (docs/api.md#errors).",
+            "content": {"application/json": {"schema": ERROR}}},
+    "5XX": {"description": "The gateway or a worker failed, or cannot take the call now.",
+            "content": {"application/json": {"schema": ERROR}}},
+}
+_INFERENCE_HEADERS = [
+    {"name": "x-request-id", "in": "header", "required": False,
+     "description": "The client's id for the call, kept when well-formed (else a new one is given)",
+     "schema": {"type": "string"}},
+    {"name": "x-gateway-cache", "in": "header", "required": False,
+     "description": "`no-store`: no cache lookup or store; `refresh`: skip the lookup, store the new answer",
+     "schema": {"type": "string", "enum": ["no-store", "refresh"]}},
+]
+_ANSWER = {
+    "type": "object",
+    "description": "The worker's answer, as vLLM produced it (OpenAI's shape)",
+    "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "model": {"type": "string"},
+                   "choices": {"type": "array"}, "usage": {"type": ["object", "null"]}},
+}
+_TEXT = {"type": "string"}
+# One server-sent event of a stream (before OpenAPI 3.2, a stream's `schema` describes each event).
+_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "description": "A chunk in OpenAI's shape (JSON), or an error; the last event's `data` is `[DONE]`",
+    "properties": {"data": {"type": "string"}},
+}
+
+
+def openapi_config() -> OpenAPIConfig:
+    """The app's OpenAPI configuration: the document at `PATH`, JSON only, no documentation site."""
+    return OpenAPIConfig(
+        title="llm-gateway",
+        version=version("llm-gateway"),
+        description="An OpenAI-compatible LLM routing gateway with cost accounting. Every path but the open "
+                    "ones needs an API key of a role the operation's description names.",
+        path=PATH,
+        # "/" is PATH itself; "/openapi.json" would otherwise be Litestar's own rendering, uncompleted.
+        render_plugins=[CompletedJson(path=["/", "/openapi.json"])],
+    )
+
+
+class CompletedJson(JsonRenderPlugin):
+    """Litestar's document, completed by `complete` and encoded once, for the first admin who asks."""
+
+    def __init__(self, path: list[str]) -> None:
+        super().__init__(path=path)
+        self.document: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self.document is None:
+            self.document = msgspec.json.encode(complete(request.app, openapi_schema))
+        return self.document
+
+
+def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
+    """Litestar's document (`generated`, left as it is), with what this module's docstring lists."""
+    doc = copy.deepcopy(generated)
+    paths: dict[str, Any] = doc.setdefault("paths", {})
+    bodies: list[tuple[dict[str, Any], Any]] = []  # (an operation, its body's type or JSON Schema)
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for method, (handler, _) in route.route_handler_map.items():
+            operation = paths.get(route.path_format, {}).get(method.lower())
+            if operation is None:  # not in the document (OPTIONS, the document's own routes)
+                continue
+            declared = {str(code) for code in handler.responses or ()}
+            responses = operation["responses"]
+            for code in [c for c in responses if c[0] in "45" and c not in declared]:
+                del responses[code]  # Litestar's guesses at its own error shape: the gateway answers in OpenAI's
+            if (body := handler.opt.get("request_body")) is not None:
+                bodies.append((operation, body))
+            if produces := handler.opt.get("produces"):
+                success = responses[str(handler.status_code)]
+                json_schema = success.get("content", {}).get("application/json", {}).get("schema", {})
+                success["content"] = {media: {"schema": json_schema if media == "application/json" else _TEXT}
+                                      for media in produces}
+    for path, (fields, kind) in KINDS.items():
+        paths[path] = {"post": (operation := _inference(kind))}
+        bodies.append((operation, fields))
+    for path, item in paths.items():
+        for operation in item.values():
+            _secure(path, operation)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.update(_bodies(bodies))
+    schemas["Error"] = ERROR_SCHEMA
+    components["securitySchemes"] = {"apiKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key (`gateway keys create`); also accepted in `api-key` or `x-api-key`"}}
+    return doc
+
+
+def _inference(kind: str) -> dict[str, Any]:
+    what = "chat completion" if kind == "chat" else "completion (legacy)"
+    return {
+        "operationId": "chatCompletions" if kind == "chat" else "completions",
+        "summary": f"An OpenAI {what}, routed to a worker, streamed or not",
+        "description": "Only the fields listed are read by the gateway; every other field reaches the worker "
+                       "untouched (docs/api.md#inference).",
+        "parameters": _INFERENCE_HEADERS,
+        "responses": {
+            "200": {"description": "The worker's answer: JSON, or server-sent events when `stream` is true",
+                    "content": {"application/json": {"schema": _ANSWER},
+                                "text/event-stream": {"schema": _EVENT}}},
+            **_ERRORS,
+        },
+    }
+
+
+def _secure(path: str, operation: dict[str, Any]) -> None:
+    """The key and the roles `path` needs, and the error envelope as its 4XX / 5XX answers."""
+    roles = roles_for(path)
+    operation["security"] = [] if roles is None else [{"apiKey": []}]
+    needs = "Open: no API key needed." if roles is None else f"Roles: {', '.join(sorted(roles))}."
+    operation["description"] = f"{operation.get('description', '')}\n\n{needs}".strip()
+    responses = operation.setdefault("responses", {})
+    for code, answer in _ERRORS.items():
+        responses.setdefault(code, answer)
+
+
+def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    """Each operation's request body, and the components of the bodies' msgspec types: a body is a type,
+    a tuple of types (any one of them) or a JSON Schema (kept inline). The inference bodies accept any
+    other field."""
+    types = [t for _, body in bodies if not isinstance(body, dict)
+             for t in (body if isinstance(body, tuple) else (body,))]
+    refs, components = msgspec.json.schema_components(types, ref_template=SCHEMAS)
+    schemas = iter(refs)
+    for operation, body in bodies:
+        if isinstance(body, dict):
+            schema = body
+        elif isinstance(body, tuple):
+            schema = {"anyOf": [next(schemas) for _ in body]}
+        else:
+            schema = next(schemas)
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    for fields, _ in KINDS.values():
+        components[fields.__name__]["additionalProperties"] = True
+    return components
