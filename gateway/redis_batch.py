@@ -13,8 +13,19 @@ connection that folds a request's follow-up writes into the next request's looku
 
 Round trips use connections of the batcher's own (redis-py `Connection`s made like the client's pool
 makes them: same address, credentials, TLS), at most one per round trip in flight, with one timeout per
-round trip, and no automatic retry: a script that reached Redis is never sent twice (a retried rate
-admission would count twice). A connection whose round trip failed is dropped and the next opens anew.
+round trip (the client's socket timeout, `redis_timeout_s`). A connection whose round trip failed is
+dropped and the next opens anew; an idle one that Redis or the network closed meanwhile (Redis restarted,
+a proxy dropped it) is dropped when it is taken, before anything is written to it, so the first call after
+Redis comes back finds a live connection.
+
+One retry, at once, on a new connection, for a round trip that failed on a connection error on a reused
+connection before any answer (it died between the check and the write, or as Redis read it): of its
+commands, those safe to run twice (`repeatable` scripts, reads) are sent again, the others get the error.
+A script may have run when its answer was lost, so a repeatable script must leave Redis as one run would
+when run twice (the limits' admission and settlement check their call's id; the cache's lookup knows its
+own lock token). A timeout is not retried: a Redis that does not answer would hold its callers twice as
+long. When a round trip times out, the commands still queued behind it fail with it rather than wait for
+a round trip of their own: no caller waits much longer than the timeout.
 
 Each caller gets its own result or its own error (a `ResponseError` stays with its command); an error
 of the round trip itself (connection refused, timeout) reaches every caller of that batch. Scripts are
@@ -34,6 +45,7 @@ from typing import Any
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
@@ -45,14 +57,24 @@ TIMEOUT_S = 1.0  # a round trip's limit when the client's pool sets no socket ti
 Command = tuple[EncodableT, ...]
 
 
+# Plain commands safe to send twice (reads; SCRIPT LOAD).
+REPEATABLE_COMMANDS = frozenset({"GET", "MGET", "HMGET", "EXISTS", "PING", "SCRIPT"})
+_repeatable_scripts: set[str] = set()  # the SHAs of the scripts declared `repeatable`
+
+
 @dataclass(frozen=True, slots=True)
 class LuaScript:
     text: str
     sha: str
 
     @classmethod
-    def of(cls, text: str) -> LuaScript:
-        return cls(text, hashlib.sha1(text.encode()).hexdigest())
+    def of(cls, text: str, repeatable: bool = False) -> LuaScript:
+        """`repeatable`: running it twice leaves Redis as running it once does, so a round trip lost to a
+        connection error may send it again."""
+        script = cls(text, hashlib.sha1(text.encode()).hexdigest())
+        if repeatable:
+            _repeatable_scripts.add(script.sha)
+        return script
 
 
 @dataclass(slots=True)
@@ -78,8 +100,11 @@ class RedisBatcher:
         kwargs["socket_timeout"] = None  # one timeout per round trip instead (below), not one per read
         self._new_connection: Callable[[], AbstractConnection] = lambda: pool.connection_class(**kwargs)
         self._idle: list[AbstractConnection] = []
-        self.round_trips = 0  # pipelines and lone commands sent
+        self.round_trips = 0  # pipelines and lone commands sent (a retry counts again)
         self.commands = 0  # commands sent (a NOSCRIPT re-send counts again, with its SCRIPT LOAD)
+        self.answered = 0  # round trips Redis answered: the cache sees by it that Redis is back
+        self.retries = 0  # round trips sent again after a connection error
+        self.dropped = 0  # idle connections found closed when taken
         self._queue: list[_Queued] = []
         self._later: list[_Queued] = []
         self._later_timer: asyncio.TimerHandle | None = None
@@ -201,27 +226,79 @@ class RedisBatcher:
 
     async def _round_trip(self, commands: list[Command]) -> list[Any]:
         """Each command's answer, or its `ResponseError`; raises when the round trip itself fails."""
-        self.round_trips += 1
-        self.commands += len(commands)
-        conn = self._idle.pop() if self._idle else self._new_connection()
-        results: list[Any] = []
         try:
             async with asyncio.timeout(self.timeout_s):
-                # hiredis packs in C; redis-py's asyncio connection packs in Python, several times slower.
-                packed = b"".join(map(pack_command, commands))  # type: ignore[arg-type]  # hiredis's stub: a 1-tuple
-                await conn.send_packed_command(packed, check_health=False)
-                for _ in commands:
-                    try:
-                        results.append(await conn.read_response())
-                    except ResponseError as exc:
-                        results.append(exc)
-        except BaseException as exc:
+                conn, reused = await self._checkout()
+                results: list[Any] = []
+                try:
+                    await self._exchange(conn, commands, results)
+                except RedisConnectionError as exc:
+                    if not reused or results:
+                        raise
+                    results = await self._retry(commands, exc)
+        except (TimeoutError, RedisTimeoutError) as exc:  # ours, or a new connection's (its connect timeout)
+            error = exc if isinstance(exc, RedisTimeoutError) else RedisTimeoutError(
+                f"Redis did not answer within {self.timeout_s:g}s")
+            if not self._scheduled:  # the commands queued behind it are not about to go out: they fail too
+                waiting, self._queue = self._queue, []
+                for q in waiting:
+                    if not q.future.done():
+                        q.future.set_exception(error)
+            raise error from None
+        self.answered += 1
+        return results
+
+    async def _checkout(self) -> tuple[AbstractConnection, bool]:
+        """An idle connection that is still open (and whether it was reused), else a new one."""
+        while self._idle:
+            conn = self._idle.pop()
+            try:
+                if not await conn.can_read():  # True: Redis closed it (EOF) or left bytes unread
+                    return conn, True
+            except RedisConnectionError:  # already closed
+                pass
+            self.dropped += 1
+            await conn.disconnect(nowait=True)
+        return self._new_connection(), False
+
+    async def _exchange(self, conn: AbstractConnection, commands: list[Command], results: list[Any]) -> None:
+        """One write, then each command's answer into `results`; the connection goes back to the idle ones."""
+        self.round_trips += 1
+        self.commands += len(commands)
+        try:
+            # hiredis packs in C; redis-py's asyncio connection packs in Python, several times slower.
+            packed = b"".join(map(pack_command, commands))  # type: ignore[arg-type]  # hiredis's stub: a 1-tuple
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in commands:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:
+                    results.append(exc)
+        except BaseException:
             await conn.disconnect(nowait=True)  # half-read or broken: never reused
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g}s") from None
             raise
         self._idle.append(conn)
-        return results
+
+    async def _retry(self, commands: list[Command], error: RedisConnectionError) -> list[Any]:
+        """A reused connection failed before any answer: the commands safe to repeat, once more, on a new
+        connection; the others get `error`."""
+        again = [c for c in commands if _repeatable(c)]
+        if not again:
+            raise error
+        self.retries += 1
+        answers: list[Any] = []
+        await self._exchange(self._new_connection(), again, answers)
+        if len(again) == len(commands):
+            return answers
+        it = iter(answers)
+        return [next(it) if _repeatable(c) else error for c in commands]
+
+
+def _repeatable(command: Command) -> bool:
+    name = command[0]
+    if name == "EVALSHA":
+        return command[1] in _repeatable_scripts
+    return isinstance(name, str) and name.upper() in REPEATABLE_COMMANDS
 
 
 def _queue_on(queue: list[_Queued], command: Command, script: LuaScript | None,

@@ -114,13 +114,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     recorder_batch_max: int = 1000  # records per INSERT
     recorder_flush_interval_s: float = 0.25  # longest a record waits in memory
     recorder_retry_interval_s: float = 2.0  # how often an unreachable database is tried again
-    # The longest a batch's write may take: past it, a hung database is treated as a refusing one (the batch
-    # goes to the spool, the database is tried again in recorder_retry_interval_s).
-    recorder_write_timeout_s: float = 5.0
     # Shared state of several gateway processes (cache, rate limits, budgets): redis://host:6379/0.
     # Unset: in-process equivalents, for one process (the embedded default).
     redis_url: str | None = None
-    redis_max_connections: int = 256  # per gateway process; a call waits up to 1 s for a free one
+    redis_max_connections: int = 256  # per gateway process; a call waits up to redis_timeout_s for a free one
+    # Redis answers within this or the call goes on without it (docs/configuration.md#redis): each command and
+    # round trip, a new connection, the wait for a free one.
+    redis_timeout_s: float = 1.0
     # The response cache (docs/cache.md): in Redis when redis_url is set, else in memory.
     cache_enabled: bool = True
     cache_max_entry_bytes: int = 1_000_000  # larger answers are not cached
@@ -195,10 +195,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 raise msgspec.ValidationError(f"{name} must be > 0")
         if self.cache_retry_s < 0:
             raise msgspec.ValidationError("cache_retry_s must be >= 0")
+        if self.redis_timeout_s <= 0:
+            raise msgspec.ValidationError("redis_timeout_s must be > 0")
         if self.upstream_attempts < 1:
             raise msgspec.ValidationError("upstream_attempts must be >= 1")
-        if self.recorder_write_timeout_s <= 0:
-            raise msgspec.ValidationError("recorder_write_timeout_s must be > 0")
         if not 1 <= self.budget_soft_pct <= 100:
             raise msgspec.ValidationError("budget_soft_pct must be from 1 to 100")
         for name in ("auth_cache_ttl_s", "budget_prompt_margin_pct"):

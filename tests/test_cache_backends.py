@@ -21,9 +21,12 @@ from gateway.cache.service import CacheConfig, ResponseCache
 from gateway.cache.ticket import Ticket
 from gateway.openai_request import ChatFields, parse_body
 from gateway.outcome import Outcome, Step, finish
+from gateway.redis_batch import RedisBatcher
+from gateway.redis_client import redis_client
 from gateway.routing import Route
 from router.decision import CachePolicy, RouteDecision
 from tests.cache_support import delete_prefix, require_redis, unique_prefix
+from tests.fault_proxy import FaultProxy
 from tests.services import redis_url
 from workers.launcher import free_port
 
@@ -126,6 +129,16 @@ async def test_lookup_gives_the_entry_or_else_the_lock_in_one_step(backend: tupl
     await b.release(lock, "x")
     assert await b.lookup(key, lock, "third", 5) == (b"answer", False)  # a hit takes no lock
     assert await b.acquire(lock, "fourth", 5)  # ...so it is free
+
+
+async def test_a_lookup_run_twice_still_holds_its_lock(backend: tuple[CacheBackend, str]) -> None:
+    """Its round trip sent again after a lost connection, when Redis had run it: the lock it took is its own,
+    not someone else's to wait for."""
+    b, p = backend
+    key, lock = p + "k", p + "k:lock"
+    assert await b.lookup(key, lock, "token", 5) == (None, True)
+    assert await b.lookup(key, lock, "token", 5) == (None, True)
+    assert await b.lookup(key, lock, "another", 5) == (None, False)
 
 
 async def test_conclude_stores_and_releases_only_its_own_lock(backend: tuple[CacheBackend, str]) -> None:
@@ -335,6 +348,35 @@ async def test_redis_down_is_a_bypass_counted_and_reported() -> None:
     finally:
         await dead.aclose()
     assert lock_key("k") == "k:lock"
+
+
+async def test_the_cache_is_used_again_as_soon_as_redis_answers(redis_sync: sync_redis.Redis) -> None:
+    """After an error the cache leaves Redis alone for `retry_s`, unless Redis answers meanwhile on the
+    connection the limits share: their first admission once Redis is back puts the cache back to work."""
+    prefix = unique_prefix("back")
+    with FaultProxy.before(redis_url()) as proxy:
+        client = redis_client(proxy.through(redis_url()), 1.0, 8)
+        batcher = RedisBatcher(client)
+        cache = ResponseCache(RedisBackend(client, batcher), CacheConfig(key_prefix=prefix, retry_s=60))
+        try:
+            proxy.set_mode("refuse")
+            assert (await begin(cache, outcome())).status == "bypass"
+            assert cache.status()["errors"] == 1
+            proxy.set_mode("pass")
+            assert (await begin(cache, outcome())).status == "bypass"  # left alone: nothing has answered since
+            assert cache.status()["errors"] == 1
+            await batcher.execute("PING")  # what a limited call's admission does
+            o = outcome()
+            t = await begin(cache, o)
+            assert t.status == "miss"
+            await answer(t, o)
+            await cache.aclose()
+            assert (await begin(cache, outcome())).status == "hit" and cache.status()["ok"] is True
+        finally:
+            await cache.aclose()
+            await batcher.aclose()
+            await client.aclose()
+            delete_prefix(redis_sync, prefix)
 
 
 async def test_a_lookup_abandoned_before_its_answer_leaves_no_lock(cache: ResponseCache) -> None:

@@ -86,7 +86,7 @@ async def test_all_or_nothing_a_refusal_takes_nothing(backend: Backend) -> None:
     refused = await backend.admit([rpm(3)], [budget(100, 101)], "m1", HOUR_MS)
     assert refused.status == OVER_BUDGET
     for expected in (2, 1, 0):  # the refused call took no request
-        r = await backend.admit([rpm(3)], [budget(100, 1)], "m2", HOUR_MS)
+        r = await backend.admit([rpm(3)], [budget(100, 1)], f"m2-{expected}", HOUR_MS)  # a call's own id
         assert r.status == OK and r.rates[0].remaining == expected
     assert await backend.read(["b:k:a:m2026-11"]) == [(0, 3)]
     # A rate refusal takes no budget either.
@@ -126,6 +126,38 @@ async def test_a_reservation_never_settled_is_released_after_its_ttl(backend: Ba
     # The late settlement of the released reservation counts its cost once.
     assert await backend.settle([], [BudgetSettle(key, "lost", 100, 40, HOUR_MS)]) == [40]
     assert await backend.read([key]) == [(40, 41)]
+
+
+async def test_an_admission_run_twice_takes_its_budget_once(backend: Backend) -> None:
+    """Its round trip sent again after a lost connection, when Redis had run it: same call id, nothing
+    taken twice, the same answer."""
+    key = "b:k:a:m2026-11"
+    await backend.seed(key, 0, HOUR_MS)
+    first = await backend.admit([rpm(10)], [budget(100, 30, key)], "call", HOUR_MS)
+    again = await backend.admit([rpm(10)], [budget(100, 30, key)], "call", HOUR_MS)
+    assert first.status == again.status == OK
+    assert first.rates[0].remaining == again.rates[0].remaining == 9
+    assert await backend.read([key]) == [(0, 30)]
+    other = await backend.admit([rpm(10)], [budget(100, 30, key)], "other", HOUR_MS)  # another call takes its own
+    assert other.status == OK and other.rates[0].remaining == 8
+    assert await backend.read([key]) == [(0, 60)]
+
+
+async def test_a_settlement_run_twice_settles_once(backend: Backend) -> None:
+    key = "b:k:a:m2026-11"
+    await backend.seed(key, 0, HOUR_MS)
+    assert (await backend.admit([], [budget(100, 50, key)], "a", HOUR_MS)).status == OK
+    for _ in range(2):
+        assert await backend.settle([], [BudgetSettle(key, "a", 50, 30, HOUR_MS)]) == [30]
+    assert await backend.read([key]) == [(30, 30)]
+    # A reservation released after its ttl: its late settlement, run twice, counts its cost once.
+    assert (await backend.admit([], [budget(100, 60, key)], "late", 300)).status == OK
+    await asyncio.sleep(0.5)
+    assert (await backend.admit([], [budget(100, 1, key)], "next", HOUR_MS)).status == OK  # releases `late`
+    assert await backend.read([key]) == [(30, 31)]
+    for _ in range(2):
+        assert await backend.settle([], [BudgetSettle(key, "late", 60, 20, HOUR_MS)]) == [50]
+    assert await backend.read([key]) == [(50, 51)]
 
 
 async def test_concurrent_calls_never_commit_past_the_budget(backend: Backend) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +23,10 @@ from gateway.cache.backends import RedisBackend as CacheRedisBackend
 from gateway.limits.backend import OK, RateCheck
 from gateway.limits.redis_backend import RedisBackend as LimitsRedisBackend
 from gateway.redis_batch import LuaScript, RedisBatcher
+from gateway.redis_client import redis_client
+from tests.fault_proxy import FaultProxy
 from tests.limits_support import delete_prefix, unique_prefix
+from tests.services import redis_url
 from workers.launcher import free_port
 
 
@@ -240,3 +243,78 @@ async def test_a_round_trip_past_the_timeout_fails_its_callers_and_the_next_one_
     finally:
         await batcher.aclose()
         await client.aclose()
+
+
+# --- Redis going away, hanging and coming back (through tests/fault_proxy.py) ---------------------------
+
+
+@pytest.fixture
+async def proxied() -> AsyncIterator[tuple[FaultProxy, RedisBatcher]]:
+    """A batcher whose Redis is behind a fault proxy, its client made as the gateway makes it (1 s bound)."""
+    with FaultProxy.before(redis_url()) as proxy:
+        client = redis_client(proxy.through(redis_url()), 1.0, 8)
+        batcher = RedisBatcher(client)
+        try:
+            yield proxy, batcher
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+
+async def test_idle_connections_closed_while_redis_was_away_are_not_used(
+        proxied: tuple[FaultProxy, RedisBatcher], prefix: str) -> None:
+    proxy, batcher = proxied
+    await asyncio.gather(*(batcher.execute("PING") for _ in range(20)))  # two round trips at once
+    assert proxy.accepted == 2  # two idle connections
+    proxy.set_mode("refuse")  # Redis goes away: every open connection is dropped
+    proxy.set_mode("pass")  # and comes back
+    await asyncio.sleep(0.05)  # the event loop sees them closed
+    incr = fresh_script("return redis.call('INCR', KEYS[1])")  # not safe to repeat: never retried
+    assert await batcher.evalsha(incr, (f"{prefix}n",), ()) == 1  # the very next call: a new connection
+    assert (batcher.dropped, batcher.retries, proxy.accepted) == (2, 0, 3)
+
+
+async def test_a_round_trip_lost_with_its_connection_is_sent_again_once_if_safe(
+        proxied: tuple[FaultProxy, RedisBatcher], prefix: str) -> None:
+    """The connection dies with the commands written and no answer read (here the proxy held them, then
+    dropped the connection): the repeatable ones go again on a new connection, the others fail."""
+    proxy, batcher = proxied
+    await batcher.execute("PING")  # one idle connection
+    proxy.set_mode("hang")
+    echo = LuaScript.of(f"-- {uuid.uuid4().hex}\n{ECHO}", repeatable=True)
+    incr = fresh_script("return redis.call('INCR', KEYS[1])")
+    calls = asyncio.gather(batcher.submit(echo, (), ("again",)), batcher.submit(incr, (f"{prefix}n",), ()),
+                           return_exceptions=True)  # one round trip, on the idle connection
+    await asyncio.sleep(0.2)  # written, held by the proxy
+    assert batcher.round_trips == 2
+    proxy.set_mode("refuse")  # the connection is dropped ...
+    proxy.set_mode("pass")  # ... and Redis is there again
+    answers = await calls
+    assert answers[0] == b"again"
+    assert isinstance(answers[1], RedisConnectionError)
+    assert batcher.retries == 1
+    assert await batcher.execute("GET", f"{prefix}n") is None  # the INCR never ran
+
+
+async def test_a_hung_redis_holds_no_caller_much_past_the_timeout(proxied: tuple[FaultProxy, RedisBatcher]) -> None:
+    """Redis accepts and never answers: each round trip ends at the 1 s bound, and the callers queued behind
+    the round trips in flight fail with them rather than wait for a round trip of their own."""
+    proxy, batcher = proxied
+    await batcher.execute("PING")
+    proxy.set_mode("hang")
+
+    async def waited(*command: str) -> float:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await batcher.execute(*command)
+        return time.monotonic() - started
+
+    first = asyncio.ensure_future(waited("GET", "a"))  # alone
+    await asyncio.sleep(0.2)
+    second = asyncio.ensure_future(waited("GET", "b"))  # the second round trip in flight: as many as there may be
+    await asyncio.sleep(0.2)
+    queued = [asyncio.ensure_future(waited("GET", f"c{i}")) for i in range(5)]
+    waits = await asyncio.gather(first, second, *queued)
+    assert max(waits) < 1.5, waits  # a second round trip of their own would have taken them to 1.6 s
+    proxy.set_mode("pass")
+    assert await batcher.execute("PING") is True

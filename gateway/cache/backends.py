@@ -6,7 +6,8 @@ The request path uses the combined forms, one Redis round trip each: `lookup` (t
 the lock) before the call and `conclude` (store, then release) after it.
 
 Backends raise on failure (RedisError, OSError, TimeoutError); `ResponseCache` turns that into a
-bypass, counts it and reports it.
+bypass, counts it and reports it. The Redis scripts may run twice (a round trip lost to a connection
+error is sent again, gateway/redis_batch.py) and leave Redis as one run would.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ return 0
 """
 
 
-# The entry, or else the lock: returns the entry, 1 (the lock is ours) or 0 (someone else holds it).
+# The entry, or else the lock: returns the entry, 1 (the lock is ours) or 0 (someone else holds it). The
+# lock already holding our token is ours: the same lookup, sent again.
 LOOKUP_LUA = """
 local value = redis.call('get', KEYS[1])
 if value then
   return value
 end
-if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('get', KEYS[2]) == ARGV[1] then
   return 1
 end
 return 0
@@ -55,7 +57,7 @@ if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then
 end
 return 0
 """
-RELEASE, LOOKUP, CONCLUDE = (LuaScript.of(text) for text in (RELEASE_LUA, LOOKUP_LUA, CONCLUDE_LUA))
+RELEASE, LOOKUP, CONCLUDE = (LuaScript.of(text, repeatable=True) for text in (RELEASE_LUA, LOOKUP_LUA, CONCLUDE_LUA))
 
 
 def _ms(seconds: float) -> int:
@@ -88,6 +90,11 @@ class CacheBackend(Protocol):
         ...
 
     async def ping(self) -> None: ...
+
+    def answers(self) -> int:
+        """How many times the backend has answered so far (Redis: the round trips of the connection it
+        shares with the limits); it moving on after an error says the backend is back."""
+        ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -143,6 +150,9 @@ class RedisBackend:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    def answers(self) -> int:
+        return self.batcher.answered
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -212,6 +222,9 @@ class MemoryBackend:
         value = await self.get(key)
         if value is not None:
             return value, False
+        held = self._held(lock)
+        if held is not None and held[0] == token:  # ours already: as Redis's lookup, sent again, finds it
+            return None, True
         return None, await self.acquire(lock, token, lock_ttl_s)
 
     async def conclude(self, key: str, value: bytes | None, ttl_s: float, lock: str, token: str | None) -> None:
@@ -256,6 +269,9 @@ class MemoryBackend:
 
     async def ping(self) -> None:
         return None
+
+    def answers(self) -> int:
+        return 0  # never fails
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self.evictions}

@@ -4,7 +4,8 @@ cache did with it (`hit`, `miss`, `bypass`, sent back as `x-gateway-cache`); whe
 single-flight lock.
 
 Fail-open: any backend error makes the request a bypass, is counted and logged (never sent to the
-client), and the backend is left alone for `cache_retry_s` so a dead Redis costs nothing meanwhile.
+client), and the backend is left alone for `cache_retry_s` so a dead Redis costs nothing meanwhile, or
+until Redis answers another round trip (the limits' admissions share its connection): then at once.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ResponseCache:
     ok: bool | None = None  # None: not used yet
     last_error: str | None = None
     last_error_at: float | None = None
-    _down_until: float = 0.0
+    _down_until: float = 0.0  # after an error: the backend is left alone until then (0: not down) ...
+    _answers_then: int = 0  # ... unless its answers count moves on from this (it answered since)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -103,7 +105,7 @@ class ResponseCache:
         decision = chosen.decision
         backend = self.backend
         if (backend is None or not self.config.enabled or decision is None or not decision.cache.store
-                or directive == "no-store" or time.monotonic() < self._down_until):
+                or directive == "no-store" or (self._down_until and self._left_alone(backend))):
             self.counts["bypasses"] += 1
             return BYPASS
         policy = decision.cache
@@ -239,6 +241,13 @@ class ResponseCache:
 
     # --- health -------------------------------------------------------------------------------------
 
+    def _left_alone(self, backend: CacheBackend) -> bool:
+        """Within `retry_s` of an error, and the backend has not answered since."""
+        if time.monotonic() < self._down_until and backend.answers() == self._answers_then:
+            return True
+        self._down_until = 0.0
+        return False
+
     def _ok(self) -> None:
         if self.ok is False:
             log.info("response cache: %s answers again", self.backend_name)
@@ -249,6 +258,8 @@ class ResponseCache:
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         self.last_error_at = time.time()
         self._down_until = time.monotonic() + self.config.retry_s
+        if self.backend is not None:
+            self._answers_then = self.backend.answers()
         if self.ok is not False:
             log.warning("response cache: %s failed (%s); serving uncached, retrying every %.1fs",
                         self.backend_name, self.last_error, self.config.retry_s)

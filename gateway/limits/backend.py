@@ -13,6 +13,11 @@ real count after the call (a refund when it used fewer). Each counter's state is
 so concurrent calls can never commit more than the limit. A reservation not settled within
 `reservation_ttl_ms` (a process that died mid-call) is released by the next admission.
 
+An admission or a settlement may reach Redis twice (a round trip lost with its connection is sent again):
+an admission whose id already holds its reservation takes nothing again, and a settlement finds either
+the reservation or the mark a released one left, else it was settled already. Budgets stay exact; a rate
+counter may count such a call twice (limits.lua).
+
 A budget counter that does not exist yet asks to be **seeded** (status SEED) with what the accounting
 database already recorded for that period, so a restart (in-process backend) or an emptied Redis does
 not reset a budget.
@@ -136,6 +141,7 @@ class _Budget:
     expires_us: int = 0  # 0: never
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # member -> (amount, expiry µs)
     expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expiry µs, member)
+    released: set[str] = field(default_factory=set)  # members whose reservation expired, not yet settled
 
     def release_expired(self, now: int) -> None:
         heap = self.expiries
@@ -145,6 +151,7 @@ class _Budget:
             if held is not None and held[1] == expiry:  # not settled meanwhile
                 del self.reservations[member]
                 self.committed -= held[0]
+                self.released.add(member)
 
 
 class MemoryBackend:
@@ -195,8 +202,9 @@ class MemoryBackend:
             if allow_at > now:
                 return AdmitResult(RATE_LIMITED, i, retry_ms=-(-(allow_at - now) // 1000))
             new_tats.append(new_tat)
-            states.append(RateState(r.kind, r.scope, r.limit, math.floor((WINDOW_US - (new_tat - now)) / interval),
-                                    -(-(new_tat - now) // 1000)))
+            states.append(_state(r, new_tat, now))
+        if budgets and (first := self._budget(budgets[0].key, now)) is not None and member in first.reservations:
+            return AdmitResult(OK, rates=tuple(self._rate_state(r, now) for r in rates))  # taken already
         for j, b in enumerate(budgets):
             cur = self._budget(b.key, now)
             if cur is not None:
@@ -234,16 +242,24 @@ class MemoryBackend:
         spent = []
         for b in budgets:
             cur = self._budget(b.key, now)
-            if cur is None:
-                cur = self._budgets[b.key] = _Budget()
+            if cur is None:  # gone with its period (or never seeded): nothing to settle
+                spent.append(0)
+                continue
             cur.release_expired(now)
             held = cur.reservations.pop(b.member, None)
+            if held is None and b.member not in cur.released:
+                spent.append(cur.spent)  # settled already
+                continue
+            cur.released.discard(b.member)
             cur.committed += b.actual - (held[0] if held is not None else 0)
             cur.spent += b.actual
             if b.ttl_ms:
                 cur.expires_us = now + b.ttl_ms * 1000
             spent.append(cur.spent)
         return spent
+
+    def _rate_state(self, r: RateCheck, now: int) -> RateState:
+        return _state(r, max(self._tat(r.key, now) or now, now), now)
 
     async def seed(self, key: str, spent: int, ttl_ms: int) -> None:
         now = now_us()
@@ -267,3 +283,10 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
+
+
+def _state(r: RateCheck, tat: int, now: int) -> RateState:
+    """A rate counter's state, its theoretical arrival time at `tat`."""
+    interval = WINDOW_US / r.limit
+    return RateState(r.kind, r.scope, r.limit, math.floor((WINDOW_US - (tat - now)) / interval),
+                     -(-(tat - now) // 1000))

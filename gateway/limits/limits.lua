@@ -8,6 +8,13 @@
 --   seed:   KEYS = budget hash;  ARGV = "seed", "spent ttl_ms"
 -- Money is integer units in Redis integers (64-bit); comparisons are done on their decimal strings so
 -- they stay exact beyond a double's 2^53.
+--
+-- A call may be run twice (gateway/redis_batch.py sends a round trip again when its connection was lost,
+-- and Redis may have run it before the answer was lost). The budgets stay exact: an admission whose
+-- member already holds its reservation takes nothing again, and a settlement whose member holds neither
+-- a reservation nor a released one's mark (`<member>:x`, left by the admission that released it after
+-- its ttl) was settled already. Rate counters are not keyed by call: a run twice counts a request (or a
+-- settlement's token difference) twice, never less.
 local WINDOW = 60000000  -- one minute, in microseconds
 
 local t = redis.call('TIME')
@@ -66,18 +73,31 @@ if op == 'settle' then
     a = a + 4
     if redis.call('ZREM', zk, member) == 1 then
       redis.call('HINCRBY', hk, 'committed', delta)
-    else  -- the reservation was already released (it outlived its ttl): count the cost alone
+      redis.call('HINCRBY', hk, 'spent', actual)
+    elseif redis.call('ZREM', zk, string.match(member, '^(.*):') .. ':x') == 1 then
+      -- the reservation was already released (it outlived its ttl): count the cost alone
       redis.call('HINCRBY', hk, 'committed', actual)
-    end
-    redis.call('HINCRBY', hk, 'spent', actual)
+      redis.call('HINCRBY', hk, 'spent', actual)
+    end  -- else settled already: this settlement was sent again
     if ttl > 0 then redis.call('PEXPIRE', hk, ttl) end
-    out[j] = redis.call('HGET', hk, 'spent')
+    out[j] = redis.call('HGET', hk, 'spent') or '0'
   end
   return out
 end
 
 -- admit
 local member, res_ttl = A[3], tonumber(A[4])
+if B > 0 and redis.call('ZSCORE', KEYS[R + 2], member .. ':' .. A[6 + 2 * R]) then
+  -- sent again after this very admission took its limits: answer as it did, take nothing
+  local out = {1}
+  for i = 1, R do
+    local interval = WINDOW / tonumber(A[3 + 2 * i])
+    local tat = math.max(tonumber(redis.call('GET', KEYS[i])) or now, now)
+    out[#out + 1] = math.floor((WINDOW - (tat - now)) / interval)
+    out[#out + 1] = math.ceil((tat - now) / 1000)
+  end
+  return out
+end
 local a = 5
 local tats = {}
 local out = {1}
@@ -102,11 +122,16 @@ for j = 1, B do
   a = a + 3
   local expired = redis.call('ZRANGEBYSCORE', zk, '-inf', now_ms)
   if #expired > 0 then
+    local released = {}
     for _, m in ipairs(expired) do
-      local held = string.match(m, ':(%d+)$')
-      if held ~= '0' then redis.call('HINCRBY', hk, 'committed', '-' .. held) end
+      local id, held = string.match(m, '^(.*):(%d+)$')
+      if held then  -- a reservation (else an expired mark): given back, and marked for its late settlement
+        if held ~= '0' then redis.call('HINCRBY', hk, 'committed', '-' .. held) end
+        released[#released + 1] = id .. ':x'
+      end
     end
     redis.call('ZREMRANGEBYSCORE', zk, '-inf', now_ms)
+    for _, m in ipairs(released) do redis.call('ZADD', zk, now_ms + res_ttl, m) end
   end
   if redis.call('HEXISTS', hk, 'seeded') == 0 then return {3, j} end
   local committed = redis.call('HGET', hk, 'committed') or '0'

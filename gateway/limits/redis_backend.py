@@ -28,7 +28,8 @@ from gateway.limits.backend import (
 )
 from gateway.redis_batch import LuaScript, RedisBatcher
 
-SCRIPT = LuaScript.of((Path(__file__).with_name("limits.lua")).read_text())
+# Repeatable: a run sent twice takes and settles budgets once (limits.lua says how).
+SCRIPT = LuaScript.of((Path(__file__).with_name("limits.lua")).read_text(), repeatable=True)
 
 
 class RedisBackend:
