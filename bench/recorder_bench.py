@@ -5,7 +5,9 @@
 It creates a scratch database (`gwbench_<pid>`) on the server of --url (default: $TEST_POSTGRES_URL or
 postgresql://postgres@127.0.0.1:5432/test), migrates it, and drops it at the end. Measured:
 
-- enqueue: `Recorder.record(outcome)`, what the request path pays per call (µs);
+- enqueue: `Recorder.record(outcome)`, what the request path pays per call (µs): without the journal,
+  then with it (the finished line: one write), and `Recorder.opened(outcome)` (the opened line a call
+  sent to a worker adds: one write);
 - build: turning an Outcome into a costed record (µs, on the writer task, off the request path);
 - throughput: records/s from the first enqueue until all are committed (records + rollups), with the
   writer building, costing and inserting (one multi-row INSERT per batch), all in one process.
@@ -50,6 +52,22 @@ def outcomes(n: int) -> list[Outcome]:
     return out
 
 
+def request_path(rec: Recorder, items: list[Outcome], opened: bool = False) -> float:
+    """Median µs per item of `rec.record` (or `rec.opened`) over chunks of `items`."""
+    samples = []
+    for chunk in range(0, len(items), 20_000):
+        part = items[chunk:chunk + 20_000]
+        t = time.perf_counter()
+        if opened:
+            for o in part:
+                rec.opened(o, 120)
+        else:
+            for o in part:
+                rec.record(o)
+        samples.append((time.perf_counter() - t) / len(part) * 1e6)
+    return statistics.median(samples)
+
+
 async def main(args: argparse.Namespace) -> None:
     admin = make_url(args.url)
     name = f"gwbench_{os.getpid()}"
@@ -62,17 +80,13 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await db.upgrade(engine)
 
-        # The request path: one append to the recorder's buffer.
-        rec = Recorder(None, catalogue, tempfile.mkdtemp(), queue_max=10**9)
+        # The request path: one append to the recorder's buffer, then with the journal's lines.
         items = outcomes(200_000)
-        samples = []
-        for chunk in range(0, len(items), 20_000):
-            part = items[chunk:chunk + 20_000]
-            t = time.perf_counter()
-            for o in part:
-                rec.record(o)
-            samples.append((time.perf_counter() - t) / len(part) * 1e6)
-        enqueue_us = statistics.median(samples)
+        enqueue_us = request_path(Recorder(None, catalogue, tempfile.mkdtemp(), queue_max=10**9), items)
+        journaled = Recorder(None, catalogue, tempfile.mkdtemp(), queue_max=10**9)
+        journaled.journal.open()
+        journaled_us = request_path(journaled, items)
+        opened_us = request_path(journaled, items, opened=True)
 
         # Off the request path: building and costing a record.
         t = time.perf_counter()
@@ -109,7 +123,9 @@ async def main(args: argparse.Namespace) -> None:
         print()
         print(f"throughput into PostgreSQL : {statistics.median(results):,.0f} records/s (median of {args.runs}; "
               f"batch {args.batch}; target >= 10,000)")
-        print(f"enqueue (request path)     : {enqueue_us:.2f} µs per record (median)")
+        print(f"enqueue (request path)     : {enqueue_us:.2f} µs per record (median), without the journal")
+        print(f"  with the journal         : {journaled_us:.2f} µs per record (median): the finished line")
+        print(f"  opened (a worker's call) : {opened_us:.2f} µs per call (median): the opened line")
         print(f"build + cost (writer task) : {build_us:.2f} µs per record")
     finally:
         await engine.dispose()

@@ -66,6 +66,8 @@ class Outcome:
     cancelled: bool = False  # the client went away mid-stream
     content_events: int = 0  # stream events carrying content, relayed (an estimate of tokens)
     prompt: Any = None  # messages / prompt as the client sent them, in memory only, for a token estimate
+    prompt_estimate: int | None = None  # routing's count of the prompt's tokens, when it made one (journaled)
+    journal_segment: int = 0  # the journal segment holding its opened line (gateway/accounting/journal.py)
     # For telemetry (gateway/telemetry/): what was asked and what the cache did; the trace when sampled.
     kind: Kind = "chat"
     stream: bool = False

@@ -114,6 +114,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     recorder_batch_max: int = 1000  # records per INSERT
     recorder_flush_interval_s: float = 0.25  # longest a record waits in memory
     recorder_retry_interval_s: float = 2.0  # how often an unreachable database is tried again
+    # The longest a batch's write may take: past it, a hung database is treated as a refusing one (the batch
+    # goes to the spool, the database is tried again in recorder_retry_interval_s).
+    recorder_write_timeout_s: float = 5.0
     # Shared state of several gateway processes (cache, rate limits, budgets): redis://host:6379/0.
     # Unset: in-process equivalents, for one process (the embedded default).
     redis_url: str | None = None
@@ -199,6 +202,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("redis_timeout_s must be > 0")
         if self.upstream_attempts < 1:
             raise msgspec.ValidationError("upstream_attempts must be >= 1")
+        if self.recorder_write_timeout_s <= 0:
+            raise msgspec.ValidationError("recorder_write_timeout_s must be > 0")
         if not 1 <= self.budget_soft_pct <= 100:
             raise msgspec.ValidationError("budget_soft_pct must be from 1 to 100")
         for name in ("auth_cache_ttl_s", "budget_prompt_margin_pct"):

@@ -454,6 +454,23 @@ async def test_other_errors(sim: SimServer, client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequestError"
 
 
+async def test_a_huge_fan_out_is_refused_at_once(sim: SimServer, client: httpx.AsyncClient) -> None:
+    """`n` of a billion once held a replica for good, growing past 5 GB: the simulator refuses it, as vLLM does
+    past its VLLM_MAX_N_SEQUENCES, before generating anything; so with too many prompts, or prompts x n."""
+    r = await client.post(sim.url + "/v1/completions", json={"model": "tiny", "prompt": ["x"] * 1025, "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = await client.post(sim.url + "/v1/completions",
+                          json={"model": "tiny", "prompt": ["x"] * 100, "n": 11, "max_tokens": 1})
+    assert r.status_code == 400 and "1100 sequences" in r.json()["error"]["message"]
+    r = await client.post(sim.url + "/v1/chat/completions", json=chat_body(n=1_000_000_000, max_tokens=4))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert "n must be at most 1024" in r.json()["error"]["message"]
+    r = await client.post(sim.url + "/v1/completions",
+                          json={"model": "tiny", "prompt": ["x"] * 100, "n": 10, "max_tokens": 1})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1000
+    assert (await client.get(sim.url + "/health")).status_code == 200
+
+
 # --------------------------------------------------------------------------- metrics
 
 

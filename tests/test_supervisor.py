@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -21,7 +22,9 @@ from gateway.commands.workers import format_status
 from gateway.settings import Settings, SettingsError, load_settings
 from tests.gateway_process import GATEWAY_BIN, GatewayProcess, start_gateway
 from workers.config import LaunchSpec
+from workers.health import check_replica
 from workers.launcher import PoolLaunch, plan, replica_command
+from workers.pool import Replica
 from workers.supervisor import Supervisor, group_alive
 
 WEDGED = "the replica answers nothing and ignores SIGTERM (POST /sim/wedge)"
@@ -190,6 +193,28 @@ def test_a_wedged_replica_is_restarted_and_traffic_recovers(tmp_path: Path) -> N
                    30, "traffic did not come back to the restarted replica")
     finally:
         gw.stop()
+
+
+async def test_only_failed_health_checks_restart_a_replica(tmp_path: Path) -> None:
+    plans = sim_plans(tmp_path, unhealthy_restart_s=1.0, stop_grace_s=1.0)
+    checked = Replica(plans[0].url, "p")  # the pool's replica, whose health the checks keep
+    sup = Supervisor(plans, tmp_path, [checked])
+    await sup.start()
+    try:
+        (r,) = sup.replicas
+        first = r.process.pid
+        await asyncio.to_thread(wedge, r.url)
+        await asyncio.sleep(1.5)  # past unhealthy_restart_s, but no check ran: no evidence, no restart
+        assert r.process.pid == first and r.restarts == []
+        async with aiohttp.ClientSession() as session:  # the checks, as workers/health.py runs them
+            deadline = time.monotonic() + 30
+            while r.process.pid == first:
+                assert time.monotonic() < deadline, r.status()
+                await check_replica(session, checked, timeout=0.3)
+        assert r.last_error.startswith("unhealthy for") and "/health failed: TimeoutError" in r.last_error
+        assert not group_alive(first)
+    finally:
+        await sup.stop()
 
 
 @pytest.mark.pure

@@ -94,6 +94,13 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     max_waiting: Annotated[int, Meta(description=(
         "requests allowed to wait for a running slot; one more is answered 503"
     ))] = 512
+    max_n_sequences: Annotated[int, Meta(description=(
+        "most sequences one request may ask for: its n, and its prompts x n (vLLM's VLLM_MAX_N_SEQUENCES, 16384, "
+        "bounds n alone; lower here, since the simulator holds every choice's text until it answers)"
+    ))] = 1024
+    max_completion_prompts: Annotated[int, Meta(description=(
+        "most prompts in one /v1/completions request (vLLM's VLLM_MAX_COMPLETION_PROMPTS)"
+    ))] = 1024
     kv_cache_tokens: Annotated[int, Meta(description=(
         "simulated KV-cache capacity in tokens (for vllm:kv_cache_usage_perc); 0 = max_model_len * max_running"
     ))] = 0
@@ -152,6 +159,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
                 raise ValueError(f"{name} must be >= 0")
         if self.max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {self.max_running}")
+        if self.max_n_sequences < 1 or self.max_completion_prompts < 1:
+            raise ValueError("max_n_sequences and max_completion_prompts must be >= 1")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if self.prefix_cache_blocks < 0:

@@ -30,6 +30,7 @@ from vllm_sim.validation import (
     GenRequest,
     HTTPError,
     Prompt,
+    check_fan_out,
     check_lengths,
     decode_body,
     error_body,
@@ -57,6 +58,7 @@ async def handle_generation(
     raw = await read_body(receive)
     try:
         req = parse_gen_request(decode_body(raw), chat, cfg.model)
+        check_fan_out(req, cfg.max_n_sequences, cfg.max_completion_prompts)  # before any work per sequence
         await _count_prompt_tokens(req, cfg.non_text_part_tokens)
         max_tokens = check_lengths(req, cfg.max_model_len)
     except HTTPError as exc:

@@ -22,6 +22,7 @@ __all__ = [
     "HTTPError",
     "Prompt",
     "TokenizeRequest",
+    "check_fan_out",
     "check_lengths",
     "decode_body",
     "error_body",
@@ -307,6 +308,27 @@ def _completion_prompts(prompt: Any, val: _Validation) -> list[Prompt]:
         return out
     val.add("string_type", "body.prompt.str", "Input should be a valid string", prompt)
     return []
+
+
+def check_fan_out(req: GenRequest, max_n_sequences: int, max_completion_prompts: int) -> None:
+    """vLLM's bounds on how many sequences one request makes: at most ``max_completion_prompts`` prompts
+    (``VLLM_MAX_COMPLETION_PROMPTS``), ``n`` at most ``max_n_sequences`` (``VLLM_MAX_N_SEQUENCES``); and, the
+    simulator's own, prompts x ``n`` too, since it holds every choice's text until the answer is sent."""
+    if len(req.prompts) > max_completion_prompts:
+        raise _bad_request(
+            f"prompt list length {len(req.prompts)} exceeds the maximum allowed count of {max_completion_prompts}.",
+            "prompt",
+            with_value=False,
+        )
+    if req.n > max_n_sequences:
+        raise _bad_request(f"n must be at most {max_n_sequences}, got {req.n}.", "n", req.n)
+    if req.n * len(req.prompts) > max_n_sequences:
+        raise _bad_request(
+            f"{len(req.prompts)} prompts x n={req.n} make {req.n * len(req.prompts)} sequences; at most "
+            f"{max_n_sequences} are allowed.",
+            "n",
+            req.n,
+        )
 
 
 def check_lengths(req: GenRequest, max_model_len: int) -> list[int]:

@@ -43,8 +43,9 @@ async def check_replica(session: aiohttp.ClientSession, replica: Replica, timeou
     if ok != replica.healthy:
         log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")
     replica.healthy = ok
+    replica.checked_at = time.monotonic()  # the supervisor restarts a launched replica failing them too long
     if ok:
-        replica.healthy_at = time.monotonic()  # the supervisor restarts a launched replica silent too long
+        replica.healthy_at = replica.checked_at
     else:
         replica.last_error = error
 

@@ -25,7 +25,9 @@ class Replica:
     url: str
     pool: str
     healthy: bool = False  # set by health checks; a refused connection clears it at once
-    healthy_at: float = 0.0  # when a health check last found it healthy (monotonic)
+    # When a health check last ended, and last found it healthy (monotonic): how long it has failed them.
+    checked_at: float = 0.0
+    healthy_at: float = 0.0
     in_flight: int = 0  # calls this gateway process has open on it
     # From the replica's /metrics (vLLM's gauges), as last polled; other gateways' calls included.
     running: float = 0.0

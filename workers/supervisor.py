@@ -144,7 +144,8 @@ class Supervisor:
                 if exited.done():
                     return f"exited with status {exited.result()}"
                 assert checked is not None
-                silent = time.monotonic() - max(r.ready_at, checked.healthy_at)
+                # Measured by the checks themselves: should they stop running, no replica is restarted for it.
+                silent = checked.checked_at - max(r.ready_at, checked.healthy_at)
                 if silent > limit:
                     log.warning("replica %s at %s has failed its health checks for %.0fs (%s); restarting it",
                                 r.plan.name, r.url, silent, checked.last_error)

@@ -65,7 +65,7 @@ async def start_accounting(settings: Settings,
         engine, catalogue, Path(settings.state_dir) / "spool", url=url,
         queue_max=settings.recorder_queue_max, batch_max=settings.recorder_batch_max,
         flush_interval_s=settings.recorder_flush_interval_s, retry_interval_s=settings.recorder_retry_interval_s,
-        on_record=on_record,
+        write_timeout_s=settings.recorder_write_timeout_s, on_record=on_record,
     )
     await recorder.start()
     return Accounting(url, engine, catalogue, recorder)

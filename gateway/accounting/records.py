@@ -15,7 +15,9 @@ from gateway.accounting.money import ZERO
 from gateway.accounting.prices import PriceCatalogue
 from gateway.outcome import Outcome, call_status
 
-STATUSES = ("ok", "upstream_error", "client_cancelled", "rejected", "timeout", "unavailable", "internal_error")
+STATUSES = ("ok", "upstream_error", "client_cancelled", "rejected", "timeout", "unavailable", "internal_error",
+            "incomplete")
+INCOMPLETE = "incomplete"  # the gateway stopped (killed) while a worker had the call: what was known then
 SOURCES = ("worker", "estimate", "none")
 
 
@@ -112,15 +114,18 @@ def needs_estimate(o: Outcome) -> bool:
 
 def counted_usage(o: Outcome) -> tuple[str, int, int, int]:
     """(source, prompt, cached, completion tokens) of a finished call: the worker's usage, else an
-    estimate for a stream that started, else none."""
+    estimate for a stream that started or a call cut off by the gateway's end (`incomplete`: the prompt's
+    estimate, no output), else none."""
     usage = o.usage
     if usage is not None:
         prompt = usage.prompt_tokens
         details = usage.prompt_tokens_details
         cached = min(details.cached_tokens or 0, prompt) if details is not None else 0
         return "worker", prompt, cached, usage.completion_tokens
-    if needs_estimate(o):
-        return "estimate", estimate_prompt_tokens(o.prompt) if o.prompt is not None else 0, 0, o.content_events
+    if needs_estimate(o) or o.failure == INCOMPLETE:
+        # The prompt as sent, else (a call replayed from the journal) routing's estimate of it.
+        prompt = estimate_prompt_tokens(o.prompt) if o.prompt is not None else o.prompt_estimate or 0
+        return "estimate", prompt, 0, o.content_events
     return "none", 0, 0, 0
 
 

@@ -50,6 +50,8 @@ async def _open(
         payload, strip_usage = upstream_body(parsed, model, body, max_tokens)
         return payload, prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
 
+    # Journaled before a worker has it: if the gateway dies meanwhile, the call is still recorded (incomplete).
+    ctx.accounting.recorder.opened(outcome, chosen.features.prompt_tokens if chosen.features is not None else None)
     # Traced: the worker continues the upstream span's trace instead of the caller's.
     spans = UpstreamSpans(trace, outcome, parsed.data) if trace is not None else None
     done = await forward_call(ctx.upstream, chosen.targets, path, prepare, rid, ctx.settings.upstream_attempts,
