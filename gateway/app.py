@@ -117,9 +117,9 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
                 stack.push_async_callback(batcher.aclose)  # its own connections, after the cache and limits
             cache = build_cache(settings, redis, batcher)
             stack.push_async_callback(cache.aclose)  # pending stores, before the Redis pool closes
-            auth = await start_auth(settings, accounting.engine, redis)
+            auth = await start_auth(settings, accounting.reads, redis)
             stack.push_async_callback(auth.close)
-            limits = await start_limits(settings, accounting.catalogue, accounting.engine, redis, batcher)
+            limits = await start_limits(settings, accounting.catalogue, accounting.reads, redis, batcher)
             stack.push_async_callback(limits.close)  # settles what is pending, before the Redis pool closes
             shadow = await start_shadow(settings, policies, pools, upstream, accounting, redis)
             if shadow is not None:  # its jobs finish or are cancelled first: they use the client, Redis, the recorder

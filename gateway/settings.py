@@ -140,6 +140,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     dev_key: str | None = None
     key_hash_secret: str | None = None  # keys are stored as HMAC-SHA256 under it; unset: <state_dir>/key-hash-secret
     auth_cache_ttl_s: float = 2.0  # how long a key lookup is reused (a revoked key stops within this)
+    # The database on the request path (docs/keys-limits-budgets.md#when-the-database-is-away): a key lookup or
+    # a budget counter's first read waits at most this long; then the last known keys answer (or a 503).
+    database_request_timeout_s: float = 0.5
+    database_retry_s: float = 1.0  # after a failed read, the request path leaves the database alone this long
+    # The keys are re-read whole this often (the last known keys while the database is away) and kept in
+    # <state_dir>/key-snapshot (HMAC-keyed, never the keys) for a restart while it is away; false: no file.
+    key_reload_interval_s: float = 60.0
+    key_snapshot: bool = True
     budget_soft_pct: int = 80  # spend past this % of a budget logs a warning (once per budget and period)
     budget_reservation_ttl_s: float = 3600.0  # a call's reservation is released after this if never settled
     # A reservation prices the prompt estimate plus this % and 16 tokens: chat templates and other tokenizers
@@ -200,6 +208,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("cache_retry_s must be >= 0")
         if self.redis_timeout_s <= 0:
             raise msgspec.ValidationError("redis_timeout_s must be > 0")
+        for name in ("database_request_timeout_s", "database_retry_s", "key_reload_interval_s"):
+            if getattr(self, name) <= 0:
+                raise msgspec.ValidationError(f"{name} must be > 0")
         if self.upstream_attempts < 1:
             raise msgspec.ValidationError("upstream_attempts must be >= 1")
         if self.recorder_write_timeout_s <= 0:

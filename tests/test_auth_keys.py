@@ -25,6 +25,7 @@ from gateway.auth.principal import Limits
 from gateway.auth.service import REVOKED_CHANNEL, Auth, presented_key
 from gateway.settings import load_settings
 from router.errors import AuthUnavailable, Unauthenticated
+from tests.fault_proxy import FaultProxy
 from tests.limits_support import require_redis
 from tests.pg_support import migrated_engine
 from tests.services import redis_url
@@ -181,15 +182,23 @@ async def test_errors_missing_malformed_unknown() -> None:
     assert (await off.authenticate({})).tenant == "default"
 
 
-async def test_a_database_outage_keeps_known_keys_and_refuses_unknown_ones(engine: AsyncEngine) -> None:
-    key, _ = await store.create_key(engine, SECRET, tenant="acme", team="red", role="app")
-    auth = Auth(required=True, engine=engine, secret=SECRET, ttl_s=0)
-    known = await auth.authenticate(bearer(key))
-    await engine.dispose()
-    auth.engine = type("Broken", (), {"connect": lambda self: (_ for _ in ()).throw(OSError("down"))})()
-    assert await auth.authenticate(bearer(key)) == known
-    with pytest.raises(AuthUnavailable):
-        await auth.authenticate(bearer("sk-gw-someone-else"))
+async def test_a_database_outage_keeps_known_keys_and_refuses_unknown_ones(pg_url: str) -> None:
+    with FaultProxy.before(pg_url) as proxy:
+        async with migrated_engine(proxy.through(pg_url)) as engine:
+            key, _ = await store.create_key(engine, SECRET, tenant="acme", team="red", role="app")
+            revoked, info = await store.create_key(engine, SECRET, tenant="acme", team="red", role="app")
+            auth = Auth(required=True, engine=engine, secret=SECRET, ttl_s=0)
+            known = await auth.authenticate(bearer(key))
+            await auth.authenticate(bearer(revoked))
+            await store.revoke_key(engine, info.id)
+            with pytest.raises(Unauthenticated, match="revoked"):
+                await auth.authenticate(bearer(revoked))
+            proxy.set_mode("refuse")
+            assert await auth.authenticate(bearer(key)) == known
+            with pytest.raises(Unauthenticated, match="revoked"):  # seen revoked: stays revoked
+                await auth.authenticate(bearer(revoked))
+            with pytest.raises(AuthUnavailable):
+                await auth.authenticate(bearer("sk-gw-someone-else"))
 
 
 async def test_the_development_key_lives_in_memory() -> None:

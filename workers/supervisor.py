@@ -147,8 +147,8 @@ class Supervisor:
                 # Measured by the checks themselves: should they stop running, no replica is restarted for it.
                 silent = checked.checked_at - max(r.ready_at, checked.healthy_at)
                 if silent > limit:
-                    log.warning("replica %s at %s has failed its health checks for %.0fs (%s); restarting it",
-                                r.plan.name, r.url, silent, checked.last_error)
+                    log.warning("replica %s at %s has failed its health checks for %.0fs (%s); stopping it to "
+                                "start it again", r.plan.name, r.url, silent, checked.last_error)
                     return f"unhealthy for {silent:.0f}s ({checked.last_error})"
         finally:
             exited.cancel()
@@ -167,6 +167,7 @@ class Supervisor:
                     break
                 # Whatever ended it (an exit, a failed start, its health), nothing of its group may outlive it:
                 # vLLM's engine core would hold the GPUs the next start needs.
+                r.state = "restarting"
                 await self._kill(r)
                 now = time.monotonic()
                 r.restarts = [t for t in r.restarts if now - t < r.plan.restart_window_s]
@@ -176,7 +177,6 @@ class Supervisor:
                               len(r.restarts), r.last_error, r.log_tail())
                     break
                 delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** len(r.restarts))
-                r.state = "restarting"
                 log.warning("replica %s at %s %s; restarting in %.1fs", r.plan.name, r.url, r.last_error, delay)
                 r.restarts.append(now)
                 await asyncio.sleep(delay)

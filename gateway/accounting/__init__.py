@@ -1,7 +1,7 @@
 """Accounting: per-call usage and cost in SQL, and the reports finance reads.
 
 `Accounting` is what the app's lifespan creates and hands to the handlers (through app state): the
-database engine, the price catalogue and the recorder.
+database engine, the price catalogue, the recorder, and the request path's bounded reads of the database.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting import db
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, PriceCatalogue, load_prices
+from gateway.accounting.reads import BoundedReads, bounded_reads, describe
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import UsageRecord
 from gateway.outcome import Outcome
@@ -30,6 +31,7 @@ class Accounting:
     engine: AsyncEngine
     catalogue: PriceCatalogue
     recorder: Recorder
+    reads: BoundedReads  # key lookups and budget counters' first reads: never a long wait (gateway/accounting/reads.py)
 
 
 __all__ = ["Accounting", "auto_migrate", "database_url", "start_accounting", "stop_accounting"]
@@ -50,15 +52,19 @@ async def start_accounting(settings: Settings,
                     ", ".join(missing), catalogue.source)
     url = db.async_url(database_url(settings))
     engine = db.create_engine(url)
+    reads = bounded_reads(settings, url)
     try:
         await asyncio.wait_for(db.prepare(engine, url, auto_migrate(settings)), 60)
     except db.DatabaseError:
         await engine.dispose()
+        await reads.close()
         raise
     except Exception as exc:
         if not db.is_unreachable(exc) and not isinstance(exc, TimeoutError):
             await engine.dispose()
+            await reads.close()
             raise
+        reads.failed(describe(exc))  # the request path starts on the last known keys
         log.warning("accounting: database %s unreachable at start (%s); records are spooled until it answers",
                     db.safe_url(url), type(exc).__name__)
     recorder = Recorder(
@@ -68,7 +74,7 @@ async def start_accounting(settings: Settings,
         write_timeout_s=settings.recorder_write_timeout_s, on_record=on_record,
     )
     await recorder.start()
-    return Accounting(url, engine, catalogue, recorder)
+    return Accounting(url, engine, catalogue, recorder, reads)
 
 
 async def stop_accounting(accounting: Accounting) -> None:
@@ -77,6 +83,7 @@ async def stop_accounting(accounting: Accounting) -> None:
         await accounting.recorder.close()
     finally:
         await accounting.engine.dispose()
+        await accounting.reads.close()
 
 
 def database_url(settings: Settings) -> str:

@@ -69,7 +69,11 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, connect_timeout_s: float = 5.0, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, connect_timeout_s: float = 5.0, command_timeout_s: float = 60.0,
+                  pool_timeout_s: float = 30.0, **kwargs: Any) -> AsyncEngine:
+    """An engine for `url`. PostgreSQL: `connect_timeout_s` bounds opening a connection,
+    `command_timeout_s` each statement (asyncpg then cancels it), `pool_timeout_s` the wait for a free
+    pooled connection (reads on the request path: gateway/accounting/reads.py)."""
     url = async_url(url)
     if is_sqlite(url):
         path = make_url(url).database
@@ -90,7 +94,8 @@ def create_engine(url: str, connect_timeout_s: float = 5.0, **kwargs: Any) -> As
         pool_pre_ping=True,  # a connection that died with the database is replaced, not used
         pool_size=kwargs.pop("pool_size", 4),
         max_overflow=kwargs.pop("max_overflow", 4),
-        connect_args={"timeout": connect_timeout_s, "command_timeout": 60},
+        pool_timeout=pool_timeout_s,
+        connect_args={"timeout": connect_timeout_s, "command_timeout": command_timeout_s},
         **kwargs,
     )
 

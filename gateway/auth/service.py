@@ -3,13 +3,16 @@
 - The key is read from `Authorization: Bearer <key>`, else `api-key` (Azure OpenAI's header), else
   `x-api-key`.
 - Its keyed hash (HMAC-SHA256 under the server secret) is looked up in an in-process cache; a miss
-  asks the database once (concurrent misses for one key share that query). Entries, known and unknown
-  keys alike, live `auth_cache_ttl_s` (2 s), so a revoked or expired key stops working within that on
-  every process, database alone. With Redis, a revocation is also published on a channel every gateway
-  listens to, and they drop the key at once.
+  asks the database once (concurrent misses for one key share that query), waiting at most
+  `database_request_timeout_s` (gateway/accounting/reads.py). Entries, known and unknown keys alike, live
+  `auth_cache_ttl_s` (2 s), so a revoked or expired key stops working within that on every process,
+  database alone. With Redis, a revocation is also published on a channel every gateway listens to, and
+  they drop the key at once.
 - The development key is checked in memory (it is not in the database).
-- When the database cannot be reached, a key seen before keeps working on its last known state
-  (logged); an unknown one gets 503.
+- The last known keys: every key the database holds, re-read whole every `key_reload_interval_s` and
+  updated by each lookup, and kept on local disk (gateway/auth/snapshot.py) to start with. When the
+  database does not answer in time, or is down, a key answers from its last known state (a revoked or
+  expired one stays refused); a key never known gets 503 `auth_unavailable`.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import store
+from gateway.accounting.reads import BoundedReads, as_bounded, describe
+from gateway.auth import snapshot, store
 from gateway.auth.keys import DEV_KEY_ID, DEV_ROLE, DEV_TEAM, DEV_TENANT, DevKey, dev_key, digest, server_secret
 from gateway.auth.principal import ANONYMOUS, Principal
+from gateway.auth.snapshot import Known, entry_id, snapshot_key
 from gateway.settings import Settings
 from router.errors import AuthUnavailable, Unauthenticated
 
@@ -40,6 +47,8 @@ MAX_CACHED = 100_000  # keys found; past that their cache starts over
 # small one only (a large one would hold megabytes of them), and never pushes out the keys in use.
 MAX_UNKNOWN = 4096
 BEARER = "bearer "
+RELOAD_TIMEOUT_S = 30.0  # reading every key (in the background, not on the request path)
+Readiness = Literal["ok", "last_known", "unavailable"]
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -77,20 +86,31 @@ class Auth:
         self,
         *,
         required: bool,
-        engine: AsyncEngine | None,
+        engine: AsyncEngine | BoundedReads | None,
         secret: bytes,
         dev: DevKey | None = None,
         ttl_s: float = 2.0,
         redis: Redis | None = None,
+        snapshot_path: Path | None = None,
+        reload_interval_s: float = 60.0,
     ) -> None:
+        """`engine`: the app's bounded reads (an engine alone gets the default bounds); `snapshot_path`:
+        the last known keys' file (None: none)."""
         self.required = required
-        self.engine = engine
+        self.db = as_bounded(engine)
         self.secret = secret
         self.ttl_s = ttl_s
         self.redis = redis
+        self.snapshot_path = snapshot_path
+        self.reload_interval_s = reload_interval_s
         self._cache: dict[bytes, _Entry] = {}  # keys found
         self._unknown: dict[bytes, _Entry] = {}  # keys not found (their problem: unknown, revoked, expired)
-        self._stale: dict[bytes, Principal] = {}  # last known principal per key, for a database outage
+        # The last known state of every key the database holds, by snapshot entry id: answers while it is away.
+        self._known: dict[bytes, Known] = {}
+        self._snapshot_key = snapshot_key(secret)
+        self._written: bytes | None = None  # the entries the snapshot file holds (rewritten only when they change)
+        self._reloader: asyncio.Task[None] | None = None
+        self._reload_now: asyncio.Event | None = None
         self._inflight: dict[bytes, asyncio.Future[_Entry]] = {}
         self._dev: tuple[bytes, Principal] | None = None
         if dev is not None:
@@ -105,12 +125,31 @@ class Auth:
     async def start(self) -> None:
         if self.redis is not None and self.required:
             self._listener = asyncio.create_task(self._listen(), name="auth-revocations")
+        if self.db is not None and self.required:
+            if self.snapshot_path is not None:
+                known = await asyncio.to_thread(snapshot.read, self.snapshot_path)
+                self._known = known or {}
+            self._reload_now = asyncio.Event()
+            self._reloader = asyncio.create_task(self._reload_keys(), name="auth-key-reload")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._reloader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def readiness(self) -> Readiness:
+        """Whether calls can be authenticated: `ok` (against the database, or no keys are checked),
+        `last_known` (the database is degraded: keys known before, and the development key), or
+        `unavailable` (the database is degraded and no key is known: every call would get 503)."""
+        if not self.required or self.db is None or self.db.state == "ok":
+            return "ok"
+        return "last_known" if self._known or self._dev is not None else "unavailable"
+
+    @property
+    def known_keys(self) -> int:
+        return len(self._known)
 
     # --- the request path -----------------------------------------------------------------------
 
@@ -155,42 +194,95 @@ class Auth:
             self._inflight.pop(h, None)
 
     async def _query(self, h: bytes) -> _Entry:
-        if self.engine is None:
+        if self.db is None:
             return _Entry(None, "unknown", time.monotonic() + self.ttl_s)
         try:
-            self.lookups += 1
-            found = await store.lookup(self.engine, h.hex(), datetime.now(UTC))
+            found = await self.db.read(lambda engine: self._lookup(engine, h))
         except Exception as exc:
-            stale = self._stale.get(h)
-            now = time.monotonic()
-            if now - self._last_outage_log > 10:
-                self._last_outage_log = now
-                log.warning("auth: cannot read keys from the database (%s); %s", type(exc).__name__,
-                            "using the last known state of keys seen before" if self._stale else "refusing keys")
-            if stale is not None:
-                return _Entry(stale, None, now + self.ttl_s)
-            raise AuthUnavailable("The gateway cannot check API keys right now.",
-                                  headers={"retry-after": "1"}) from None
+            return self._last_known(h, exc)
         entry = _Entry(found.principal, found.problem, time.monotonic() + self.ttl_s)
+        eid = entry_id(self._snapshot_key, h)
         if found.principal is not None:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
-                self._stale.clear()
             self._unknown.pop(h, None)
             self._cache[h] = entry
-            self._stale[h] = found.principal
+            self._known[eid] = Known(found.principal)
         else:
             if len(self._unknown) >= MAX_UNKNOWN:
                 self._unknown.clear()
             self._cache.pop(h, None)
-            self._stale.pop(h, None)
             self._unknown[h] = entry
+            if found.problem == "unknown":
+                self._known.pop(eid, None)
+            else:  # revoked or expired: refused while the database is away too
+                self._known[eid] = Known(None, found.problem)
         return entry
+
+    async def _lookup(self, engine: AsyncEngine, h: bytes) -> store.Found:
+        self.lookups += 1
+        return await store.lookup(engine, h.hex(), datetime.now(UTC))
+
+    def _last_known(self, h: bytes, error: Exception) -> _Entry:
+        """The key's last known state, when the database cannot answer; 503 for a key never known."""
+        known = self._known.get(entry_id(self._snapshot_key, h))
+        now = time.monotonic()
+        if now - self._last_outage_log > 10:
+            self._last_outage_log = now
+            log.warning("auth: cannot read keys from the database (%s); %s", describe(error),
+                        f"using the last known state of {len(self._known)} key(s)" if self._known
+                        else "no key is known: refusing keys")
+        if known is None:
+            raise AuthUnavailable("The gateway cannot check API keys right now.",
+                                  headers={"retry-after": "1"}) from None
+        return _Entry(known.principal, known.problem, now + self.ttl_s)
+
+    # --- the last known keys ------------------------------------------------------------------------
+
+    async def _reload_keys(self) -> None:
+        """Read every key now and every `reload_interval_s` (sooner after a revocation, or after a failure:
+        every `database_retry_s`), until cancelled."""
+        assert self.db is not None and self._reload_now is not None
+        while True:
+            wait = self.reload_interval_s
+            try:
+                rows = await self.db.read(store.all_keys, timeout_s=RELOAD_TIMEOUT_S)
+                await self._replace_known(rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                wait = min(wait, self.db.retry_s)
+                log.debug("auth: the keys were not reloaded (%s)", describe(exc))
+            self._reload_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_now.wait(), wait)
+
+    async def _replace_known(self, rows: list[Any]) -> None:
+        now = datetime.now(UTC)
+
+        def build() -> dict[bytes, Known]:  # in a thread: many keys take a while to hash, and writing waits on fsync
+            known: dict[bytes, Known] = {}
+            for row in rows:
+                found = store.resolve(row, now)
+                known[entry_id(self._snapshot_key, bytes.fromhex(row.key_hash))] = Known(found.principal,
+                                                                                           found.problem)
+            if self.snapshot_path is not None:
+                entries = snapshot.encode_entries(known)
+                if entries != self._written:
+                    try:
+                        snapshot.write(self.snapshot_path, entries)
+                        self._written = entries
+                    except OSError as exc:
+                        log.warning("auth: cannot write the key snapshot %s (%s)", self.snapshot_path, exc)
+            return known
+
+        self._known = await asyncio.to_thread(build)
 
     # --- revocation -----------------------------------------------------------------------------
 
     def forget(self, key_id: str | None = None) -> None:
-        """Drop cached lookups: of one key (by id), or all."""
+        """Drop cached lookups: of one revoked key (by id: it is last known revoked, and the keys are
+        reloaded), or all."""
         if key_id is None or key_id == "*":
             self._cache.clear()
             self._unknown.clear()
@@ -198,9 +290,11 @@ class Auth:
         for h, entry in list(self._cache.items()):
             if entry.principal is not None and entry.principal.key_id == key_id:
                 del self._cache[h]
-        for h, p in list(self._stale.items()):
-            if p.key_id == key_id:
-                del self._stale[h]
+        for eid, known in list(self._known.items()):
+            if known.principal is not None and known.principal.key_id == key_id:
+                self._known[eid] = Known(None, "revoked")
+        if self._reload_now is not None:
+            self._reload_now.set()
 
     async def _listen(self) -> None:
         """Follow revocations published by `gateway keys revoke` and other gateways (until cancelled)."""
@@ -237,15 +331,20 @@ async def publish_revocation(redis: Redis, key_id: str) -> None:
                     key_id, type(exc).__name__)
 
 
-async def start_auth(settings: Settings, engine: AsyncEngine | None, redis: Redis | None) -> Auth:
-    """The app's `Auth` from the settings (the lifespan calls this)."""
+async def start_auth(settings: Settings, engine: AsyncEngine | BoundedReads | None, redis: Redis | None) -> Auth:
+    """The app's `Auth` from the settings (the lifespan calls this, with the accounting's bounded reads)."""
     required = settings.auth == "required"
     if required and settings.database_url is not None and not settings.key_hash_secret:
         log.warning("auth: key_hash_secret is not set; using the one in %s/key-hash-secret. Every gateway "
                     "process and `gateway keys` sharing this database must use the same secret: set "
                     "key_hash_secret (GATEWAY_KEY_HASH_SECRET)", settings.state_dir)
+    path = snapshot.path_of(settings.state_dir)
+    if not settings.key_snapshot:
+        await asyncio.to_thread(snapshot.remove, path)
     auth = Auth(required=required, engine=engine, secret=server_secret(settings) if required else b"",
-                dev=dev_key(settings) if required else None, ttl_s=settings.auth_cache_ttl_s, redis=redis)
+                dev=dev_key(settings) if required else None, ttl_s=settings.auth_cache_ttl_s, redis=redis,
+                snapshot_path=path if settings.key_snapshot and required else None,
+                reload_interval_s=settings.key_reload_interval_s)
     if not required:
         log.warning("auth: off (settings `auth: off`): no API keys are checked; every call is tenant `default`'s")
     await auth.start()

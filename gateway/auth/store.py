@@ -235,20 +235,22 @@ class Found:
     problem: str | None = None  # "unknown" | "revoked" | "expired"
 
 
-async def lookup(engine: AsyncEngine, key_hash: str, now: datetime) -> Found:
-    """One query: the key and its team's limits."""
+def _key_rows() -> Any:
+    """Keys with their team's limits: what authentication needs of each."""
     k, t = KEYS.c, TEAMS.c
-    stmt = (
-        select(k.id, k.tenant, k.team, k.role, k.expires_at, k.revoked_at, k.rpm, k.tpm, k.budget, k.budget_period,
-               t.rpm.label("t_rpm"), t.tpm.label("t_tpm"), t.budget.label("t_budget"),
+    return (
+        select(k.key_hash, k.id, k.tenant, k.team, k.role, k.expires_at, k.revoked_at, k.rpm, k.tpm, k.budget,
+               k.budget_period, t.rpm.label("t_rpm"), t.tpm.label("t_tpm"), t.budget.label("t_budget"),
                t.budget_period.label("t_budget_period"), t.tenant.label("t_tenant"))
         .select_from(KEYS.outerjoin(TEAMS, (t.tenant == k.tenant) & (t.team == k.team)))
-        .where(k.key_hash == key_hash)
     )
-    async with engine.connect() as conn:
-        row = (await conn.execute(stmt)).first()
-    if row is None:
-        return Found(None, "unknown")
+
+
+KEY_ROWS = _key_rows()
+
+
+def resolve(row: Any, now: datetime) -> Found:
+    """What a key's row (of `lookup` or `all_keys`) resolves to at `now`."""
     if row.revoked_at is not None:
         return Found(None, "revoked")
     expires = _aware(row.expires_at) if row.expires_at is not None else None
@@ -261,6 +263,19 @@ async def lookup(engine: AsyncEngine, key_hash: str, now: datetime) -> Found:
         key_limits=Limits(rpm=row.rpm, tpm=row.tpm, budget=row.budget, budget_period=row.budget_period or "month"),
         team_limits=team, expires_at=expires.timestamp() if expires is not None else None,
     ))
+
+
+async def lookup(engine: AsyncEngine, key_hash: str, now: datetime) -> Found:
+    """One query: the key and its team's limits."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(KEY_ROWS.where(KEYS.c.key_hash == key_hash))).first()
+    return Found(None, "unknown") if row is None else resolve(row, now)
+
+
+async def all_keys(engine: AsyncEngine) -> list[Any]:
+    """Every key, as `lookup` reads one (`row.key_hash`: its stored hash; `resolve(row, now)`)."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(KEY_ROWS)).all())
 
 
 async def budgets(engine: AsyncEngine) -> tuple[list[KeyInfo], list[TeamInfo]]:

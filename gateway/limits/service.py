@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.money import SCALE, ZERO
 from gateway.accounting.prices import PriceCatalogue
+from gateway.accounting.reads import BoundedReads, as_bounded
 from gateway.accounting.records import build_record, counted_usage, estimate_prompt_tokens, needs_estimate
 from gateway.auth.principal import Principal
 from gateway.limits import budgets as budget_db
@@ -134,7 +135,7 @@ class Limits:
         self,
         backend: Backend,
         catalogue: PriceCatalogue,
-        engine: AsyncEngine | None,
+        engine: AsyncEngine | BoundedReads | None,
         *,
         soft_pct: int = 80,
         reservation_ttl_s: float = 3600.0,
@@ -143,7 +144,7 @@ class Limits:
     ) -> None:
         self.backend = backend
         self.catalogue = catalogue
-        self.engine = engine
+        self.reads = as_bounded(engine)  # a counter's first value: a bounded read (gateway/accounting/reads.py)
         self.soft_pct = soft_pct
         self.prompt_margin_pct = prompt_margin_pct
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
@@ -294,17 +295,18 @@ class Limits:
         return admission.headers
 
     async def _seed(self, principal: Principal, hold: BudgetHold, now: float) -> None:
-        """Start a budget counter from what the accounting database recorded for its period."""
+        """Start a budget counter from what the accounting database recorded for its period. The read waits
+        at most `database_request_timeout_s`; without it the call is refused (503), never admitted unchecked."""
         check = hold.check
         lim = principal.key_limits if check.scope == "key" else principal.team_limits
         w = window(lim.budget_period, now)
         spent = ZERO
-        if self.engine is not None:
+        if self.reads is not None:
             try:
-                spent = await budget_db.recorded_spend(
-                    self.engine, tenant=principal.tenant, team=principal.team if check.scope == "team" else None,
+                spent = await self.reads.read(lambda engine: budget_db.recorded_spend(
+                    engine, tenant=principal.tenant, team=principal.team if check.scope == "team" else None,
                     key_id=principal.key_id if check.scope == "key" else None, start=w.start, end=w.end,
-                    currency=self.catalogue.currency)
+                    currency=self.catalogue.currency))
             except Exception as exc:
                 raise self._unavailable(exc) from None
         try:
@@ -470,7 +472,7 @@ def rate_headers(states: tuple[RateState, ...]) -> dict[str, str]:
     return headers
 
 
-async def start_limits(settings: Settings, catalogue: PriceCatalogue, engine: AsyncEngine | None,
+async def start_limits(settings: Settings, catalogue: PriceCatalogue, engine: AsyncEngine | BoundedReads | None,
                        redis: Redis | None, batcher: RedisBatcher | None = None) -> Limits:
     """The app's `Limits`: counters in Redis when `redis_url` is set, else in this process. `batcher`:
     the app's auto-pipelining for `redis` (shared with the cache), else the backend makes its own."""
