@@ -12,7 +12,6 @@ from pathlib import Path
 
 from litestar import Litestar
 from opentelemetry.sdk.trace.export import SpanExporter
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.accounting import start_accounting, stop_accounting
 from gateway.api import HANDLERS
@@ -29,6 +28,7 @@ from gateway.learning.shadow.service import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.service import start_limits
 from gateway.redis_batch import RedisBatcher
+from gateway.redis_client import redis_client
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
@@ -106,12 +106,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             install_sighup(policies)
             redis = batcher = None
             if settings.redis_url:
-                # A blocking pool: under a burst, calls wait briefly for a connection instead of failing
-                # (redis-py's default pool raises "Too many connections" past its cap).
-                redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-                    settings.redis_url, max_connections=settings.redis_max_connections, timeout=1.0,
-                    socket_timeout=1.0, socket_connect_timeout=1.0,
-                ))
+                redis = redis_client(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections)
                 stack.push_async_callback(redis.aclose)
                 batcher = RedisBatcher(redis)  # the cache's and the limits' commands share pipelines
                 stack.push_async_callback(batcher.aclose)  # its own connections, after the cache and limits
