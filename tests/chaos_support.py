@@ -128,7 +128,8 @@ class Chaos:
             "pools": [
                 {"name": "small", "model": "demo-small", "replicas": [r.url for r in self.replicas]},
                 {"name": "large", "model": "demo-large",
-                 "launch": {"args": ["--ttft-ms", "5", "--output-token-ms", "1", "--max-model-len", "8192"]}},
+                 "launch": {"args": ["--ttft-ms", "5", "--output-token-ms", "1", "--max-model-len", "8192"],
+                            "unhealthy_restart_s": 2.0, "stop_grace_s": 2.0}},
             ],
         }
 
@@ -148,6 +149,13 @@ class Chaos:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def launched(self, pool: str) -> list[tuple[str, int, str]]:
+        """The replicas the gateway launched for `pool`: URL, restarts, state."""
+        assert self.gateway is not None
+        r = httpx.get(self.base_url + "/admin/workers", headers=self.gateway.auth, timeout=10)
+        return [(rep["url"], rep["managed"]["restarts"], rep["managed"]["state"])
+                for rep in r.json()["pools"][pool]["replicas"] if rep["managed"] is not None]
 
     def create_key(self, name: str, **limits: Any) -> str:
         assert self.gateway is not None

@@ -9,12 +9,15 @@ within the budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.chaos_support import Body, Chaos, Replica, Row, children, ordinary_bodies, table, tally, under_load
@@ -135,6 +138,36 @@ async def test_replica_killed(chaos: Chaos) -> None:
 
     ledger = await under_load(chaos, chaos.keys["load"][0], fault)
     _check(await tally("a replica killed (-9) and restarted", chaos, ledger), server_errors_allowed=True)
+
+
+def large_bodies() -> Iterator[Body]:
+    """Calls to the large pool (one launched replica) and to the small one, alternately."""
+    for i, (path, body) in enumerate(ordinary_bodies()):
+        assert isinstance(body, dict)
+        yield path, {**body, "model": "demo-large" if i % 2 else "demo-small"}
+
+
+async def test_launched_replica_wedged(chaos: Chaos) -> None:
+    """The large pool's only replica stops answering (alive, deaf to SIGTERM); the supervisor replaces it."""
+    [(url, restarts, _)] = chaos.launched("large")
+
+    async def fault() -> None:
+        async with httpx.AsyncClient() as client:
+            with contextlib.suppress(httpx.HTTPError):  # it may not even answer this
+                await client.post(url + "/sim/wedge", timeout=1)
+        deadline = time.monotonic() + 30
+        while chaos.launched("large") != [(url, restarts + 1, "ready")] or not _ready(chaos):
+            assert time.monotonic() < deadline, "the wedged replica was not replaced"
+            await asyncio.sleep(0.2)
+
+    ledger = await under_load(chaos, chaos.keys["load"][0], fault, large_bodies())
+    # The large pool's calls get 503 while it has no healthy replica: reported, not a loss.
+    _check(await tally("the large pool's launched replica wedged, replaced", chaos, ledger),
+           server_errors_allowed=True)
+
+
+def _ready(chaos: Chaos) -> bool:
+    return httpx.get(chaos.base_url + "/readyz", timeout=2).status_code == 200
 
 
 async def test_gateway_killed_repeatedly(chaos: Chaos) -> None:
