@@ -90,6 +90,8 @@ async def relay_stream(
                 ready = _take_usage(ready, strip_usage, outcome)
             if ready.endswith(DONE_EVENT):
                 outcome.completed = True
+                # The books are closed (the call journaled) before the client has its last event, not after.
+                finish(outcome)
             if ready:
                 yield ready
         if pending:

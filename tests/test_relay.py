@@ -119,3 +119,20 @@ async def test_broken_stream_ends_with_error_event_and_done() -> None:
     assert tail.startswith(b'data: {"error":{"message":"The worker failed mid-stream.","type":"upstream_error"')
     assert tail.endswith(DONE_EVENT)
     assert not outcome.completed and outcome.error == "ClientPayloadError"
+
+
+@pytest.mark.parametrize("chunk_size", [7, 100_000])
+async def test_a_streams_books_are_closed_before_its_last_event_leaves(chunk_size: int) -> None:
+    """The steps after the call (its record journaled among them) run before the client is given [DONE]: a
+    gateway that dies once the client has the whole answer has already recorded it."""
+    from gateway.outcome import Step
+
+    raw = fixture_bytes("chat_stream_usage.sse")
+    response = ChunkedResponse([raw[i : i + chunk_size] for i in range(0, len(raw), chunk_size)])
+    recorded: list[Outcome] = []
+    outcome = Outcome("rid", "tiny", time.perf_counter(), steps=(Step("record", recorded.append),))
+    call = UpstreamCall(Replica("http://worker", "p", healthy=True, in_flight=1), response)
+    async for chunk in relay_stream(call, False, outcome):
+        if chunk.endswith(DONE_EVENT):
+            assert recorded == [outcome] and outcome.usage is not None  # recorded whole, usage and all
+    assert recorded == [outcome]  # once
