@@ -23,6 +23,7 @@ from router.catalogue import AUTO, Model, load_catalogue
 from router.classifier import Classifier, compile_classifier
 from router.errors import PolicyError
 from router.predictor import PREDICTOR_FILE, Predictor, parse_predictor
+from router.request_limits import DEFAULT_LIMITS, RequestLimits, compile_limits
 from router.rules import RequestKind, Rule, load_rules
 from router.yamlsrc import Problems, Source, read_yaml
 
@@ -61,6 +62,7 @@ class PolicySet:
     predictor: Predictor | None = None  # the learned quality predictor
     predictor_ref: str | None = None  # `defaults.predictor` as written: where it is, from `directory`
     quality_target: float | None = None  # `defaults.quality_target`: the policy's cost/quality knob
+    request_limits: RequestLimits = DEFAULT_LIMITS  # `defaults.request_limits`: how large one request may be
 
     def routable_names(self) -> tuple[str, ...]:
         """What clients may put in `model` (for /v1/models): `auto`, the models, then the aliases."""
@@ -169,6 +171,9 @@ def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | No
     if problems or rules is None:
         return None, problems.items
     models, aliases = catalogue
+    limits = compile_limits(src_routing, [m.context_window for m in models.values()], problems)
+    if limits is None:
+        return None, problems.items
     rule_list, default_rule = rules
     header_names = frozenset(h for r in rule_list for h in r.constraints.get("headers", {}))
     classifier = dataclasses.replace(classifier, header_names=header_names)
@@ -190,6 +195,7 @@ def read_policy_set(directory: Path | str | None = None) -> tuple[PolicySet | No
         predictor=predictor,
         predictor_ref=_predictor_ref(src_routing) if predictor is not None else None,
         quality_target=_quality_target(src_routing),
+        request_limits=limits,
     )
     return policy, []
 

@@ -30,6 +30,7 @@ __all__ = [
     "QualityRange",
     "RangeSpec",
     "RatesSpec",
+    "RequestLimitsSpec",
     "RouteSpec",
     "RoutingFile",
     "RuleSpec",
@@ -216,6 +217,22 @@ class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     reference_model: str | None = None
 
 
+class RequestLimitsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """`defaults.request_limits`: how large one request may be, checked before it is routed (400 past them;
+    router/request_limits.py). The defaults follow OpenAI's published limits where it has them."""
+
+    max_n: int = 128  # choices per prompt (OpenAI's limit)
+    max_best_of: int = 20  # completions' `best_of` (OpenAI's limit)
+    max_prompts: int = 1024  # prompts of one /v1/completions call (vLLM's VLLM_MAX_COMPLETION_PROMPTS)
+    max_sequences: int = 1024  # sequences one call generates: prompts x `n` (or `best_of`, the larger)
+    max_logprobs: int = 5  # completions' `logprobs` (OpenAI's limit)
+    max_top_logprobs: int = 20  # chat's `top_logprobs` and vLLM's `prompt_logprobs` (OpenAI's and vLLM's limit)
+    max_tools: int = 128  # `tools` (or the older `functions`) of one call (OpenAI's limit)
+    max_messages: int = 2048  # `messages` of one chat call
+    max_depth: int = 64  # nesting of the JSON body (the object itself is level 1)
+    max_tokens: int | None = None  # `max_tokens` / `max_completion_tokens`; none: the largest context window
+
+
 class DefaultsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     max_tokens: int | None = None
     cache: CacheField | None = None
@@ -224,6 +241,7 @@ class DefaultsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     # The cost/quality knob: by default `cheapest_above` accepts a model predicted to give at least this
     # share of the best candidate's predicted quality.
     quality_target: float | None = None
+    request_limits: RequestLimitsSpec = RequestLimitsSpec()
 
 
 class RoutingFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -69,3 +69,43 @@ def test_prompt_prefix_reads_message_text_in_order() -> None:
     assert prompt_prefix(data, 8) == b"You are "
     assert prompt_prefix({"prompt": "Once upon a time"}, 4) == b"Once"
     assert prompt_prefix({"messages": "not a list"}, 10) == b""
+
+
+HI = b'{"model":"m","messages":[{"role":"user","content":"hi"}]'  # a chat body without its closing brace
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (HI.replace(b"hi", b"h\xffi") + b"}", "invalid_json", "not valid UTF-8"),
+        (HI + b',"caf\xc3\x28":1}', "invalid_json", "not valid UTF-8"),
+        (HI.replace(b"hi", b"\\ud800") + b"}", "invalid_json", "not valid JSON"),
+        (HI + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nesting_too_deep", "at most 64 levels"),
+        (HI + b',"x":' + b'{"a":' * 64 + b"1" + b"}" * 64 + b"}", "nesting_too_deep", "at most 64 levels"),
+        (HI.replace(b'"hi"', b"[" * 70 + b"]" * 70) + b"}", "nesting_too_deep", "nested too deeply"),
+        (HI + b',"temperature":NaN}', "invalid_json", "not valid JSON"),
+        (HI + b',"temperature":Infinity}', "invalid_json", "not valid JSON"),
+        (HI + b',"temperature":1e999}', "invalid_json", "out of range"),
+        (HI + b',"seed":' + b"9" * 5000 + b"}", "invalid_json", "out of range"),
+        (b"42", "invalid_json", "must be a JSON object"),
+        (b'"text"', "invalid_json", "must be a JSON object"),
+        (b"null", "invalid_json", "must be a JSON object"),
+        (b"\xef\xbb\xbf" + HI + b"}", "invalid_json", "not valid JSON"),
+    ],
+)
+def test_malformed_bodies_are_400s(body: bytes, code: str, words: str) -> None:
+    """Each once answered 500 (invalid UTF-8 in a string, nesting deep enough for a RecursionError) or is
+    refused before anything recurses into it."""
+    for kind in (ChatFields, CompletionFields):
+        with pytest.raises(InvalidRequest) as info:
+            parse_body(body, kind)
+        assert info.value.status == 400 and info.value.code == code and words in info.value.message
+
+
+def test_deep_nesting_up_to_the_limit_and_big_numbers_are_read() -> None:
+    deep = HI + b',"x":' + b'{"a":' * 63 + b"1" + b"}" * 63 + b"}"  # 64 levels, the body itself included
+    assert parse_body(deep, ChatFields).data["x"]["a"]["a"]
+    big = parse_body(HI + b',"vendor_x":' + b"9" * 40 + b"}", ChatFields)  # an unknown field: the worker judges it
+    assert big.data["vendor_x"] == int("9" * 40)
+    out, _ = upstream_body(big, "other", HI)
+    assert msgspec.json.decode(out)["vendor_x"] == int("9" * 40)

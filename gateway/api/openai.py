@@ -22,7 +22,7 @@ from gateway.outcome import Outcome, failure_of, finish
 from gateway.relay import RelayStream, read_usage
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
-from gateway.routing import Route, route
+from gateway.routing import ActivePolicy, Route, route
 from gateway.telemetry.tracing import RequestTrace, UpstreamSpans, auth_times, route_attributes
 from workers.forward import forward_call
 from workers.pool import Pool
@@ -78,8 +78,9 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         outcome.trace = trace
     try:
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
-        parsed = parse_body(body, fields_type)
-        chosen = _route(ctx, request, parsed, principal, outcome, trace)
+        active = ctx.policies.active  # the policy the call keeps to its end, whatever reloads meanwhile
+        parsed = parse_body(body, fields_type, active.policy.request_limits)  # its request limits: 400 past them
+        chosen = _route(ctx, active, request, parsed, principal, outcome, trace)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
@@ -132,16 +133,16 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     return Reply(content, call.response.status_code, media_type, headers)
 
 
-def _route(ctx: GatewayContext, request: ASGIConnection[Any, Any, Any, Any], parsed: ParsedRequest,
-           principal: Principal, outcome: Outcome, trace: RequestTrace | None) -> Route:
-    """The call's route under the policy in force (kept to its end, whatever reloads meanwhile), written on
-    its outcome; a call the predictor routed keeps the predictor's view (for feedback) and may be sampled
-    for a shadow evaluation."""
+def _route(ctx: GatewayContext, active: ActivePolicy, request: ASGIConnection[Any, Any, Any, Any],
+           parsed: ParsedRequest, principal: Principal, outcome: Outcome, trace: RequestTrace | None) -> Route:
+    """The call's route under `active`, the policy in force when it arrived (kept to its end, whatever
+    reloads meanwhile), written on its outcome; a call the predictor routed keeps the predictor's view (for
+    feedback) and may be sampled for a shadow evaluation."""
     fields = parsed.fields
     outcome.requested_model, outcome.stream = fields.model, bool(fields.stream)
     outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
     mark = time.perf_counter()
-    chosen = route(ctx.policies.active, parsed.data, outcome.kind, fields.model, request.headers, principal.caller,
+    chosen = route(active, parsed.data, outcome.kind, fields.model, request.headers, principal.caller,
                    ctx.rates.current())
     outcome.policy_rule = chosen.rule
     if chosen.decision is not None:
