@@ -39,7 +39,9 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     if exc.status_code == 404:
         translated = RouteNotFound(f"Unknown path: {request.method} {request.url.path}")
     elif exc.status_code == 405:
-        translated = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+        allow = (exc.headers or {}).get("allow")  # the methods the path has (RFC 9110)
+        translated = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}",
+                                      headers={"allow": allow} if allow else None)
     elif exc.status_code == 413:
         limit = request.app.request_max_body_size
         translated = RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")

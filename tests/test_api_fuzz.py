@@ -19,11 +19,15 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import BaseSchema
 
 from gateway.api.openapi import PATH, CompletedJson, complete
 from gateway.app import create_app
+from gateway.auth import store
+from gateway.auth.keys import new_key
 from gateway.settings import load_settings
 from tests.auth_support import bearer
+from tests.gateway_process import DEV_KEY
 from tests.inprocess_gateway import InProcessGateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.pg_support import create_pg_database, drop_pg_database
@@ -38,8 +42,10 @@ POOLS = [
 ]
 INFERENCE = "^/v1/(chat/)?completions$"
 # Checks of every answer: no 5xx, and the status, media type and body the document gives for it.
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance")
-EXAMPLES = 30  # per operation and per kind of generated data; the module runs in about a minute on 2 cores
+CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance",
+          "response_headers_conformance", "negative_data_rejection", "ignored_auth", "unsupported_method",
+          "missing_required_header")
+EXAMPLES = 50  # per operation and per kind of data (valid, invalid); the module runs in about 1.5 min on 2 cores
 
 
 class Fuzzed:
@@ -60,11 +66,13 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     }
     gw = InProcessGateway(tmp_path_factory.mktemp("fuzz"), config).start()
     try:
-        made = httpx.post(gw.base_url + "/admin/keys", headers=gw.auth, json={
-            "tenant": "fuzz", "team": "apps", "role": "app", "rpm": 1_000_000, "tpm": 1_000_000_000,
-            "budget": "1000000"})
-        assert made.status_code == 201, made.text
-        yield Fuzzed(gw, made.json()["key"])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(store, "new_key", lambda: APP_KEY)
+            made = httpx.post(gw.base_url + "/admin/keys", headers=gw.auth, json={
+                "tenant": "fuzz", "team": "apps", "role": "app", "rpm": 1_000_000, "tpm": 1_000_000_000,
+                "budget": "1000000"})
+        assert made.status_code == 201 and made.json()["key"] == APP_KEY, made.text
+        yield Fuzzed(gw, APP_KEY)
     finally:
         gw.stop()
         delete_prefix(prefix)
@@ -78,25 +86,59 @@ def _document() -> dict[str, Any]:
     return complete(app, app.openapi_schema.to_schema())
 
 
-SCHEMA = schemathesis.openapi.from_dict(_document(), config=schemathesis.Config.from_dict({
-    "seed": 20,
-    "generation": {"max-examples": EXAMPLES, "mode": "all"},
-    "phases": {"stateful": {"enabled": False}},
-    "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
-}))
+# The keys the fuzz calls with, known when schemathesis builds its tests at collection: the development
+# key (role admin) and an `app` key the `fuzzed` fixture creates with this value.
+APP_KEY = new_key()
+KEYS = {"admin": DEV_KEY, "app": APP_KEY}
+
+
+def _fuzzer(role: str, path_regex: str | None = None) -> BaseSchema:
+    """Schemathesis over the document, calling with the key of `role` (as an auth provider, so that the
+    `ignored_auth` check can take it away and expect 401)."""
+    schema: BaseSchema = schemathesis.openapi.from_dict(_document(), config=schemathesis.Config.from_dict({
+        "seed": 20,
+        "generation": {"max-examples": EXAMPLES, "mode": "all"},
+        "phases": {"stateful": {"enabled": False}},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+    }))
+    if path_regex is not None:
+        schema = schema.include(path_regex=path_regex)
+
+    @schema.auth()
+    class Key:
+        def get(self, case: schemathesis.Case, ctx: schemathesis.AuthContext) -> str:
+            return KEYS[role]
+
+        def set(self, case: schemathesis.Case, data: str, ctx: schemathesis.AuthContext) -> None:
+            # Spelled as the security scheme's header, so that the check's probe can take it away.
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+    return schema
+
+
+AS_ADMIN = _fuzzer("admin")
+AS_APP = _fuzzer("app", INFERENCE)
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 @FUZZ
-@SCHEMA.parametrize()
+@AS_ADMIN.parametrize()
 def test_every_endpoint_as_admin(case: schemathesis.Case, fuzzed: Fuzzed) -> None:
-    case.call_and_validate(base_url=fuzzed.gw.base_url, headers=fuzzed.gw.auth, timeout=30)
+    case.call_and_validate(base_url=fuzzed.gw.base_url, timeout=30)
 
 
 @FUZZ
-@SCHEMA.include(path_regex=INFERENCE).parametrize()
+@AS_APP.parametrize()
 def test_inference_as_app_key(case: schemathesis.Case, fuzzed: Fuzzed) -> None:
-    case.call_and_validate(base_url=fuzzed.gw.base_url, headers=bearer(fuzzed.app_key), timeout=30)
+    case.call_and_validate(base_url=fuzzed.gw.base_url, timeout=30)
+
+
+def test_405_names_the_allowed_methods(fuzzed: Fuzzed) -> None:
+    for method, path, allowed in (("GET", "/v1/chat/completions", "POST"), ("DELETE", "/admin/keys", "GET"),
+                                  ("TRACE", "/v1/models", "GET")):
+        r = httpx.request(method, fuzzed.gw.base_url + path, headers=fuzzed.gw.auth)
+        assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+        assert allowed in r.headers["allow"].split(", "), (method, path, r.headers.get("allow"))
 
 
 def test_the_served_document_is_the_one_fuzzed(fuzzed: Fuzzed) -> None:

@@ -11,7 +11,8 @@ What the completion adds:
   body's msgspec type (a tuple: any one of them), or a JSON Schema, in `opt["request_body"]`, and the
   media types of its answers, when not JSON alone, in `opt["produces"]`;
 - OpenAI's error envelope (gateway/errors.py) as every operation's 4XX and 5XX answer;
-- the API key, and the roles each path needs (gateway/auth/guard.py's table): open paths need no key.
+- the API key, and the roles each path needs (gateway/auth/guard.py's table): open paths need no key;
+- no `null` for optional query parameters (absent or a value: a query cannot carry null).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
             operation = paths.get(route.path_format, {}).get(method.lower())
             if operation is None:  # not in the document (OPTIONS, the document's own routes)
                 continue
+            for parameter in operation.get("parameters", ()):
+                _not_null(parameter)
             declared = {str(code) for code in handler.responses or ()}
             responses = operation["responses"]
             for code in [c for c in responses if c[0] in "45" and c not in declared]:
@@ -160,6 +163,16 @@ def _inference(kind: str) -> dict[str, Any]:
     }
 
 
+def _not_null(parameter: dict[str, Any]) -> None:
+    """An optional query parameter is absent or a value: Litestar's `oneOf [..., null]` for `T | None`
+    would tell a client (or a fuzzer) that it could send null."""
+    schema = parameter.get("schema", {})
+    branches = [b for b in schema.get("oneOf", ()) if b != {"type": "null"}]
+    if parameter.get("in") == "query" and len(branches) == 1 and len(schema["oneOf"]) == 2:
+        del schema["oneOf"]
+        parameter["schema"] = {**branches[0], **schema}
+
+
 def _secure(path: str, operation: dict[str, Any]) -> None:
     """The key and the roles `path` needs, and the error envelope as its 4XX / 5XX answers."""
     roles = roles_for(path)
@@ -181,12 +194,13 @@ def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
     schemas = iter(refs)
     for operation, body in bodies:
         if isinstance(body, dict):
-            schema = body
-        elif isinstance(body, tuple):
-            schema = {"anyOf": [next(schemas) for _ in body]}
+            schema, required = body, bool(body.get("required"))
         else:
-            schema = next(schemas)
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+            kinds = body if isinstance(body, tuple) else (body,)
+            schema = next(schemas) if len(kinds) == 1 else {"anyOf": [next(schemas) for _ in kinds]}
+            required = any(f.required for kind in kinds for f in msgspec.structs.fields(kind))
+        # A body whose every field is optional may be left out (read as `{}`).
+        operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
     for fields, _ in KINDS.values():
         components[fields.__name__]["additionalProperties"] = True
     return components

@@ -39,14 +39,13 @@ async def usage_report(
     start: Annotated[str | None, QueryParameter(name="from", description="first UTC day, YYYY-MM-DD")] = None,
     end: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD (included)")] = None,
     group_by: Annotated[list[str] | None, QueryParameter(
-        description=f"comma-separated, or repeated: {', '.join(GROUPS)}")] = None,
+        description=f"comma-separated, or repeated: {', '.join(GROUPS)}; empty: no grouping")] = None,
     format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
 ) -> Response[Any]:
     accounting: Accounting = state.accounting
-    fmt = format or "json"
     try:
-        if fmt not in FORMATS:
-            raise ReportError(f"format `{fmt}` is not json or csv", "format")
+        if format not in FORMATS:
+            raise ReportError(f"format `{format}` is not json or csv", "format")
         report = await reports.usage_report(
             accounting.engine,
             start=parse_day(start, "from"),
@@ -55,7 +54,7 @@ async def usage_report(
         )
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc
-    if fmt == "csv":
+    if format == "csv":
         return Response(to_csv(report), media_type="text/csv")
     return Response(to_json(report), media_type="application/json")
 

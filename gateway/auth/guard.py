@@ -75,7 +75,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     methods = handler.opt.get("methods")  # a raw ASGI handler's methods (Litestar routes any to it)
     if methods is not None and connection.scope.get("method") not in methods:
         method = connection.scope.get("method")
-        raise MethodNotAllowed(f"Method {method} is not allowed on {connection.scope['path']}")
+        raise MethodNotAllowed(f"Method {method} is not allowed on {connection.scope['path']}",
+                               headers={"allow": ", ".join(methods)})
     roles = _handler_roles(handler)
     if roles is not None:
         await admit(connection, roles)
