@@ -297,6 +297,7 @@ class StateCollector(Collector):
             "replayed": "Usage records inserted from the spool.",
             "overflowed": "Usage records moved to the spool because the in-memory queue was full.",
             "dead_lettered": "Usage records the database refused (kept in the dead-letter file).",
+            "incomplete": "Incomplete records written from a dead process's journal (calls it had at a worker).",
             "batches": "Batches written to the database.",
             "db_failures": "Failed database writes (the records went to the spool).",
         }
