@@ -78,6 +78,42 @@ _EVENT = {
     "properties": {"data": {"type": "string"}},
 }
 
+# The fields router/request_limits.py checks before routing, beyond the reader's types: their types and
+# minimums (the maximums are the policy's `defaults.request_limits`, docs/routing-policies.md).
+_LIMITED = "At most the policy's `defaults.request_limits` allow (400 past it)"
+
+
+def _int(least: int) -> dict[str, Any]:
+    return {"type": ["integer", "null"], "minimum": least, "description": _LIMITED}
+
+
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
+_TOOLS = {"type": ["array", "null"], "items": {"type": "object"}, "description": _LIMITED}
+_COMMON = {"n": _int(1), "prompt_logprobs": _int(0), "tools": _TOOLS, "functions": _TOOLS,
+           "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1}}
+_BOUNDED: dict[str, dict[str, Any]] = {
+    "chat": {
+        **_COMMON,
+        "messages": {"type": "array", "description": _LIMITED, "items": {
+            "type": "object", "required": ["role"], "properties": {
+                "role": {"type": "string"},
+                "content": {"type": ["string", "array", "null"], "items": {"type": ["object", "string"]}}}}},
+        "max_tokens": _int(1),
+        "max_completion_tokens": _int(1),
+        "logprobs": {"type": ["boolean", "null"]},
+        "top_logprobs": _int(0),
+    },
+    "completion": {
+        **_COMMON,
+        "prompt": {"description": _LIMITED, "anyOf": [  # a prompt, token ids, or a list of either
+            {"type": "string"}, _TOKEN_IDS, {"type": "array", "items": {"anyOf": [{"type": "string"}, _TOKEN_IDS]}},
+        ]},
+        "max_tokens": _int(0),  # 0 with `echo`: the prompt alone
+        "best_of": _int(1),
+        "logprobs": _int(0),
+    },
+}
+
 
 def openapi_config() -> OpenAPIConfig:
     """The app's OpenAPI configuration: the document at `PATH`, JSON only, no documentation site."""
@@ -201,6 +237,8 @@ def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
             required = any(f.required for kind in kinds for f in msgspec.structs.fields(kind))
         # A body whose every field is optional may be left out (read as `{}`).
         operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
-    for fields, _ in KINDS.values():
-        components[fields.__name__]["additionalProperties"] = True
+    for fields, kind in KINDS.values():
+        component = components[fields.__name__]
+        component["properties"].update(_BOUNDED[kind])
+        component["additionalProperties"] = True
     return components
