@@ -101,10 +101,6 @@ def outcome_of(entry: Opened) -> Outcome:
     return o
 
 
-def _wall(o: Outcome, perf: float | None) -> float | None:
-    return None if perf is None else o.received + (perf - o.started)
-
-
 class Journal:
     """This process's journal. `opened`, `finished` and `add` are the request path's: one `write()` each,
     never raising; the rest is the recorder's writer task's."""
@@ -112,7 +108,7 @@ class Journal:
     def __init__(self, spool: Spool, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.spool = spool
         self.segment_bytes = segment_bytes
-        self._encoder = msgspec.json.Encoder()
+        self._encode_into = msgspec.json.Encoder().encode_into
         self._line = bytearray()  # reused: the request path allocates no buffer per line
         self._fd = -1
         self._path: Path | None = None
@@ -154,15 +150,16 @@ class Journal:
 
     def _write(self, entry: Opened | UsageRecord) -> int:
         """Appends the entry's line; its segment, or 0 when there is no journal or the write failed."""
-        if self._fd < 0:
+        fd = self._fd
+        if fd < 0:
             return 0
         line = self._line
         try:
-            self._encoder.encode_into(entry, line)
-            line.extend(b"\n")
-            written = os.write(self._fd, line)
+            self._encode_into(entry, line)
+            line += b"\n"
+            written = os.write(fd, line)
             while written < len(line):  # a regular file takes it whole unless the disk is full
-                written += os.write(self._fd, memoryview(line)[written:])
+                written += os.write(fd, memoryview(line)[written:])
         except (OSError, TypeError, ValueError) as exc:
             if not self.failed:
                 log.error("accounting: cannot write to the journal %s (%s); keeping it whole", self._path, exc)
@@ -172,10 +169,6 @@ class Journal:
         self._dirty = True
         return self._segment
 
-    def _count(self, segment: int, n: int) -> None:
-        if segment:
-            self._pending[segment] = self._pending.get(segment, 0) + n
-
     def opened(self, o: Outcome, prompt_estimate: int | None) -> None:
         """A call is sent to a worker."""
         o.prompt_estimate = prompt_estimate
@@ -183,28 +176,33 @@ class Journal:
                                      (o.requested_model or "")[:200], o.model, o.pool, o.policy_rule,
                                      o.reference_model, prompt_estimate))
         if segment:
-            self._count(segment, 1)
+            pending = self._pending
+            pending[segment] = pending.get(segment, 0) + 1
             o.journal_segment = segment
 
     def add(self, item: Outcome | UsageRecord) -> None:
         """An item the recorder queues: a finished call (its opened line, if any, is then no longer needed)
         or a record built already."""
+        pending = self._pending
         if isinstance(item, UsageRecord):
             segment = self._write(item)
         else:
-            o, usage = item, item.usage
+            o = item
+            usage, started, received, first, end = o.usage, o.started, o.received, o.first_byte, o.finished
             details = usage.prompt_tokens_details if usage is not None else None
             segment = self._write(Finished(
-                o.request_id, o.record_id, o.received, o.tenant, o.team, o.key_id, (o.requested_model or "")[:200],
-                o.model, o.pool, o.policy_rule, o.reference_model, o.prompt_estimate, _wall(o, o.first_byte),
-                _wall(o, o.finished) or o.received, o.replica, o.cache_hit, o.status, o.completed, o.failure,
-                o.cancelled, o.error, usage.prompt_tokens if usage is not None else None,
+                o.request_id, o.record_id, received, o.tenant, o.team, o.key_id, (o.requested_model or "")[:200],
+                o.model, o.pool, o.policy_rule, o.reference_model, o.prompt_estimate,
+                None if first is None else received + (first - started),  # on the wall clock
+                received if end is None else received + (end - started), o.replica, o.cache_hit, o.status,
+                o.completed, o.failure, o.cancelled, o.error, usage.prompt_tokens if usage is not None else None,
                 (details.cached_tokens or 0) if details is not None else 0,
                 usage.completion_tokens if usage is not None else 0, o.content_events))
-            if o.journal_segment:
-                self._count(o.journal_segment, -1)
+            if opened := o.journal_segment:
+                pending[opened] -= 1
                 o.journal_segment = 0
-        self._count(segment, 1)
+        if segment:
+            pending[segment] = pending.get(segment, 0) + 1
         runs = self._runs
         if runs and runs[-1][0] == segment:
             runs[-1][1] += 1
@@ -230,8 +228,10 @@ class Journal:
 
     def settle(self, taken: list[list[int]]) -> None:
         """Those items are in the database or the spill file: their lines are no longer needed."""
+        pending = self._pending
         for segment, n in taken:
-            self._count(segment, -n)
+            if segment:
+                pending[segment] -= n
 
     async def maintain(self, sync_interval_s: float) -> None:
         """Fsync what was written (at most every `sync_interval_s`, on a thread), begin a new segment past
