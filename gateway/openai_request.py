@@ -73,10 +73,9 @@ def _brackets_over(body: bytes, limit: int) -> bool:
     return False
 
 
-def parse_body(
-    body: bytes, kind: type[ChatFields] | type[CompletionFields], limits: RequestLimits = DEFAULT_LIMITS
-) -> ParsedRequest:
-    """The body read and checked against `limits` (the policy's `defaults.request_limits`), or a 400."""
+def read_object(body: bytes, max_depth: int = DEFAULT_LIMITS.max_depth) -> dict[str, Any]:
+    """A JSON object nesting at most `max_depth` levels, or a 400 (`invalid_json`, `nesting_too_deep`), whatever
+    the bytes: every JSON body the gateway reads itself comes through here."""
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -87,11 +86,19 @@ def parse_body(
         raise InvalidRequest("The request body is not valid JSON: a string in it is not valid UTF-8.",
                              code="invalid_json") from exc
     except RecursionError as exc:  # nested deeper than the interpreter's stack: far past any limit
-        raise too_deep(limits.max_depth) from exc
+        raise too_deep(max_depth) from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    if _brackets_over(body, limits.max_depth):
-        check_depth(data, limits.max_depth)
+    if _brackets_over(body, max_depth):
+        check_depth(data, max_depth)
+    return data
+
+
+def parse_body(
+    body: bytes, kind: type[ChatFields] | type[CompletionFields], limits: RequestLimits = DEFAULT_LIMITS
+) -> ParsedRequest:
+    """The body read and checked against `limits` (the policy's `defaults.request_limits`), or a 400."""
+    data = read_object(body, limits.max_depth)
     try:
         fields = msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.auth.principal import Principal
 from gateway.learning.stash import FeatureStash, StashEntry
 from gateway.learning.store import OutcomeRow, upsert_outcome
+from gateway.openai_request import read_object
 from router.errors import FeedbackUnavailable, InvalidRequest, RequestNotFound
 
 log = logging.getLogger("gateway.learning")
@@ -39,12 +40,7 @@ class Feedback(msgspec.Struct, frozen=True):
 
 def parse_feedback(body: bytes) -> Feedback:
     """The request body, checked; InvalidRequest naming the field otherwise."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise InvalidRequest("The body must be a JSON object.", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    data = read_object(body)
     for name in data:
         if name not in FIELDS:
             raise InvalidRequest(f"Unknown field `{name}`; feedback takes {', '.join(FIELDS)}.", param=name,
