@@ -164,6 +164,10 @@ def test_admin_explain_gives_the_trace(gateway: GatewayProcess) -> None:
                      headers=gateway.auth).json()
     assert out["decision"]["rule"] == "short-chat" and out["decision"]["quality"] is None
     assert out["quality"]["min"] is None and set(out["quality"]["predicted"]) == {"demo-small", "demo-large"}
+    # the policy's request limits, as on a call: past them, no decision to explain
+    r = httpx.post(gateway.base_url + "/admin/route/explain", json={"messages": ask("Hi"), "max_tokens": 100_000},
+                   headers=gateway.auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
 
 
 @pytest.fixture

@@ -69,8 +69,8 @@ async def route_explain(
     if kind not in KINDS:
         raise InvalidRequest("kind must be `chat` or `completion`", param="kind")
     body = await request.body()
-    parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields)
     active = ctx.policies.active
+    parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields, active.policy.request_limits)
     features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
     caller = principal_of(request).caller  # the admin's own key (tenant, team), never request headers
     decision, error = None, None
