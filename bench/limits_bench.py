@@ -46,6 +46,7 @@ from workers.pool import Pool, Pools, Replica
 CATALOGUE = load_prices(DEFAULT_PRICES_FILE)
 BODY = {"model": "demo-large", "messages": [{"role": "user", "content": "Say hello to the gateway."}],
         "max_tokens": 16}
+BODY_SIZE = len(json.dumps(BODY))  # the body's bytes as the gateway receives them
 PRINCIPAL = Principal(
     tenant="bench", team="perf", key_id="key_bench", role="app",
     key_limits=KeyLimits(rpm=10**9, tpm=10**12, budget=Decimal(10**8)),
@@ -98,7 +99,7 @@ async def bench_limits(name: str, backend: Backend, n: int) -> list[dict[str, An
                 o = Outcome(request_id=uuid.uuid4().hex, model="demo-large", started=time.perf_counter(),
                             steps=steps)
                 t = time.perf_counter()
-                await limits.admit(PRINCIPAL, chosen, BODY, o)
+                await limits.admit(PRINCIPAL, chosen, BODY, BODY_SIZE, o)
                 if b:  # the first batch warms up: seeding, the script's load, caches
                     admit_us.append((time.perf_counter() - t) * 1e6)
                 outcomes.append(o)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import watchfiles
 
 from gateway.accounting.prices import PriceCatalogue, current_token_rates
+from router.catalogue import Model
 from router.classify import Features, classify
 from router.decide import decide
 from router.decision import Caller, PoolState, RouteDecision
@@ -136,6 +137,8 @@ class Route:
     decision: RouteDecision | None  # None for a direct call
     features: Features | None = None  # what classify() found (None for a direct call); limits estimate with it
     quality: QualityProbe | None = None  # the learned predictor's view, when a rule consulted it
+    # The catalogue it was routed with: the targets' context windows bound a budget's reservation.
+    models: Mapping[str, Model] | None = None
 
     @property
     def header(self) -> str:
@@ -166,7 +169,7 @@ def route(
     targets = [(decision.model, by_name[decision.pool])]
     targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
     return Route(tuple(targets), decision.rule, decision, features,
-                 probe if probe is not None and probe.vector is not None else None)
+                 probe if probe is not None and probe.vector is not None else None, policy.models)
 
 
 def install_sighup(store: PolicyStore) -> None:

@@ -150,9 +150,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     key_snapshot: bool = True
     budget_soft_pct: int = 80  # spend past this % of a budget logs a warning (once per budget and period)
     budget_reservation_ttl_s: float = 3600.0  # a call's reservation is released after this if never settled
-    # A reservation prices the prompt estimate plus this % and 16 tokens: chat templates and other tokenizers
-    # count more than the estimate (cl100k_base); the difference is given back when the call settles.
-    budget_prompt_margin_pct: int = 100
+    # A budget reservation bounds the prompt by the request body's bytes plus what a chat template adds: these
+    # tokens per request (per prompt of /v1/completions) and per message (docs/keys-limits-budgets.md).
+    budget_template_tokens_per_request: int = 256
+    budget_template_tokens_per_message: int = 8
     limits_key_prefix: str = "gateway:limits:"  # Redis keys of rate limits and budgets
     # Feedback (docs/learned-routing.md; gateway/learning/): how long after a call routed by the quality predictor
     # its features are kept for feedback (0: feedback off), and how many the in-process stash holds.
@@ -217,7 +218,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("recorder_write_timeout_s must be > 0")
         if not 1 <= self.budget_soft_pct <= 100:
             raise msgspec.ValidationError("budget_soft_pct must be from 1 to 100")
-        for name in ("auth_cache_ttl_s", "budget_prompt_margin_pct"):
+        for name in ("auth_cache_ttl_s", "budget_template_tokens_per_request", "budget_template_tokens_per_message"):
             if getattr(self, name) < 0:
                 raise msgspec.ValidationError(f"{name} must be >= 0")
         if self.feedback_window_s < 0:

@@ -153,7 +153,7 @@ def test_a_team_limit_is_shared_by_its_keys(gw: GatewayProcess) -> None:
 
 
 def test_over_budget_is_429_insufficient_quota_and_reported(gw: GatewayProcess) -> None:
-    key, key_id = new_key(gw, "acme", "budget", "app", "--budget", "0.0002")
+    key, key_id = new_key(gw, "acme", "budget", "app", "--budget", "0.0004")
     statuses = []
     for _ in range(40):
         r = chat(gw, key, **PRICEY)
@@ -169,7 +169,7 @@ def test_over_budget_is_429_insufficient_quota_and_reported(gw: GatewayProcess) 
             model="demo-large", messages=HELLO, max_tokens=20)  # type: ignore[arg-type]
     assert info.value.code == "insufficient_quota"
     b = settled(gw, key_id)
-    assert Decimal(b["spent"]) <= Decimal("0.0002") < Decimal(b["spent"]) + reservation_of(err["message"])
+    assert Decimal(b["spent"]) <= Decimal("0.0004") < Decimal(b["spent"]) + reservation_of(err["message"])
     assert b["live_spent"] == b["recorded"]  # settled exactly to the recorded costs
     assert b["state"] == "soft" and b["period"] == "month"  # past its soft threshold (50 % here)
     table = cli(gw, "report", "--budgets").stdout
@@ -205,7 +205,7 @@ def _race(targets: list[GatewayProcess], key: str, key_id: str, budget: Decimal)
 
 
 def test_parallel_calls_never_overspend_a_budget_in_one_process(gw: GatewayProcess) -> None:
-    budget = Decimal("0.0004")
+    budget = Decimal("0.0008")
     key, key_id = new_key(gw, "acme", "race", "app", "--budget", str(budget))
     _race([gw], key, key_id, budget)
 
@@ -213,7 +213,7 @@ def test_parallel_calls_never_overspend_a_budget_in_one_process(gw: GatewayProce
 def test_parallel_calls_on_two_processes_never_overspend_one_budget(
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
-    budget = Decimal("0.0004")
+    budget = Decimal("0.0008")
     key, key_id = new_key(pair[0], "acme", "race", "app", "--budget", str(budget))
     _race(list(pair), key, key_id, budget)
     assert budgets(pair[1])[key_id] == budgets(pair[0])[key_id]  # one budget, seen alike from both

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -74,6 +75,24 @@ def outcome(model: str = "demo-small", limits: Limits | None = None,
                    steps=tuple(steps))
 
 
+def priced_at(reserved: int, model: str, prompt: int, output: int) -> bool:
+    """Whether `reserved` (units) is what `prompt` and `output` tokens cost at `model`'s price (`Price.cost`),
+    as the reservation's integer rates round it: never below, at most two units (10^-10 each) above."""
+    price = CATALOGUE.price_at(model, time.time())
+    assert price is not None
+    exact = to_units(price.cost(prompt, 0, output))
+    return exact <= reserved <= exact + 2
+
+
+def size(body: dict[str, Any]) -> int:
+    """The bytes of `body` as a client sends it (the gateway hands `Limits` the raw body's length)."""
+    return len(msgspec.json.encode(body))
+
+
+async def admit(limits: Limits, who: Principal, chosen: Route, body: dict[str, Any], o: Outcome) -> dict[str, str]:
+    return await limits.admit(who, chosen, body, size(body), o)
+
+
 def served(o: Outcome, prompt: int, completion: int) -> None:
     o.replica, o.status, o.completed = "http://127.0.0.1:1", 200, True
     o.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
@@ -99,7 +118,7 @@ async def test_no_limits_costs_nothing_and_adds_no_headers(backend: Backend) -> 
     limits = await started(backend)
     try:
         o = outcome(limits=limits)
-        assert await limits.admit(principal(), direct(), {"messages": HELLO}, o) == {}
+        assert await admit(limits, principal(), direct(), {"messages": HELLO}, o) == {}
         assert o.admission is None  # nothing to settle
     finally:
         await limits.close()
@@ -110,21 +129,22 @@ async def test_headers_then_429_with_retry_after(backend: Backend) -> None:
     p = principal(key=PrincipalLimits(rpm=2, tpm=1000), team=PrincipalLimits(rpm=10))
     body = {"messages": HELLO, "max_tokens": 10}
     try:
-        h = await limits.admit(p, direct(), body, outcome())
+        h = await admit(limits, p, direct(), body, outcome())
         assert h["x-ratelimit-limit-requests"] == "2" and h["x-ratelimit-remaining-requests"] == "1"
         assert h["x-ratelimit-limit-tokens"] == "1000"
-        assert int(h["x-ratelimit-remaining-tokens"]) == 1000 - limits.estimate(direct(), body, time.time())[0]
+        expected, _ = limits.estimate(direct(), body, size(body), "chat", time.time())
+        assert int(h["x-ratelimit-remaining-tokens"]) == 1000 - expected
         assert h["x-ratelimit-reset-requests"] == "30s"  # one request back every 30 s
-        await limits.admit(p, direct(), body, outcome())
+        await admit(limits, p, direct(), body, outcome())
         with pytest.raises(RateLimited) as info:
-            await limits.admit(p, direct(), body, outcome())
+            await admit(limits, p, direct(), body, outcome())
         err = info.value
         assert (err.status, err.type, err.code) == (429, "requests", "rate_limit_exceeded")
         assert 29 <= int(err.headers["retry-after"]) <= 30
         assert err.headers["x-ratelimit-remaining-requests"] == "0"
         assert "Limit 2" in err.message and "RPM" in err.message
         with pytest.raises(RateLimited) as info:
-            await limits.admit(principal(key=PrincipalLimits(tpm=15)), direct(), body, outcome())
+            await admit(limits, principal(key=PrincipalLimits(tpm=15)), direct(), body, outcome())
         assert info.value.type == "tokens" and info.value.headers["x-should-retry"] == "false"  # can never fit
         assert limits.stats.rate_limited == 2
     finally:
@@ -138,15 +158,14 @@ async def test_the_reservation_settles_to_exactly_the_recorded_cost(backend: Bac
     try:
         chosen = routed(body)
         assert chosen.targets[0][0] == "demo-large"
-        tokens, reserved = limits.estimate(chosen, body, time.time())
-        assert chosen.features is not None and tokens == chosen.features.prompt_tokens + 64
-        # The most the call can cost: the prompt with its margin, every token uncached, all 64 tokens written.
-        padded = 2 * chosen.features.prompt_tokens + 16
-        price = CATALOGUE.price_at("demo-large", time.time())
-        assert price is not None and reserved == to_units(price.cost(padded, 0, 64))
+        tokens, reserved = limits.estimate(chosen, body, size(body), "chat", time.time())
+        assert chosen.features is not None and tokens == chosen.features.prompt_tokens + 64  # token limits: expected
+        # The most the call can cost: as many prompt tokens as the body has bytes, plus the template's (256 per
+        # request, 8 per message), every token uncached, all 64 tokens written.
+        assert priced_at(reserved, "demo-large", size(body) + 256 + 8, 64)
         recorded: list[Outcome] = []
         o = outcome("demo-large", limits, recorded.append)
-        await limits.admit(p, chosen, body, o)
+        await admit(limits, p, chosen, body, o)
         w = window("month", time.time())
         counters = [f"b:k:key_a:{w.id}", f"b:t:acme:red:{w.id}"]
         assert await backend.read(counters) == [(0, reserved)] * 2
@@ -165,13 +184,13 @@ async def test_a_failed_call_gives_its_reservation_back(backend: Backend) -> Non
     p = principal(key=PrincipalLimits(budget=Decimal("1.00"), tpm=10_000))
     try:
         o = outcome(limits=limits)
-        h = await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 50}, o)
+        h = await admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 50}, o)
         o.failure, o.status = "unavailable", 503  # no replica answered: no tokens, no cost
         finish(o)
         await limits.drain()
         w = window("month", time.time())
         assert await backend.read([f"b:k:key_a:{w.id}"]) == [(0, 0)]
-        again = await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 50}, outcome())
+        again = await admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 50}, outcome())
         assert again["x-ratelimit-remaining-tokens"] == h["x-ratelimit-remaining-tokens"]  # the tokens came back
     finally:
         await limits.close()
@@ -180,14 +199,14 @@ async def test_a_failed_call_gives_its_reservation_back(backend: Backend) -> Non
 async def test_over_budget_is_429_insufficient_quota(backend: Backend) -> None:
     limits = await started(backend)
     body = {"messages": HELLO, "max_tokens": 100}
-    _, one = limits.estimate(direct(), body, time.time())
+    _, one = limits.estimate(direct(), body, size(body), "chat", time.time())
     p = principal(team=PrincipalLimits(budget=from_units(one * 3)))  # room for three reservations
     try:
         outcomes = [outcome(limits=limits) for _ in range(3)]
         for o in outcomes:
-            await limits.admit(p, direct(), body, o)
+            await admit(limits, p, direct(), body, o)
         with pytest.raises(BudgetExceeded) as info:
-            await limits.admit(p, direct(), body, outcome())
+            await admit(limits, p, direct(), body, outcome())
         err = info.value
         assert (err.status, err.type, err.code) == (429, "insufficient_quota", "insufficient_quota")
         assert err.headers == {"x-should-retry": "false"}
@@ -195,10 +214,10 @@ async def test_over_budget_is_429_insufficient_quota(backend: Backend) -> None:
         for o in outcomes[:2]:
             served(o, prompt=10, completion=5)  # settling frees what the calls did not use
         await limits.drain()
-        await limits.admit(p, direct(), body, outcome())
+        await admit(limits, p, direct(), body, outcome())
         # A call that could cost more than the whole budget is refused without asking the backend.
         with pytest.raises(BudgetExceeded):
-            await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 100_000}, outcome())
+            await admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 100_000}, outcome())
     finally:
         await limits.close()
 
@@ -217,13 +236,13 @@ async def test_a_budget_starts_from_what_accounting_recorded(backend: Backend, t
         limits = await started(backend, engine)
         try:
             p = principal(key=PrincipalLimits(budget=Decimal("1.00")), team=PrincipalLimits(budget=Decimal("1.00")))
-            await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 10}, outcome())
+            await admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 10}, outcome())
             w = window("month", now)
             (key_spent, _), (team_spent, _) = await backend.read([f"b:k:key_a:{w.id}", f"b:t:acme:red:{w.id}"])
             assert from_units(key_spent) == from_units(team_spent) == Decimal("0.75")
             assert limits.stats.seeded == 2
             with pytest.raises(BudgetExceeded):  # 0.75 spent, a reservation over 0.25 no longer fits
-                await limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 1_500_000}, outcome())
+                await admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 1_500_000}, outcome())
         finally:
             await limits.close()
 
@@ -231,14 +250,14 @@ async def test_a_budget_starts_from_what_accounting_recorded(backend: Backend, t
 async def test_the_soft_threshold_warns_once(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     limits = await started(backend, soft_pct=50)
     body = {"messages": HELLO, "max_tokens": 5}
-    _, one = limits.estimate(direct(), body, time.time())
+    _, one = limits.estimate(direct(), body, size(body), "chat", time.time())
     p = principal(key=PrincipalLimits(budget=from_units(one * 4)))
     try:
         with caplog.at_level(logging.WARNING, logger="gateway.limits"):
             for _ in range(12):
                 o = outcome(limits=limits)
                 try:
-                    await limits.admit(p, direct(), body, o)
+                    await admit(limits, p, direct(), body, o)
                 except BudgetExceeded:
                     break
                 served(o, prompt=40, completion=5)
@@ -255,7 +274,7 @@ async def test_a_client_leaving_during_admission_takes_nothing(backend: Backend)
     p = principal(key=PrincipalLimits(budget=Decimal("1.00")))
     try:
         o = outcome(limits=limits)
-        task = asyncio.create_task(limits.admit(p, direct(), {"messages": HELLO, "max_tokens": 10}, o))
+        task = asyncio.create_task(admit(limits, p, direct(), {"messages": HELLO, "max_tokens": 10}, o))
         await asyncio.sleep(0)  # the admission has started
         task.cancel()  # in Redis, the admission is waiting for its answer; in process, it is already done
         o.cancelled = True
@@ -277,9 +296,9 @@ async def test_redis_down_is_503_for_limited_callers_only() -> None:
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5, socket_connect_timeout=0.5)
     limits = await started(RedisBackend(dead, "x:"))
     try:
-        assert await limits.admit(principal(), direct(), {"messages": HELLO}, outcome()) == {}
+        assert await admit(limits, principal(), direct(), {"messages": HELLO}, outcome()) == {}
         with pytest.raises(LimitsUnavailable) as info:
-            await limits.admit(principal(key=PrincipalLimits(rpm=5)), direct(), {"messages": HELLO}, outcome())
+            await admit(limits, principal(key=PrincipalLimits(rpm=5)), direct(), {"messages": HELLO}, outcome())
         assert info.value.status == 503 and info.value.headers["retry-after"] == "1"
     finally:
         await limits.close()
@@ -293,16 +312,14 @@ def test_a_call_that_may_fall_back_reserves_at_the_dearest_model_it_may_end_on()
     assert [m for m, _ in chosen.targets] == ["demo-small", "demo-large"]  # demo-small falls back to demo-large
     assert chosen.features is not None
     now = time.time()
-    tokens, reserved = limits.estimate(chosen, body, now)
+    tokens, reserved = limits.estimate(chosen, body, size(body), "chat", now)
     assert tokens == chosen.features.prompt_tokens + 64
-    padded = 2 * chosen.features.prompt_tokens + 16
-    small, large = CATALOGUE.price_at("demo-small", now), CATALOGUE.price_at("demo-large", now)
-    assert small is not None and large is not None
-    assert reserved == to_units(large.cost(padded, 0, 64)) > to_units(small.cost(padded, 0, 64))
+    prompt = size(body) + 256 + 8
+    assert priced_at(reserved, "demo-large", prompt, 64) and not priced_at(reserved, "demo-small", prompt, 64)
     # n choices: n times the output.
     body = {"model": "demo-large", "messages": HELLO, "max_tokens": 64, "n": 3}
     chosen = routed(body)
     assert chosen.features is not None
-    tokens, reserved = limits.estimate(chosen, body, now)
+    tokens, reserved = limits.estimate(chosen, body, size(body), "chat", now)
     assert tokens == chosen.features.prompt_tokens + 3 * 64
-    assert reserved == to_units(large.cost(2 * chosen.features.prompt_tokens + 16, 0, 3 * 64))
+    assert priced_at(reserved, "demo-large", size(body) + 256 + 8, 3 * 64)

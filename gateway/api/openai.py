@@ -87,7 +87,8 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         ticket = ctx.cache.ask(request.headers, chosen, parsed.data, kind, outcome)
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
-            limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, outcome, trace)
+            limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, len(body), outcome,
+                                         trace)
         cached = await ctx.cache.resolve(ticket, parsed.fields, outcome)
         outcome.cache = "hit" if cached.entry is not None else cached.status
         if trace is not None:
@@ -158,12 +159,13 @@ def _route(ctx: GatewayContext, active: ActivePolicy, request: ASGIConnection[An
 
 
 async def _admit(limits: Limits, cache: ResponseCache, ticket: Ticket, principal: Principal, chosen: Route,
-                 parsed: ParsedRequest, outcome: Outcome, trace: RequestTrace | None) -> dict[str, str]:
+                 parsed: ParsedRequest, size: int, outcome: Outcome, trace: RequestTrace | None) -> dict[str, str]:
     """Rate limits and budget reservation (gateway/limits/): 429 here, settled when the call is over; the
-    x-ratelimit-* headers of its answer. Refused, the cache lookup issued meanwhile is abandoned."""
+    x-ratelimit-* headers of its answer. Refused, the cache lookup issued meanwhile is abandoned. `size`: the
+    body's bytes as received, which bound its prompts' tokens."""
     mark = time.perf_counter()
     try:
-        headers = await limits.admit(principal, chosen, parsed.data, outcome)
+        headers = await limits.admit(principal, chosen, parsed.data, size, outcome)
     except BaseException:
         cache.abandon(ticket)
         raise

@@ -2,15 +2,20 @@
 limits and reserves the most the call can cost against its budgets (one backend call: one Redis round
 trip); after the call, a background task settles the reservation to the call's real cost and tokens.
 
-- The estimate: prompt tokens as routing estimated them (tiktoken) plus the output the call may
-  produce (`max_tokens`, a rule's cap, or the classifier's assumption when the request sets none),
-  times `n`. Token limits take that estimate. The budget reservation prices the output and the prompt
-  estimate plus a margin (`budget_prompt_margin_pct`, default 100 %, and 16 tokens: the estimate leaves
-  out the chat template, and the workers' tokenizers may count more than cl100k_base) with the
-  catalogue's `Price.cost` (every prompt token uncached), for each model the call may end on (the
-  routed one and its fallbacks), the largest. A budget can only be overspent by a call that costs more
-  than its reservation (a prompt beyond the margin, or no `max_tokens` and a longer answer than
-  assumed); such settlements are logged and counted.
+- The budget reservation is a true upper bound of the call's cost, whatever its body
+  (gateway/limits/upper_bound.py): the prompt bounded by the request body's bytes plus the chat
+  template's tokens (`budget_template_tokens_per_request`, `budget_template_tokens_per_message`), or by
+  the context window when the body has content no byte count bounds (images, audio, a request
+  template); the output by `max_tokens` (or the rule's cap, or the context window when none is set)
+  times `n` (or `best_of`) times the number of prompts; every prompt token priced uncached, with the
+  catalogue's `Price.cost`, for each model the call may end on (the routed one and its fallbacks), the
+  largest. A budget is therefore never overspent, as long as the catalogue's context windows are the
+  workers' (`max_model_len`) and their tokenizers count at most a token per byte (byte-level BPE and
+  byte-fallback tokenizers do).
+- Token limits (tpm) take the expected tokens instead: the prompt as routing estimated it (tiktoken)
+  plus the output asked for (or the classifier's assumption when none is) times `n` times the prompts.
+  They are a rate, settled to the real count right after the call; the upper bound would refuse every
+  call without `max_tokens` under a tpm smaller than a context window.
 - The settlement: `build_record` (the function the recorder uses, with the same catalogue and the
   same `received` time), so the settled cost is exactly the recorded cost.
 - Over a rate limit: 429 `rate_limit_exceeded` (type `requests` or `tokens`) with `Retry-After`;
@@ -27,16 +32,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.money import SCALE, ZERO
-from gateway.accounting.prices import PriceCatalogue
+from gateway.accounting.prices import Price, PriceCatalogue
 from gateway.accounting.reads import BoundedReads, as_bounded
 from gateway.accounting.records import build_record, counted_usage, estimate_prompt_tokens, needs_estimate
 from gateway.auth.principal import Principal
@@ -60,16 +65,18 @@ from gateway.limits.backend import (
 )
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
+from gateway.limits.upper_bound import choices, output_limit, text_bound
 from gateway.outcome import Outcome
 from gateway.redis_batch import RedisBatcher
 from gateway.routing import Route
 from gateway.settings import Settings
-from router.errors import BudgetExceeded, GatewayError, LimitsUnavailable, RateLimited
+from router.classify import Kind
+from router.errors import BudgetExceeded, GatewayError, InvalidRequest, LimitsUnavailable, RateLimited
+from router.request_limits import prompt_count
 
 log = logging.getLogger("gateway.limits")
 
-DEFAULT_OUTPUT = 256  # a direct call (no routing features) that sets no max_tokens
-PROMPT_MARGIN_TOKENS = 16  # chat template tokens the prompt estimate does not see
+DEFAULT_OUTPUT = 256  # the expected output of a direct call (no routing features) that sets no max_tokens
 SETTLE_BATCH = 500
 SETTLE_RETRY_S = 1.0
 SETTLE_GIVE_UP_S = 120.0
@@ -113,21 +120,25 @@ class LimitStats:
     seeded: int = 0
 
 
-def _n(body: Mapping[str, Any]) -> int:
-    n = 1
-    for name in ("n", "best_of"):
-        v = body.get(name)
-        if isinstance(v, int) and not isinstance(v, bool) and v > n:
-            n = v
-    return n
+class HeldPrice(NamedTuple):
+    """A model's price version in force from `start` to before `end`, as integer units per million tokens (no
+    price: None): looked up and derived once per version, not per call."""
+
+    prompt_rate: int | None  # a prompt token at the dearer of its cached and uncached prices
+    output_rate: int
+    start: float
+    end: float
 
 
-def _max_tokens(body: Mapping[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        v = body.get(name)
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            return v
-    return None
+def per_million(price: Price | None) -> tuple[int | None, int]:
+    """(prompt, output) rates of `price` in integer units per million tokens, each rounded up by one unit: with
+    them, a reservation is integer arithmetic yet never below `Price.cost` (linear in the tokens, then rounded
+    to a unit), which stays the one formula of a cost."""
+    if price is None:
+        return None, 0
+    million = 1_000_000
+    prompt = max(to_units(price.cost(million, 0, 0)), to_units(price.cost(million, million, 0)))
+    return prompt + 1, to_units(price.cost(0, 0, million)) + 1
 
 
 class Limits:
@@ -139,14 +150,16 @@ class Limits:
         *,
         soft_pct: int = 80,
         reservation_ttl_s: float = 3600.0,
-        prompt_margin_pct: int = 100,
+        template_tokens_per_request: int = 256,
+        template_tokens_per_message: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
         self.catalogue = catalogue
         self.reads = as_bounded(engine)  # a counter's first value: a bounded read (gateway/accounting/reads.py)
         self.soft_pct = soft_pct
-        self.prompt_margin_pct = prompt_margin_pct
+        self.template_per_request = template_tokens_per_request
+        self.template_per_message = template_tokens_per_message
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self.clock = clock
         self.stats = LimitStats()
@@ -156,6 +169,7 @@ class Limits:
         self._closing = False
         self._busy = False  # the settler has a batch in hand
         self._last_error_log = 0.0
+        self._prices: dict[str, HeldPrice] = {}  # per model, the version in force at the last call's time
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -191,34 +205,60 @@ class Limits:
 
     # --- before the call --------------------------------------------------------------------------
 
-    def estimate(self, chosen: Route, body: Mapping[str, Any], received: float,
+    def estimate(self, chosen: Route, body: dict[str, Any], size: int, kind: Kind, received: float,
                  priced: bool = True) -> tuple[int, int]:
-        """(tokens, cost units): what the call is expected to use at most (for token limits), and the
-        most it can cost with the prompt margin (the budget reservation; 0 unless `priced`)."""
+        """(tokens, cost units) of a call whose body is `body`, `size` bytes as received: the tokens it is
+        expected to use (token limits), and the most it can cost (the budget reservation; 0 unless `priced`)."""
         features, decision = chosen.features, chosen.decision
-        n = _n(body)
+        prompts = prompt_count(body) if kind == "completion" else 1
+        sequences = choices(body) * prompts
+        cap = decision.max_tokens if decision is not None else None
+        asked = cap if cap is not None else output_limit(body, kind)  # per sequence; None: up to the window
         if features is not None:
-            prompt = features.prompt_tokens
-            output = decision.max_tokens if decision is not None and decision.max_tokens is not None \
-                else features.output_tokens
+            expected = features.prompt_tokens + (asked if asked is not None else features.output_tokens) * sequences
         else:  # a direct call: routing did not classify it
-            prompt = estimate_prompt_tokens(body.get("messages", body.get("prompt")))
-            asked = _max_tokens(body)
-            output = asked if asked is not None else DEFAULT_OUTPUT
-        output *= n
+            expected = (estimate_prompt_tokens(body.get("messages", body.get("prompt")))
+                        + (asked if asked is not None else DEFAULT_OUTPUT) * sequences)
         if not priced:
-            return prompt + output, 0
-        padded = prompt + -(-prompt * self.prompt_margin_pct // 100) + PROMPT_MARGIN_TOKENS
-        cost = ZERO
+            return expected, 0
+        text = text_bound(size, body, prompts, self.template_per_request, self.template_per_message)
+        models = chosen.models
+        most = 0  # cost units, times a million
         for model, _pool in chosen.targets:
-            price = self.catalogue.price_at(model, received)
-            if price is not None:
-                cost = max(cost, price.cost(padded, 0, output))
-        return prompt + output, ceil_units(cost)
+            held = self._prices.get(model)
+            if held is None or not held.start <= received < held.end:
+                held = self._prices[model] = self._price(model, received)
+            if held.prompt_rate is None:  # no price: the call costs nothing there
+                continue
+            spec = models.get(model) if models is not None else None
+            if spec is not None:  # no prompt is longer than the window, no output either
+                window = spec.context_window
+                prompt = window * prompts if text is None or text > window * prompts else text
+                output = (window if asked is None or asked > window else asked) * sequences
+            elif asked is None or text is None:
+                raise _unbounded(model, asked is None)
+            else:  # a model the catalogue does not list: no window, the body's own bounds
+                prompt, output = text, asked * sequences
+            if (cost := prompt * held.prompt_rate + output * held.output_rate) > most:
+                most = cost
+        return expected, -(-most // 1_000_000)
 
-    async def admit(self, principal: Principal, chosen: Route, body: Mapping[str, Any],
+    def _price(self, model: str, received: float) -> HeldPrice:
+        """`model`'s price at `received` and the span of time it is in force."""
+        start, end = -math.inf, math.inf
+        price: Price | None = None
+        for version in self.catalogue.versions.get(model, ()):
+            if version.effective_ts <= received:
+                price, start = version, version.effective_ts
+            else:
+                end = version.effective_ts
+                break
+        return HeldPrice(*per_million(price), start, end)
+
+    async def admit(self, principal: Principal, chosen: Route, body: dict[str, Any], size: int,
                     outcome: Outcome) -> dict[str, str]:
-        """Check and take the caller's limits for this call; the x-ratelimit-* headers for its answer.
+        """Check and take the caller's limits for a call whose body is `body` (`size` bytes as received); the
+        x-ratelimit-* headers for its answer.
 
         Raises RateLimited / BudgetExceeded (429) or LimitsUnavailable (503). When the call is
         admitted, its admission is kept on `outcome`, for `settle` once the call is finished.
@@ -230,7 +270,7 @@ class Limits:
         key_id, team = principal.key_id, principal.team
         team_name = f"{principal.tenant}:{team}" if team is not None else None
         priced = kl.budget is not None or tl.budget is not None
-        tokens, cost = (self.estimate(chosen, body, outcome.received, priced)
+        tokens, cost = (self.estimate(chosen, body, size, outcome.kind, outcome.received, priced)
                         if priced or kl.tpm is not None or tl.tpm is not None else (0, 0))
         rates: list[RateCheck] = []
         budgets: list[BudgetHold] = []
@@ -457,6 +497,17 @@ class Limits:
                         hold.label, from_units(after).normalize(), from_units(limit).normalize(), cur)
 
 
+def _unbounded(model: str, no_max_tokens: bool) -> InvalidRequest:
+    """A call under a budget to a model the catalogue does not list, whose cost nothing in the body bounds."""
+    if no_max_tokens:
+        return InvalidRequest(
+            f"The model `{model}` is not in the routing catalogue, so its context window is unknown: a call under "
+            "a budget must set max_tokens.", param="max_tokens")
+    return InvalidRequest(
+        f"The model `{model}` is not in the routing catalogue, so its context window is unknown: a call under "
+        "a budget may send it text content only.", param="messages")
+
+
 def rate_headers(states: tuple[RateState, ...]) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers: for requests and for tokens, the counter closest to its limit."""
     tight: dict[str, RateState] = {}
@@ -480,6 +531,7 @@ async def start_limits(settings: Settings, catalogue: PriceCatalogue, engine: As
                         else MemoryBackend())
     limits = Limits(backend, catalogue, engine, soft_pct=settings.budget_soft_pct,
                     reservation_ttl_s=settings.budget_reservation_ttl_s,
-                    prompt_margin_pct=settings.budget_prompt_margin_pct)
+                    template_tokens_per_request=settings.budget_template_tokens_per_request,
+                    template_tokens_per_message=settings.budget_template_tokens_per_message)
     await limits.start()
     return limits
