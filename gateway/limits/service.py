@@ -7,8 +7,9 @@ trip); after the call, a background task settles the reservation to the call's r
   template's tokens (`budget_template_tokens_per_request`, `budget_template_tokens_per_message`), or by
   the context window when the body has content no byte count bounds (images, audio, a request
   template); the output by `max_tokens` (or the rule's cap, or the context window when none is set)
-  times `n` (or `best_of`) times the number of prompts; every prompt token priced uncached, with the
-  catalogue's `Price.cost`, for each model the call may end on (the routed one and its fallbacks), the
+  times `n` (or `best_of`) times the number of prompts; every prompt token at the dearer of its cached
+  and uncached prices, at rates derived once per price version from the catalogue's `Price.cost` (never
+  below it: `per_million`), for each model the call may end on (the routed one and its fallbacks), the
   largest. A budget is therefore never overspent, as long as the catalogue's context windows are the
   workers' (`max_model_len`) and their tokenizers count at most a token per byte (byte-level BPE and
   byte-fallback tokenizers do).
