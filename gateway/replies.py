@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from litestar.types import Receive, Send
 
-from router.errors import RequestTooLarge
+from router.errors import IncompleteBody, RequestTooLarge
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -41,7 +41,8 @@ class Reply:
 
 
 async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The whole request body; 413 (before reading it, when the client declared its size) past `limit`."""
+    """The whole request body; 413 (before reading it, when the client declared its size) past `limit`;
+    `IncompleteBody` when the client left, or was timed out (gateway/server_limits.py), before its end."""
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
@@ -49,7 +50,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise IncompleteBody("The client went away before the request body was complete.")
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # an http.request message
         if chunk:
             size += len(chunk)

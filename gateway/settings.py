@@ -97,6 +97,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Routing policies: models.yaml, classify.yaml, routing.yaml (unset: the shipped policies/).
     policies_dir: str | None = None
     max_body_bytes: int = 10_000_000
+    # Client connections (docs/configuration.md#server-timeouts; gateway/server_limits.py): the headers from the
+    # accept (a kept-alive connection's next request: from the previous answer, after the idle time), the whole
+    # body from the end of the headers (408 past either), a kept-alive connection's wait for its next request,
+    # and open connections per client address (0: no cap; behind a proxy, the proxy's address is the client's).
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 30.0
+    client_idle_timeout_s: float = 5.0
+    client_max_connections_per_address: int = 512
     upstream_connect_timeout_s: float = 3.0
     # Longest wait for the next bytes from a worker; a non-streaming answer arrives whole, so this
     # bounds its whole generation time.
@@ -209,6 +217,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("cache_retry_s must be >= 0")
         if self.redis_timeout_s <= 0:
             raise msgspec.ValidationError("redis_timeout_s must be > 0")
+        for name in ("client_header_timeout_s", "client_body_timeout_s", "client_idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise msgspec.ValidationError(f"{name} must be > 0")
+        if self.client_max_connections_per_address < 0:
+            raise msgspec.ValidationError("client_max_connections_per_address must be >= 0 (0: no cap)")
         for name in ("database_request_timeout_s", "database_retry_s", "key_reload_interval_s"):
             if getattr(self, name) <= 0:
                 raise msgspec.ValidationError(f"{name} must be > 0")

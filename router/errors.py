@@ -84,6 +84,35 @@ class PoolOverloaded(GatewayError):
     code = "pool_overloaded"
 
 
+# --- client connections (gateway/server_limits.py)
+
+
+class RequestTimeout(GatewayError):
+    """The request's headers or body did not arrive within the server's timeout."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class TooManyConnections(GatewayError):
+    """The client's address already holds as many open connections as it may (the type OpenAI gives a 429
+    for too many requests)."""
+
+    status = 429
+    type = "requests"
+    code = "too_many_connections"
+
+
+class IncompleteBody(GatewayError):
+    """The client went away (or was timed out) before its request body was complete. Nobody is left to
+    answer: it is raised so that the call stops, is neither billed nor recorded, and renders quietly."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "incomplete_body"
+
+
 # --- keys and roles (gateway/auth/)
 
 

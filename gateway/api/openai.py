@@ -24,6 +24,7 @@ from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import ActivePolicy, Route, route
 from gateway.telemetry.tracing import RequestTrace, UpstreamSpans, auth_times, route_attributes
+from router.errors import IncompleteBody
 from workers.forward import forward_call
 from workers.pool import Pool
 from workers.upstream import UpstreamCall
@@ -98,6 +99,13 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
                                      {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
         model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace,
                                                      trace_headers)
+    except IncompleteBody:
+        # The client left (or was timed out) before its body was in: no call was made, so none is billed or
+        # recorded. Its steps are skipped; its trace, when sampled, still ends.
+        outcome.steps = ()
+        outcome.failure, outcome.error = "client_cancelled", IncompleteBody.__name__
+        finish(outcome)
+        raise
     except BaseException as exc:
         outcome.failure, outcome.error = failure_of(exc), type(exc).__name__
         outcome.status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 0

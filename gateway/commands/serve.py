@@ -61,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
     for line in dev_key_banner(settings, sys.stdout.isatty()):
         print(line, flush=True)
+    from gateway.server_limits import protocol_class, server_limits
+
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}  # ours, not uvicorn's
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
-        http="httptools",
+        # httptools, with header, body and idle timeouts and a cap on connections per client address
+        # (docs/configuration.md#server-timeouts); the idle timeout is uvicorn's keep-alive, set there.
+        http=protocol_class(server_limits(settings)),
         log_level=settings.log_level,
         **extra,
         access_log=False,
