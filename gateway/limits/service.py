@@ -214,14 +214,17 @@ class Limits:
         prompts = prompt_count(body) if kind == "completion" else 1
         sequences = choices(body) * prompts
         cap = decision.max_tokens if decision is not None else None
-        asked = cap if cap is not None else output_limit(body, kind)  # per sequence; None: up to the window
         if features is not None:
-            expected = features.prompt_tokens + (asked if asked is not None else features.output_tokens) * sequences
+            expected = features.prompt_tokens + (cap if cap is not None else features.output_tokens) * sequences
+            if not priced:
+                return expected, 0
+            asked = cap if cap is not None else output_limit(body, kind)  # per sequence; None: up to the window
         else:  # a direct call: routing did not classify it
+            asked = output_limit(body, kind)
             expected = (estimate_prompt_tokens(body.get("messages", body.get("prompt")))
                         + (asked if asked is not None else DEFAULT_OUTPUT) * sequences)
-        if not priced:
-            return expected, 0
+            if not priced:
+                return expected, 0
         text = text_bound(size, body, prompts, self.template_per_request, self.template_per_message)
         models = chosen.models
         most = 0  # cost units, times a million
