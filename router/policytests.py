@@ -2,8 +2,8 @@
 
 Each case gives a request body (plus optional headers, caller, pool health and rates) and the parts of
 the decision it expects (model, rule, fallbacks, cache, category, an error...). Only the parts given
-are compared. `run_policy_tests` classifies and decides each case with the policy and reports, per
-case, the differences as `- expected` / `+ actual` lines.
+are compared. `run_policy_tests` checks each case against the policy's request limits, classifies and
+decides it, and reports, per case, the differences as `- expected` / `+ actual` lines.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from router.errors import GatewayError, PolicyError
 from router.policy import AUTO, PolicySet
 from router.pricing import TokenRates
 from router.quality import probe_for
+from router.request_limits import check_depth, check_request
 from router.spec import (
     CAPABILITIES,
     CacheExpect,
@@ -219,14 +220,20 @@ def _compare(diffs: list[str], name: str, expected: Any, actual: Any) -> None:
 
 
 def run_case(policy: PolicySet, case: PolicyCase) -> CaseResult:
-    features = classify(case.body, case.kind, case.headers, policy.classifier)
-    probe = probe_for(policy.predictor, case.body, features)
     decision: RouteDecision | None = None
     error: GatewayError | None = None
-    try:
-        decision = decide(features, case.caller, case.model, policy, case.health, case.rates, probe)
+    try:  # as a call: past the request limits, it is refused before routing
+        check_depth(case.body, policy.request_limits.max_depth)
+        check_request(case.body, case.kind, policy.request_limits)
     except GatewayError as exc:
         error = exc
+    features = classify(case.body, case.kind, case.headers, policy.classifier)
+    probe = probe_for(policy.predictor, case.body, features)
+    if error is None:
+        try:
+            decision = decide(features, case.caller, case.model, policy, case.health, case.rates, probe)
+        except GatewayError as exc:
+            error = exc
     e = case.expect
     diffs: list[str] = []
     if e.quality is not None:
