@@ -89,6 +89,8 @@ class Recorder:
         self._buf: collections.deque[Item] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        self._upkeep_stop = asyncio.Event()
         self._closing = False
         self._closed = False
         self._ready = False  # schema checked and prices synced since the database last failed
@@ -172,6 +174,18 @@ class Recorder:
     async def start(self) -> None:
         self.journal.open()
         self._task = asyncio.create_task(self._run(), name="accounting-recorder")
+        self._upkeep = asyncio.create_task(self._keep_journal(), name="accounting-journal")
+
+    async def _keep_journal(self) -> None:
+        """The journal's fsync, new segments and settled ones dropped, every flush interval: a task of its own,
+        so that a writer waiting on a hung database does not hold them up."""
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._upkeep_stop.wait(), self.flush_interval_s)
+            try:
+                await self.journal.maintain(self.flush_interval_s)
+            except OSError:
+                log.exception("accounting: journal maintenance failed")
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued (to the database, else the spool); later records go to the spool."""
@@ -195,6 +209,9 @@ class Recorder:
             if self._spill_sync(items) is not None:
                 self.journal.settle(segments)
         self.spool.close()
+        if self._upkeep is not None:
+            self._upkeep_stop.set()
+            await self._upkeep  # its last round (not cancelled: a segment it is creating is not left behind)
         self.journal.close()
 
     async def flush(self, timeout_s: float = 30.0) -> None:
@@ -248,10 +265,6 @@ class Recorder:
                     self._busy = False
                 if kept:
                     self.journal.settle(segments)
-            try:
-                await self.journal.maintain(self.flush_interval_s)
-            except OSError:
-                log.exception("accounting: journal maintenance failed")
             if self.spool.lines_written or (not self._buf and time.monotonic() >= self._next_scan):
                 await self._maybe_replay()
             elif not self._buf and not self.database_ok:
