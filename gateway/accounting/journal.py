@@ -6,8 +6,8 @@ with -9 loses no record.
   (status, times, the worker's usage). Never prompt or completion text. A record already built (the
   shadow's calls) is journaled as the spool's own line.
 - Each line is one `write()` to an `O_APPEND` descriptor: once it returns, the line survives the
-  process. A machine crash is another matter: the writer fsyncs the journal at most every flush
-  interval, on a thread, never on the event loop.
+  process. A machine crash is another matter: the recorder fsyncs the journal every flush interval
+  (when lines were written), on a thread, never on the event loop.
 - The journal's files are spool files (`<instance>.<n>.wal`, gateway/accounting/spool.py): locked
   while this process lives; a dead process's segments are replayed like its spill files, and an opened
   call without its finished line becomes an **incomplete** record.
@@ -102,8 +102,8 @@ def outcome_of(entry: Opened) -> Outcome:
 
 
 class Journal:
-    """This process's journal. `opened`, `finished` and `add` are the request path's: one `write()` each,
-    never raising; the rest is the recorder's writer task's."""
+    """This process's journal. `opened` and `add` are the request path's: one `write()` each, never raising;
+    the rest is the recorder's background tasks'."""
 
     def __init__(self, spool: Spool, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.spool = spool
