@@ -18,10 +18,11 @@ the prompts counted here and the prompts priced there agree.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from router.classify import Kind
 from router.errors import InvalidRequest
 from router.spec import RequestLimitsSpec
 from router.yamlsrc import PathT, Problems, Source, convert
@@ -36,8 +37,6 @@ __all__ = [
     "prompt_count",
     "too_deep",
 ]
-
-Kind = Literal["chat", "completion"]
 
 _INT64 = 2**63
 
