@@ -6,7 +6,8 @@
 3. `feature stash`: a call the predictor routed, answered in full by a worker, leaves its features for
    feedback;
 4. `request metrics`: the call's counter and latency histograms;
-5. `record`: the recorder queues the call; usage metrics and the access line follow as its record is built;
+5. `record`: the recorder journals the call (one `write()`: a `kill -9` cannot lose it) and queues it; usage
+   metrics and the access line follow as its record is built;
 6. `budget settlement`: the call's rate limit tokens and budget reservation are settled to its recorded
    cost (queued).
 
