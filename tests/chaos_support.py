@@ -41,6 +41,7 @@ class Row:
     refused: int = 0  # calls answered with a 4xx
     server_errors: int = 0  # calls answered with a 5xx
     cut: int = 0  # calls the client lost part-way (the gateway died under them)
+    cut_recorded: int = 0  # of those, the ones recorded (those that had reached a worker: incomplete, or whole)
     unreachable: int = 0  # calls that found no gateway listening
     records: int = 0  # records of the answered calls
     lost: int = 0  # answered calls without a record
@@ -54,16 +55,16 @@ class Row:
         return self.budget is not None and self.spend is not None and self.spend > self.budget
 
 
-HEADER = ("scenario", "answered", "4xx", "5xx", "cut", "unreachable", "records", "lost", "duplicated",
-          "slowest (s)", "budget", "spend")
+HEADER = ("scenario", "answered", "4xx", "5xx", "unreachable", "cut", "cut, recorded", "records", "lost",
+          "duplicated", "slowest (s)", "budget", "spend")
 
 
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table (what the docs carry)."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
-        cells = (r.scenario, r.answered, r.refused, r.server_errors, r.cut, r.unreachable, r.records, r.lost,
-                 r.duplicated, f"{r.slowest_s:.2f}", "" if r.budget is None else r.budget,
+        cells = (r.scenario, r.answered, r.refused, r.server_errors, r.unreachable, r.cut, r.cut_recorded,
+                 r.records, r.lost, r.duplicated, f"{r.slowest_s:.2f}", "" if r.budget is None else r.budget,
                  "" if r.spend is None else r.spend)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -190,7 +191,7 @@ class Ledger:
     answered: set[str] = field(default_factory=set)
     sent: set[str] = field(default_factory=set)
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
-    cut: int = 0
+    cut: set[str] = field(default_factory=set)
     unreachable: int = 0
     slowest_s: float = 0.0
 
@@ -212,7 +213,7 @@ async def _call(client: httpx.AsyncClient, base: Callable[[], str], key: str, pa
         ledger.sent.discard(rid)
         return False
     except httpx.TransportError:
-        ledger.cut += 1
+        ledger.cut.add(rid)
         return True
     ledger.statuses[response.status_code] += 1
     if response.status_code == 200 and (not stream or data.rstrip().endswith(b"data: [DONE]")):
@@ -274,7 +275,8 @@ async def tally(scenario: str, chaos: Chaos, ledger: Ledger, timeout_s: float = 
     s = ledger.statuses
     return Row(scenario, answered=len(ledger.answered),
                refused=sum(v for k, v in s.items() if 400 <= k < 500),
-               server_errors=sum(v for k, v in s.items() if k >= 500), cut=ledger.cut,
+               server_errors=sum(v for k, v in s.items() if k >= 500), cut=len(ledger.cut),
+               cut_recorded=sum(1 for rid in ledger.cut if rid in counts),
                unreachable=ledger.unreachable, records=sum(1 for rid in ledger.answered if rid in counts),
                lost=len(lost), duplicated=sum(n - 1 for n in counts.values()), slowest_s=ledger.slowest_s,
                budget=budget,

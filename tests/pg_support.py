@@ -8,7 +8,6 @@ afterwards, so parallel runs never collide.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -104,68 +103,3 @@ def record(n: int, **fields: object) -> UsageRecord:
         values["cache_saving"], values["cost"] = values["cost"], Decimal(0)
     values.update(fields)
     return UsageRecord(**values)  # type: ignore[arg-type]
-
-
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of the real PostgreSQL; `cut()` closes every connection and
-    refuses new ones, `restore()` accepts again on the same port."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.connections = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-    async def cut(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for w in list(self._writers):
-            with contextlib.suppress(Exception):
-                w.transport.abort()
-        self._writers.clear()
-        if server is not None:
-            await server.wait_closed()
-
-    async def restore(self) -> None:
-        await self.start()
-
-    async def stop(self) -> None:
-        await self.cut()
-
-
-def proxied(url: str, proxy: TcpProxy) -> str:
-    return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-
-
-def pg_target(url: str) -> tuple[str, int]:
-    u = make_url(url)
-    return u.host or "127.0.0.1", u.port or 5432

@@ -18,7 +18,8 @@ from gateway.accounting.money import ZERO
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import UsageRecord as Record
 from gateway.accounting.spool import DEAD_LETTER, Spool
-from tests.pg_support import TcpProxy, catalogue, migrated_engine, pg_target, proxied, record
+from tests.fault_proxy import FaultProxy
+from tests.pg_support import catalogue, migrated_engine, record
 from workers.launcher import free_port
 
 
@@ -154,11 +155,10 @@ async def test_writes_are_idempotent_by_request_id(any_url: str, tmp_path: Path)
 
 async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: str, tmp_path: Path) -> None:
     async with migrated_engine(pg_url) as direct:
-        proxy = TcpProxy(*pg_target(pg_url))
-        await proxy.start()
+        proxy = FaultProxy.before(pg_url).start()
         from gateway.accounting.db import create_engine
 
-        engine = create_engine(proxied(pg_url, proxy), connect_timeout_s=2)
+        engine = create_engine(proxy.through(pg_url), connect_timeout_s=2)
         rec = recorder(engine, tmp_path, batch_max=200)
         await rec.start()
         sent = 0
@@ -178,7 +178,7 @@ async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: 
             # Cut while records keep coming (some batches are in flight when it happens).
             producer = asyncio.create_task(produce(1500))
             await asyncio.sleep(0.05)
-            await proxy.cut()
+            proxy.set_mode("refuse")
             await producer
             n_during = 1000
             await produce(n_during)  # all of these while the database is unreachable
@@ -189,12 +189,12 @@ async def test_a_database_outage_loses_nothing_and_counts_nothing_twice(pg_url: 
             rows_while_down, _ = await count_rows(direct)
             assert rows_while_down < sent
             # Back: the spool is replayed, and new records flow again.
-            await proxy.restore()
+            proxy.set_mode("pass")
             await produce(300)
             await wait_rows(direct, sent, timeout_s=30)
             await rec.close()
         finally:
-            await proxy.stop()
+            proxy.stop()
             await engine.dispose()
         assert sent == 3300
         assert await count_rows(direct) == (sent, sent)  # exactly N rows, and rollups counted each once
