@@ -29,7 +29,8 @@ from pathlib import Path
 import msgspec
 
 from gateway.accounting.records import UsageRecord, decode_record
-from gateway.accounting.spool import JOURNAL_SUFFIX, Spool, create_locked, fsync_dir, segment_number
+from gateway.accounting.spool import JOURNAL_SUFFIX, Spool, create_locked, segment_number
+from gateway.durable import fsync_dir
 from gateway.outcome import Outcome
 from gateway.usage import PromptTokensDetails, Usage
 

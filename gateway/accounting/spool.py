@@ -19,7 +19,6 @@ through a replay loses nothing and counts nothing twice.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -30,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.accounting.records import UsageRecord, encode_record
+from gateway.durable import fsync_dir
 
 try:
     import fcntl
@@ -66,15 +66,6 @@ def _lock(fd: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def create_locked(path: Path) -> int:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.auth.principal import Role
+from gateway.durable import create_once
 from gateway.settings import Settings
 
 KEY_PREFIX = "sk-gw-"
@@ -65,24 +65,11 @@ def _read(path: Path) -> str | None:
 
 
 def _read_or_create(path: Path, make: str) -> str:
-    """The file's content; when there is none, `make`, written atomically (a link never overwrites)."""
+    """The file's content; when there is none, `make`, written atomically (gateway/durable.py)."""
     value = _read(path)
     if value is not None:
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(make + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process was first: its value stands
-            os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path.read_text().strip()
+    return create_once(path, (make + "\n").encode()).decode().strip()
 
 
 def server_secret(settings: Settings) -> bytes:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import os
-import secrets
 import time
 from pathlib import Path
 
 import msgspec
 
 from gateway.auth.principal import Principal
+from gateway.durable import write_atomically
 
 log = logging.getLogger("gateway.auth")
 
@@ -87,24 +86,7 @@ def encode_entries(known: dict[bytes, Known]) -> bytes:
 def write(path: Path, entries: bytes) -> None:
     """Replace the snapshot with `entries` (from `encode_entries`): readers see the old file or the new."""
     body = b'{"version":%d,"written_at":%.3f,"keys":%s}' % (VERSION, time.time(), entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # the rename, durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(path, body, mode=0o600)
 
 
 def remove(path: Path) -> None:

@@ -339,6 +339,7 @@ def _install_if_better(out_dir: Path, policy: PolicySet, target: tuple[Path, Pre
                        heads: dict[str, list[str]], training: dict[str, Any], built: Built) -> int:
     """Judge `built` against the policy's predictor on the held-out rows; when it wins, retrain on every row
     and install that."""
+    from gateway.durable import write_atomically
     from gateway.learning import install
     from gateway.learning.build import fit_examples
     from gateway.learning.compare import compare
@@ -364,7 +365,7 @@ def _install_if_better(out_dir: Path, policy: PolicySet, target: tuple[Path, Pre
     if problems:
         raise UsageError(f"not installed: the policy in {policy.directory} would refuse the new predictor", *problems)
     try:
-        install.write_atomically(path, final.artefact)
+        write_atomically(path, final.artefact)
     except OSError as exc:
         raise UsageError(f"not installed: cannot write {path}: {exc.strerror or exc}") from None
     print(f"installed predictor {final.predictor.name} (sha256 {final.predictor.hash}) into {path}, replacing "

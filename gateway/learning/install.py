@@ -9,7 +9,6 @@ or the new one, never a part, and hot-reloads it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from gateway.learning.dataset import UsageError
 from router.policy import POLICY_FILES, PolicySet, predictor_path, read_policy_set
 from router.predictor import Predictor
 
-__all__ = ["check_in_policy", "predictor_target", "write_atomically"]
+__all__ = ["check_in_policy", "predictor_target"]
 
 
 def predictor_target(policy: PolicySet) -> tuple[Path, Predictor]:
@@ -53,27 +52,3 @@ def check_in_policy(policy: PolicySet, target: Path, artefact: bytes) -> list[st
         if loaded is not None:
             return []
         return [p.replace(str(mirror), str(target)).replace(str(copy), str(folder)) for p in problems]
-
-
-def write_atomically(target: Path, data: bytes) -> None:
-    """Replace `target` with `data`: a temporary file in its directory, synced, then renamed over it. The
-    file keeps the permissions of the one it replaces."""
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself durable, where the platform allows
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
