@@ -8,9 +8,10 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from sqlalchemy.exc import DBAPIError
 
 from gateway.request_id import request_id
-from router.errors import GatewayError, MethodNotAllowed, RequestTooLarge, RouteNotFound
+from router.errors import GatewayError, InvalidRequest, MethodNotAllowed, RequestTooLarge, RouteNotFound
 
 log = logging.getLogger("gateway.errors")
 
@@ -52,6 +53,20 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     return error_response(request, translated)
 
 
+DATA_EXCEPTION = "22"  # the SQLSTATE class of a value the database cannot take (PostgreSQL, the SQL standard)
+
+
+def on_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
+    # A value the client sent (a NUL character, a number past its column's range) in a filter or a path that
+    # the handler's own checks let through, refused by the database: the client's to change, not a failure.
+    if not str(getattr(exc.orig, "sqlstate", None) or "").startswith(DATA_EXCEPTION):
+        return on_unexpected(request, exc)
+    log.info("request %s: the database refused a value of it (%s)", request_id(request), type(exc.orig).__name__)
+    return error_response(request, InvalidRequest(
+        "A value in this request cannot be stored or searched for (for example, it holds a NUL character).",
+        code="invalid_value"))
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("request %s failed unexpectedly", request_id(request))
     return error_response(request, GatewayError("The gateway failed to handle this request.", code="internal_error"))
@@ -60,5 +75,6 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[b
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     GatewayError: on_gateway_error,
     HTTPException: on_http_exception,
+    DBAPIError: on_database_error,
     Exception: on_unexpected,
 }

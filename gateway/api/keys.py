@@ -73,9 +73,19 @@ def _engine(state: State) -> Any:
     return ctx.accounting.engine
 
 
+def _tenant_filter(tenant: str | None) -> str | None:
+    """A `?tenant=` filter, checked as a tenant's name is (a value no tenant can have is a 400)."""
+    if tenant is not None:
+        try:
+            store.check_name("tenant", tenant)
+        except store.KeyProblem as exc:
+            raise InvalidRequest(str(exc), param="tenant") from None
+    return tenant
+
+
 @get("/admin/keys")
 async def list_keys(state: State, tenant: FromQuery[str | None] = None) -> dict[str, Any]:
-    return {"keys": [k.as_dict() for k in await store.list_keys(_engine(state), tenant)]}
+    return {"keys": [k.as_dict() for k in await store.list_keys(_engine(state), _tenant_filter(tenant))]}
 
 
 @post("/admin/keys", status_code=201, opt={"request_body": KeyRequest})  # the document: gateway/api/openapi.py
@@ -112,7 +122,7 @@ async def revoke_key(key_id: FromPath[str], request: Request[Any, Any, Any], sta
 
 @get("/admin/teams")
 async def list_teams(state: State, tenant: FromQuery[str | None] = None) -> dict[str, Any]:
-    return {"teams": [t.as_dict() for t in await store.list_team_limits(_engine(state), tenant)]}
+    return {"teams": [t.as_dict() for t in await store.list_team_limits(_engine(state), _tenant_filter(tenant))]}
 
 
 @put("/admin/teams/{tenant:str}/{team:str}", status_code=200, opt={"request_body": TeamLimits})

@@ -90,10 +90,15 @@ def check_limits(rpm: int | None, tpm: int | None, budget: Decimal | None, perio
     return Limits(rpm=rpm, tpm=tpm, budget=budget, budget_period=period or "month")
 
 
+def check_name(what: str, value: str) -> None:
+    """A tenant's or team's name: 1-MAX_NAME printable characters without `:`; KeyProblem otherwise."""
+    if not value or len(value) > MAX_NAME or not value.isprintable() or ":" in value:
+        raise KeyProblem(f"{what} must be 1-{MAX_NAME} printable characters without `:`")
+
+
 def _check_names(tenant: str, team: str) -> None:
-    for what, value in (("tenant", tenant), ("team", team)):
-        if not value or len(value) > MAX_NAME or not value.isprintable() or ":" in value:
-            raise KeyProblem(f"{what} must be 1-{MAX_NAME} printable characters without `:`")
+    check_name("tenant", tenant)
+    check_name("team", team)
 
 
 def _info(row: ApiKey) -> KeyInfo:
