@@ -50,8 +50,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         redis.stop()
         asyncio.run(drop_pg_database(database))
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and ROWS:
-            reporter.write_line("\nchaos table:\n" + table(ROWS))
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None and ROWS:
+            with capture.global_and_fixture_disabled():  # to the terminal, past pytest's capture
+                reporter.write_line("\n\nchaos table:\n" + table(ROWS))
 
 
 async def _migrated_database() -> str:
