@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from workers.config import LaunchSpec
 from workers.health import check_replica
 from workers.launcher import PoolLaunch, plan, replica_command
 from workers.pool import Replica
-from workers.supervisor import Supervisor, group_alive
+from workers.supervisor import MAX_SOCKET_PATH, Supervisor, group_alive, replica_temp_root
 
 WEDGED = "the replica answers nothing and ignores SIGTERM (POST /sim/wedge)"
 
@@ -308,3 +310,16 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(stat.parent.name))
     return members
+
+
+@pytest.mark.pure
+def test_replica_temp_dirs_stay_short_enough_for_vllms_sockets(tmp_path: Path) -> None:
+    """vLLM binds IPC sockets at <TMPDIR>/<uuid4>; under a deep state dir that path passed the 107 bytes a
+    Unix socket's path may have and the replica failed to start."""
+    short = Path("/srv/gw/.gateway/tmp")
+    assert replica_temp_root(short, ["tiny-0"]) == short
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / ".gateway" / "tmp"
+    root = replica_temp_root(deep, ["tiny-0"])
+    assert root != deep and root.parent == Path(tempfile.gettempdir())
+    assert root == replica_temp_root(deep, ["tiny-0"])  # the same on every start: a restart clears it
+    assert len(os.fsencode(root / "tiny-0" / str(uuid.uuid4()))) <= MAX_SOCKET_PATH

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +83,21 @@ class ManagedReplica:
         }
 
 
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (sun_path, less its NUL)
+SOCKET_NAME = 37  # vLLM binds its IPC sockets at <TMPDIR>/<uuid4>
+
+
+def replica_temp_root(preferred: Path, names: Iterable[str]) -> Path:
+    """Where the temp dirs of replicas `names` go: `preferred` (under the state dir), or, when a socket vLLM
+    makes there would have too long a path, a short dir in the system's temp dir named after it (the same
+    on every start, so that a restart clears what a killed replica left)."""
+    longest = max((len(n) for n in names), default=0)
+    if len(os.fsencode(preferred.absolute())) + 1 + longest + SOCKET_NAME <= MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha256(str(preferred.absolute()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"llm-gateway-{digest}"
+
+
 class Supervisor:
     def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path, checked: Iterable[Replica] = ()) -> None:
         """`checked`: the pools' replicas, kept up to date by the health checks; a launched replica among them
@@ -88,7 +105,7 @@ class Supervisor:
         log_dir.mkdir(parents=True, exist_ok=True)
         by_url = {c.url: c for c in checked}
         self.replicas = [ManagedReplica(p, log_dir / f"{p.name}.log", checked=by_url.get(p.url)) for p in plans]
-        self._tmp = log_dir.parent / "tmp"
+        self._tmp = replica_temp_root(log_dir.parent / "tmp", (p.name for p in plans))
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.watchdog: Watchdog | None = None
@@ -105,7 +122,7 @@ class Supervisor:
         # A temp dir of its own: vLLM leaves IPC sockets there, removed with the replica.
         tmp = self._tmp / r.plan.name
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, mode=0o700)
         with r.log_path.open("ab") as out:
             out.write(f"\n$ {' '.join(r.plan.argv)}\n".encode())
             out.flush()
