@@ -1,7 +1,8 @@
 """The gateway's HTTP API: every route handler, one module per area. Handlers are thin: they parse
 what they need, call the services below them and render the answer.
 
-- `openai.py`: `/v1/chat/completions`, `/v1/completions`, `/v1/models`;
+- `openai.py`: the inference endpoints (`/v1/chat/completions`, `/v1/completions`, ...);
+- `models.py`: `/v1/models`;
 - `feedback.py`: `POST /v1/feedback`;
 - `reports.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/budgets` (finance);
 - `admin.py`: `/admin/policy`, `/admin/route/explain`, `/admin/workers`;
@@ -19,7 +20,8 @@ from gateway.api.feedback import feedback
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import KEY_HANDLERS
 from gateway.api.metrics import metrics_endpoint
-from gateway.api.openai import chat_completions, completions, list_models
+from gateway.api.models import list_models
+from gateway.api.openai import chat_completions, completions
 from gateway.api.reports import usage_report
 
 HANDLERS = [

@@ -6,9 +6,8 @@ import logging
 import time
 from typing import Any, Literal
 
-from litestar import asgi, get
+from litestar import asgi
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
 from litestar.types import Receive, Scope, Send
 
 from gateway.auth.principal import Principal, principal_of
@@ -199,15 +198,3 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 @asgi("/v1/completions", copy_scope=False, opt={"methods": ("POST",)})
 async def completions(scope: Scope, receive: Receive, send: Send) -> None:
     await _serve(scope, receive, send, "/v1/completions")
-
-
-@get("/v1/models")
-async def list_models(state: State) -> dict[str, Any]:
-    ctx: GatewayContext = state.ctx
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": ctx.started_at, "owned_by": "gateway"}
-            for name in ctx.policies.active.routable
-        ],
-    }
