@@ -16,8 +16,9 @@ from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
-from gateway.api.openai import KINDS, forward
+from gateway.api.openai import forward
 from gateway.auth.guard import INFERENCE, admit
+from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS
 
 __all__ = ["GatewayApp"]
@@ -30,7 +31,7 @@ class GatewayApp(Litestar):
 
     async def __call__(self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive,
                        send: Send | LifeSpanSend) -> None:
-        if scope.get("method") == "POST" and scope.get("path") in KINDS:  # only an HTTP scope has a method
+        if scope.get("method") == "POST" and scope.get("path") in ENDPOINTS:  # only an HTTP scope has a method
             await _inference(self, scope, receive, send)  # type: ignore[arg-type]
         else:
             await super().__call__(scope, receive, send)
@@ -42,7 +43,7 @@ async def _inference(app: Litestar, scope: Scope, receive: Receive, send: Send) 
     connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive)
     try:
         await admit(connection, INFERENCE)
-        answer = await forward(connection, app.state.ctx, scope["path"])
+        answer = await forward(connection, app.state.ctx, ENDPOINTS[scope["path"]])
     except Exception as exc:  # before the answer started: rendered as Litestar renders a route's error
         await _render(app, scope, receive, send, exc)
         return

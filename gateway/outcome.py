@@ -8,16 +8,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from gateway.cache.ticket import Ticket
 from gateway.learning.shadow.answers import Watch
 from gateway.limits.backend import Admission
 from gateway.usage import Usage
-from router.classify import Kind
 from router.quality import QualityProbe
 
 log = logging.getLogger("gateway.access")
+
+# What a call is (gateway/endpoints.py), for its record, its access line, its metrics and its spans.
+CallKind = Literal["chat", "completion"]
 
 
 class Step(NamedTuple):
@@ -69,7 +71,7 @@ class Outcome:
     prompt_estimate: int | None = None  # routing's count of the prompt's tokens, when it made one (journaled)
     journal_segment: int = 0  # the journal segment holding its opened line (gateway/accounting/journal.py)
     # For telemetry (gateway/telemetry/): what was asked and what the cache did; the trace when sampled.
-    kind: Kind = "chat"
+    kind: CallKind = "chat"
     stream: bool = False
     cache: str | None = None  # "hit" | "miss" | "bypass"; None: the call ended before the cache was asked
     trace: Trace | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Any
 
 from litestar import asgi
 from litestar.connection import ASGIConnection
@@ -15,10 +15,11 @@ from gateway.cache.service import HEADER as CACHE_HEADER
 from gateway.cache.service import ResponseCache
 from gateway.cache.ticket import Ticket
 from gateway.context import GatewayContext
+from gateway.endpoints import ENDPOINTS, Endpoint
 from gateway.limits.service import Limits
-from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, parse_body, prompt_prefix, upstream_body
+from gateway.openai_request import ParsedRequest, parse_body, prompt_prefix
 from gateway.outcome import Outcome, failure_of, finish
-from gateway.relay import RelayStream, read_usage
+from gateway.relay import RelayStream
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import ActivePolicy, Route, route
@@ -30,15 +31,9 @@ from workers.upstream import UpstreamCall
 
 log = logging.getLogger("gateway")
 
-KINDS: dict[str, tuple[type[ChatFields] | type[CompletionFields], Literal["chat", "completion"]]] = {
-    "/v1/chat/completions": (ChatFields, "chat"),
-    "/v1/completions": (CompletionFields, "completion"),
-}
-
-
 async def _open(
-    ctx: GatewayContext, chosen: Route, parsed: ParsedRequest, body: bytes, path: str, rid: str, outcome: Outcome,
-    trace: RequestTrace | None, trace_headers: dict[str, str] | None,
+    ctx: GatewayContext, endpoint: Endpoint, chosen: Route, parsed: ParsedRequest, body: bytes, rid: str,
+    outcome: Outcome, trace: RequestTrace | None, trace_headers: dict[str, str] | None,
 ) -> tuple[str, Pool, UpstreamCall, bool]:
     """The call on the first of the route's targets that answers (workers/forward.py), and whether the
     usage chunk the client did not ask for is to be dropped from its stream."""
@@ -47,26 +42,25 @@ async def _open(
 
     def prepare(model: str, pool: Pool) -> tuple[bytes, bytes | None]:
         nonlocal strip_usage
-        payload, strip_usage = upstream_body(parsed, model, body, max_tokens)
+        payload, strip_usage = endpoint.prepare(parsed, model, body, max_tokens)
         return payload, prompt_prefix(parsed.data, pool.affinity.prefix_chars) if pool.affinity else None
 
     # Journaled before a worker has it: if the gateway dies meanwhile, the call is still recorded (incomplete).
     ctx.accounting.recorder.opened(outcome, chosen.features.prompt_tokens if chosen.features is not None else None)
     # Traced: the worker continues the upstream span's trace instead of the caller's.
     spans = UpstreamSpans(trace, outcome, parsed.data) if trace is not None else None
-    done = await forward_call(ctx.upstream, chosen.targets, path, prepare, rid, ctx.settings.upstream_attempts,
+    done = await forward_call(ctx.upstream, chosen.targets, endpoint.path, prepare, rid, ctx.settings.upstream_attempts,
                               trace_headers, spans)
     return done.model, done.pool, done.call, strip_usage
 
 
 async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayContext,
-                  path: str) -> Reply | RelayStream:
+                  endpoint: Endpoint) -> Reply | RelayStream:
     """One inference call: route, admit (rate limits and budgets), the cache, forward to a worker, relay."""
     started = time.perf_counter()
     rid = request_id(request)
-    fields_type, kind = KINDS[path]
     # Every call ends in finish(outcome), which runs the steps after its last byte (gateway/completion.py).
-    outcome = Outcome(request_id=rid, model="", started=started, kind=kind, steps=ctx.completion)
+    outcome = Outcome(request_id=rid, model="", started=started, kind=endpoint.kind, steps=ctx.completion)
     if request.headers.get("x-request-id") == rid:  # the client's own id: recorded under one of ours
         outcome.record_id = new_id()
     principal = principal_of(request)  # from the API key only (gateway/auth/guard.py), never from headers
@@ -74,17 +68,17 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     trace: RequestTrace | None = None
     trace_headers: dict[str, str] | None = None  # the caller's trace context, passed on when not traced here
     if (tracing := ctx.telemetry.tracing) is not None:
-        trace, trace_headers = tracing.begin(request.headers, outcome, path, auth_times(request))
+        trace, trace_headers = tracing.begin(request.headers, outcome, endpoint.path, auth_times(request))
         outcome.trace = trace
     try:
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         active = ctx.policies.active  # the policy the call keeps to its end, whatever reloads meanwhile
-        parsed = parse_body(body, fields_type, active.policy.request_limits)  # its request limits: 400 past them
-        chosen = _route(ctx, active, request, parsed, principal, outcome, trace)
+        parsed = parse_body(body, endpoint.fields, active.policy.request_limits)  # its request limits: 400 past them
+        chosen = _route(ctx, endpoint, active, request, parsed, principal, outcome, trace)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
-        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, kind, outcome)
+        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, endpoint.routed_as, outcome)
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
             limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, len(body), outcome,
@@ -96,7 +90,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         if cached.entry is not None:  # a hit: answered from the response cache, no worker
             return ctx.cache.respond(cached, parsed.fields, outcome,
                                      {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
-        model, pool, call, strip_usage = await _open(ctx, chosen, parsed, body, path, rid, outcome, trace,
+        model, pool, call, strip_usage = await _open(ctx, endpoint, chosen, parsed, body, rid, outcome, trace,
                                                      trace_headers)
     except IncompleteBody:
         # The client left (or was timed out) before its body was in: no call was made, so none is billed or
@@ -132,7 +126,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         await call.aclose()
     outcome.first_byte = time.perf_counter()
     if call.response.status_code == 200:
-        outcome.usage = read_usage(content)
+        outcome.usage = endpoint.read_usage(content)
         outcome.completed = True
         cached.answer(content)
         if watch is not None:
@@ -141,7 +135,7 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     return Reply(content, call.response.status_code, media_type, headers)
 
 
-def _route(ctx: GatewayContext, active: ActivePolicy, request: ASGIConnection[Any, Any, Any, Any],
+def _route(ctx: GatewayContext, endpoint: Endpoint, active: ActivePolicy, request: ASGIConnection[Any, Any, Any, Any],
            parsed: ParsedRequest, principal: Principal, outcome: Outcome, trace: RequestTrace | None) -> Route:
     """The call's route under `active`, the policy in force when it arrived (kept to its end, whatever
     reloads meanwhile), written on its outcome; a call the predictor routed keeps the predictor's view (for
@@ -150,7 +144,7 @@ def _route(ctx: GatewayContext, active: ActivePolicy, request: ASGIConnection[An
     outcome.requested_model, outcome.stream = fields.model, bool(fields.stream)
     outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
     mark = time.perf_counter()
-    chosen = route(active, parsed.data, outcome.kind, fields.model, request.headers, principal.caller,
+    chosen = route(active, parsed.data, endpoint.routed_as, fields.model, request.headers, principal.caller,
                    ctx.rates.current())
     outcome.policy_rule = chosen.rule
     if chosen.decision is not None:
@@ -184,7 +178,7 @@ async def _admit(limits: Limits, cache: ResponseCache, ticket: Ticket, principal
 async def _serve(scope: Scope, receive: Receive, send: Send, path: str) -> None:
     """Raw ASGI (gateway/replies.py); what `forward` raises is rendered by the app's exception handlers."""
     request: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive)
-    answer = await forward(request, request.app.state.ctx, path)
+    answer = await forward(request, request.app.state.ctx, ENDPOINTS[path])
     await answer.send(receive, send)
 
 

@@ -27,8 +27,8 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 
-from gateway.api.openai import KINDS
 from gateway.auth.guard import roles_for
+from gateway.endpoints import ENDPOINTS, Endpoint
 
 PATH = "/admin/openapi.json"
 SCHEMAS = "#/components/schemas/{name}"
@@ -166,9 +166,9 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
                 json_schema = success.get("content", {}).get("application/json", {}).get("schema", {})
                 success["content"] = {media: {"schema": json_schema if media == "application/json" else _TEXT}
                                       for media in produces}
-    for path, (fields, kind) in KINDS.items():
-        paths[path] = {"post": (operation := _inference(kind))}
-        bodies.append((operation, fields))
+    for path, endpoint in ENDPOINTS.items():
+        paths[path] = {"post": (operation := _inference(endpoint))}
+        bodies.append((operation, endpoint.fields))
     for path, item in paths.items():
         for operation in item.values():
             _secure(path, operation)
@@ -182,11 +182,10 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _inference(kind: str) -> dict[str, Any]:
-    what = "chat completion" if kind == "chat" else "completion (legacy)"
+def _inference(endpoint: Endpoint) -> dict[str, Any]:
     return {
-        "operationId": "chatCompletions" if kind == "chat" else "completions",
-        "summary": f"An OpenAI {what}, routed to a worker, streamed or not",
+        "operationId": endpoint.operation_id,
+        "summary": endpoint.summary,
         "description": "Only the fields listed are read by the gateway; every other field reaches the worker "
                        "untouched (docs/api.md#inference).",
         "parameters": _INFERENCE_HEADERS,
@@ -237,8 +236,8 @@ def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
             required = any(f.required for kind in kinds for f in msgspec.structs.fields(kind))
         # A body whose every field is optional may be left out (read as `{}`).
         operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
-    for fields, kind in KINDS.values():
-        component = components[fields.__name__]
-        component["properties"].update(_BOUNDED[kind])
+    for endpoint in ENDPOINTS.values():
+        component = components[endpoint.fields.__name__]
+        component["properties"].update(_BOUNDED[endpoint.kind])
         component["additionalProperties"] = True
     return components

@@ -67,11 +67,10 @@ from gateway.limits.backend import (
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.upper_bound import choices, output_limit, text_bound
-from gateway.outcome import Outcome
+from gateway.outcome import CallKind, Outcome
 from gateway.redis_batch import RedisBatcher
 from gateway.routing import Route
 from gateway.settings import Settings
-from router.classify import Kind
 from router.errors import BudgetExceeded, GatewayError, InvalidRequest, LimitsUnavailable, RateLimited
 from router.request_limits import prompt_count
 
@@ -206,7 +205,7 @@ class Limits:
 
     # --- before the call --------------------------------------------------------------------------
 
-    def estimate(self, chosen: Route, body: dict[str, Any], size: int, kind: Kind, received: float,
+    def estimate(self, chosen: Route, body: dict[str, Any], size: int, kind: CallKind, received: float,
                  priced: bool = True) -> tuple[int, int]:
         """(tokens, cost units) of a call whose body is `body`, `size` bytes as received: the tokens it is
         expected to use (token limits), and the most it can cost (the budget reservation; 0 unless `priced`)."""

@@ -24,8 +24,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from router.classify import Kind
-
 __all__ = ["choices", "lax_int", "output_limit", "text_bound"]
 
 
@@ -63,7 +61,7 @@ def choices(body: Mapping[str, Any]) -> int:
     return max(1, lax_int(n) or 1, lax_int(best_of) or 1)
 
 
-def output_limit(body: Mapping[str, Any], kind: Kind) -> int | None:
+def output_limit(body: Mapping[str, Any], kind: str) -> int | None:
     """The output limit of one choice as the engine applies it; None when there is none (up to the context
     window). Chat: `max_completion_tokens` or `max_tokens`, the larger; completions read `max_tokens` only.
     A value below 1 does not limit."""
