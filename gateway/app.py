@@ -100,8 +100,10 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             )
             stack.push_async_callback(upstream.aclose)
             await check_all(upstream.checks, pools, timeout=2.0)
+            policies.refresh_served()  # the models the pools serve and the catalogue does not list, derived
             warm_up()  # the tokenizer, before the first request rather than during it
-            for job in (watch_health(upstream.checks, pools, settings.health_interval_s), policies.watch()):
+            checks = watch_health(upstream.checks, pools, settings.health_interval_s, policies.refresh_served)
+            for job in (checks, policies.watch()):
                 stack.push_async_callback(_cancel, asyncio.create_task(job))
             install_sighup(policies)
             redis = batcher = None

@@ -1,10 +1,15 @@
 """The gateway's side of routing: the policy in force (hot-reloaded, last good kept), and one request's
-route: classify, decide (router/, pure), and the pools it may go to, fallbacks included."""
+route: classify, decide (router/, pure), and the pools it may go to, fallbacks included.
+
+The models the pools serve but the catalogue does not list are derived from what their workers' /v1/models
+said (router/derive.py): the health checks learn it, `PolicyStore.refresh_served` swaps the policy in force
+when it changes, so no request waits on a worker to be routed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -18,10 +23,11 @@ from typing import Any, Literal
 import watchfiles
 
 from gateway.accounting.prices import PriceCatalogue, current_token_rates
-from router.catalogue import Model
+from router.catalogue import AUTO, Model
 from router.classify import Features, classify
 from router.decide import decide
 from router.decision import Caller, PoolState, RouteDecision
+from router.derive import UNKNOWN_WINDOW, ServedModel, routing_policy
 from router.errors import ModelNotFound
 from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
 from router.pricing import TokenRates
@@ -38,21 +44,42 @@ RATES_TTL_S = 60.0
 class ActivePolicy:
     """A policy and what the gateway derives from it for its configured pools; swapped whole."""
 
-    policy: PolicySet
+    policy: PolicySet  # as the files hold it
     pools: Pools
     loaded_at: float
+    # The pools' models the catalogue does not list, as their workers described them (a pool whose workers do
+    # not list its model is left out): routing derives catalogue entries from them.
+    served: tuple[ServedModel, ...] = ()
 
     @cached_property
     def direct(self) -> dict[str, Pool]:
+        """Models the catalogue does not list, by name: a call naming one goes straight to its pool."""
         return {p.model: p for p in self.pools.pools if p.model not in self.policy.models}
 
     @cached_property
+    def routing(self) -> PolicySet:
+        """The policy `auto` is routed with: the files', or, when they list no served model, one among the
+        derived models (router/derive.py)."""
+        return routing_policy(self.policy, self.pools.by_name, self.served)
+
+    @property
+    def derived(self) -> bool:
+        """Whether `auto` routes among models derived from the pools (the catalogue lists none they serve)."""
+        return self.routing is not self.policy
+
+    @cached_property
     def routable(self) -> tuple[str, ...]:
-        """What clients may ask for: `auto`, catalogued models whose pool is configured, their aliases,
-        and the models of pools the catalogue does not list."""
+        """What clients may ask for: `auto` (when something can serve it), catalogued models whose pool is
+        configured, their aliases, and the models of pools the catalogue does not list."""
         served = {m for m, model in self.policy.models.items() if model.pool in self.pools.by_name}
-        names = [n for n in self.policy.routable_names() if n == "auto" or self.policy.resolve(n) in served]
-        return (*names, *sorted(self.direct))
+        names = [n for n in self.policy.routable_names() if n != AUTO and self.policy.resolve(n) in served]
+        auto = (AUTO,) if served or self.derived else ()
+        return (*auto, *names, *sorted(self.direct))
+
+    @cached_property
+    def windows(self) -> Mapping[str, Model]:
+        """The routing policy's models whose context window is known (a budget's reservation is bounded by it)."""
+        return {n: m for n, m in self.routing.models.items() if m.context_window != UNKNOWN_WINDOW}
 
 
 @dataclass
@@ -65,13 +92,24 @@ class PolicyStore:
     last_error: list[str] | None = None
     last_error_at: float | None = None
 
+    _said: set[str] = field(default_factory=set, init=False)
+
     def __post_init__(self) -> None:
-        self.active = ActivePolicy(load_policy_set(self.directory), self.pools, time.time())  # fails loudly
+        policy = load_policy_set(self.directory)  # fails loudly
+        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools))
         for problem in self.active.policy.check_pools(p.name for p in self.pools.pools):
             log.warning("policy: %s; routing never chooses it", problem)
-        for model in self.active.direct:
-            log.warning("policy: model `%s` is served by a pool but not in the catalogue; clients can call it "
-                        "by name, routing never chooses it", model)
+
+    def refresh_served(self) -> None:
+        """What the pools' workers serve changed (the health checks): derive again; say what is derived."""
+        active = self.active
+        served = served_models(active.policy, self.pools)
+        if served != active.served:
+            self.active = active = dataclasses.replace(active, served=served)
+        for line in derivation_notes(active):
+            if line not in self._said:
+                self._said.add(line)
+                log.warning("policy: %s", line)
 
     def reload(self) -> bool:
         """Validate the files again; swap atomically when they are good and changed."""
@@ -83,8 +121,9 @@ class PolicyStore:
         self.last_error = self.last_error_at = None
         if policy.hash == self.active.policy.hash:
             return False
-        self.active = ActivePolicy(policy, self.pools, time.time())
+        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools))
         log.info("policy %s loaded from %s", policy.hash[:12], self.directory)
+        self.refresh_served()
         return True
 
     async def watch(self) -> None:
@@ -98,6 +137,9 @@ class PolicyStore:
             "directory": str(self.directory), "hash": p.hash, "files": list(p.files),
             "loaded_at": datetime.fromtimestamp(self.active.loaded_at, UTC).isoformat(),
             "rules": [r.name for r in p.rules], "models": list(p.models), "aliases": dict(p.aliases),
+            "derived": [{"model": s.name, "pool": s.pool, "context_window": s.max_model_len}
+                        for s in self.active.served],
+            "auto": "derived" if self.active.derived else "policy",
             "predictor": p.predictor.summary() if p.predictor is not None else None,
             "quality_target": p.quality_target,
             "last_error": self.last_error,
@@ -108,6 +150,42 @@ class PolicyStore:
 
 def policy_directory(configured: str | None) -> Path:
     return Path(configured) if configured else default_policy_dir()
+
+
+def served_models(policy: PolicySet, pools: Pools) -> tuple[ServedModel, ...]:
+    """The pools' models `policy` does not list, as their workers told (those they do not list left out)."""
+    return tuple(
+        ServedModel(p.model, p.name, p.max_model_len())
+        for p in pools.pools
+        if p.model not in policy.models and not p.model_unlisted()
+    )
+
+
+def derivation_notes(active: ActivePolicy) -> list[str]:
+    """What an operator should know about the models derived from the pools, and what to edit."""
+    models_file = active.policy.directory / "models.yaml"
+    hint = f"add them to {models_file} to route them by the policy (`gateway init --from-pools` writes entries)"
+    notes: list[str] = []
+
+    def told(s: ServedModel) -> str:
+        window = f"context window {s.max_model_len:,}" if s.max_model_len is not None else "context window not known"
+        return f"`{s.name}` (pool `{s.pool}`, {window})"
+
+    if active.derived:
+        names = ", ".join(told(s) for s in active.served)
+        notes.append(f"{models_file} lists no model a configured pool serves: `auto` routes among the pools' own "
+                     f"models, {names}, the cheapest first; {hint}")
+    elif active.served:
+        names = ", ".join(told(s) for s in active.served)
+        notes.append(f"not in {models_file}: {names}; clients can call them by name, `auto` never chooses them; "
+                     f"{hint}")
+    for pool in active.pools.pools:
+        if pool.model_unlisted():
+            ids = sorted({i for r in pool.replicas for i in (r.lists or ())})
+            notes.append(f"pool `{pool.name}`: its workers serve {', '.join(ids) or 'no model'}, not `{pool.model}`; "
+                         f"calls for `{pool.model}` get the worker's error and `auto` never chooses it; set the "
+                         "pool's `model` to the name the worker serves (vLLM's --served-model-name)")
+    return notes
 
 
 def pool_states(pools: Pools) -> dict[str, PoolState]:
@@ -158,10 +236,14 @@ def route(
     if (pool := active.direct.get(requested)) is not None:
         return Route(((requested, pool),), DIRECT_RULE, None)
     if requested not in active.routable:
+        if requested == AUTO:
+            raise ModelNotFound(f"No model can be routed for `auto`: {active.policy.directory / 'models.yaml'} lists "
+                                "no model a configured pool serves, and no pool's workers serve the pool's model. "
+                                f"Valid models: {', '.join(active.routable)}.", param="model")
         raise ModelNotFound(
             f"The model `{requested}` does not exist. Valid models: {', '.join(active.routable)}.", param="model"
         )
-    policy = active.policy
+    policy = active.routing
     features = classify(body, kind, headers, policy.classifier)
     probe = QualityProbe(policy.predictor, body, features) if policy.predictor is not None else None
     decision = decide(features, caller, requested, policy, pool_states(active.pools), rates, probe)
@@ -169,7 +251,7 @@ def route(
     targets = [(decision.model, by_name[decision.pool])]
     targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
     return Route(tuple(targets), decision.rule, decision, features,
-                 probe if probe is not None and probe.vector is not None else None, policy.models)
+                 probe if probe is not None and probe.vector is not None else None, active.windows)
 
 
 def install_sighup(store: PolicyStore) -> None:

@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from router.errors import PoolOverloaded
 from workers.breaker import Breaker
@@ -35,6 +35,10 @@ class Replica:
     kv_cache: float = 0.0  # 0..1
     last_error: str | None = None
     breaker: Breaker = field(default_factory=Breaker)
+    # From the replica's /v1/models, as last fetched (kept while it is away): the ids it lists (None: it never
+    # answered) and the entry for its pool's model, as the worker gave it (max_model_len, root, ...).
+    lists: tuple[str, ...] | None = None
+    card: dict[str, Any] | None = None
 
     def load(self) -> float:
         """Work queued on the replica: our own count is live, the engine's covers other gateways too."""
@@ -96,6 +100,21 @@ class Pool:
             r.healthy and r not in excluded and (r.breaker.closed or r.breaker.ready_to_probe(now))
             for r in self.replicas
         )
+
+    def model_card(self) -> dict[str, Any] | None:
+        """The workers' /v1/models entry for this pool's model: a healthy replica's, else any replica's."""
+        cards = [r.card for r in sorted(self.replicas, key=lambda r: not r.healthy) if r.card is not None]
+        return cards[0] if cards else None
+
+    def max_model_len(self) -> int | None:
+        """The smallest window the replicas told (a call may go to any of them); None when none did."""
+        lens = [n for r in self.replicas if r.card is not None and isinstance(n := r.card.get("max_model_len"), int)]
+        return min(lens) if lens else None
+
+    def model_unlisted(self) -> bool:
+        """Replicas answered /v1/models and none lists this pool's model (a misnamed pool)."""
+        answered = [r.lists for r in self.replicas if r.lists is not None]
+        return bool(answered) and all(self.model not in ids for ids in answered)
 
     def choose(self, exclude: Iterable[Replica] = (), prefix: bytes | None = None) -> Replica | None:
         now = time.monotonic()

@@ -2,7 +2,7 @@
 what they need, call the services below them and render the answer.
 
 - `openai.py`: the inference endpoints (`/v1/chat/completions`, `/v1/completions`, ...);
-- `models.py`: `/v1/models`;
+- `models.py`: `/v1/models`, `/v1/models/{model}`;
 - `feedback.py`: `POST /v1/feedback`;
 - `reports.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/budgets` (finance);
 - `admin.py`: `/admin/policy`, `/admin/route/explain`, `/admin/workers`;
@@ -20,11 +20,11 @@ from gateway.api.feedback import feedback
 from gateway.api.health import healthz, readyz
 from gateway.api.keys import KEY_HANDLERS
 from gateway.api.metrics import metrics_endpoint
-from gateway.api.models import list_models
+from gateway.api.models import list_models, retrieve_model
 from gateway.api.openai import chat_completions, completions
 from gateway.api.reports import usage_report
 
 HANDLERS = [
-    chat_completions, completions, list_models, feedback, usage_report, budgets_report,
+    chat_completions, completions, list_models, retrieve_model, feedback, usage_report, budgets_report,
     policy_status, route_explain, workers_status, *KEY_HANDLERS, healthz, readyz, metrics_endpoint,
 ]

@@ -74,10 +74,11 @@ async def route_explain(
     features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
     caller = principal_of(request).caller  # the admin's own key (tenant, team), never request headers
     decision, error = None, None
-    probe = probe_for(active.policy.predictor, parsed.data, features)
+    policy = active.routing  # the files' policy, or the one derived from the pools when it serves nothing
+    probe = probe_for(policy.predictor, parsed.data, features)
     try:
-        decision = decide(features, caller, parsed.fields.model, active.policy, pool_states(active.pools),
+        decision = decide(features, caller, parsed.fields.model, policy, pool_states(active.pools),
                           ctx.rates.current(), probe)
     except GatewayError as exc:
         error = exc
-    return explain_dict(active.policy, features, caller, parsed.fields.model, decision, error, probe)
+    return explain_dict(policy, features, caller, parsed.fields.model, decision, error, probe)
