@@ -9,7 +9,7 @@ import signal
 import sys
 
 # Each module has `register(subparsers)`, which adds its parser with `set_defaults(run=...)`.
-COMMANDS = ("serve", "sim", "workers", "db", "keys", "report", "policies", "route", "router")
+COMMANDS = ("serve", "sim", "workers", "db", "keys", "report", "policies", "route", "router", "init")
 
 
 def build_parser() -> argparse.ArgumentParser:
