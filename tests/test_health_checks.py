@@ -36,6 +36,10 @@ class Worker:
     health_delay_s: float = 0.0
     metrics: str = METRICS
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the answers of /v1/slow
+    models: list[str] = field(default_factory=lambda: ["tiny"])  # what /v1/models lists
+    max_model_len: int = 1024
+    api_key: str | None = None  # /v1/models wants it, as vLLM's --api-key does (/health does not)
+    models_asked: int = 0
 
 
 @pytest.fixture
@@ -52,6 +56,17 @@ async def worker() -> AsyncIterator[Worker]:
             return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
         return web.Response(body=body, content_type="text/plain")
 
+    async def models(request: web.Request) -> web.Response:
+        state.models_asked += 1
+        if state.api_key is not None and request.headers.get("Authorization") != f"Bearer {state.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        created = 1796000000 + state.models_asked  # vLLM's changes with every answer
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": created, "owned_by": "vllm", "root": f"/models/{m}",
+             "parent": None, "max_model_len": state.max_model_len,
+             "permission": [{"id": f"modelperm-{created}", "object": "model_permission"}]}
+            for m in state.models]})
+
     async def slow(request: web.Request) -> web.StreamResponse:  # a long stream: headers now, the end later
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
@@ -63,6 +78,7 @@ async def worker() -> AsyncIterator[Worker]:
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -126,3 +142,37 @@ async def test_an_unreachable_replica_is_unhealthy(upstream: Upstream) -> None:
     await check_replica(upstream.checks, replica, timeout=1.0)
     assert not replica.healthy
     assert replica.last_error == "/health failed: ClientConnectorError"
+
+
+async def test_what_a_replica_serves_is_kept_and_a_change_is_told(worker: Worker, upstream: Upstream) -> None:
+    worker.api_key = "sk-worker"
+    replica = Replica(worker.url, "p")
+    # Without the pool's key, /v1/models is refused: nothing is learned, the replica is healthy all the same.
+    assert not await check_replica(upstream.checks, replica, 2.0, "tiny")
+    assert replica.healthy and (replica.lists, replica.card) == (None, None)
+
+    key = {"authorization": "Bearer sk-worker"}
+    assert await check_replica(upstream.checks, replica, 2.0, "tiny", key)
+    assert replica.lists == ("tiny",)
+    assert replica.card is not None and replica.card["max_model_len"] == 1024
+    assert replica.card["root"] == "/models/tiny" and replica.card["owned_by"] == "vllm"
+    # A new answer (vLLM's `created` and permission ids change each time) with the same window: no change.
+    first = replica.card
+    assert not await check_replica(upstream.checks, replica, 2.0, "tiny", key)
+    assert replica.card is not None and replica.card["created"] != first["created"]
+
+    worker.max_model_len = 2048  # restarted with another --max-model-len
+    assert await check_replica(upstream.checks, replica, 2.0, "tiny", key)
+    assert replica.card is not None and replica.card["max_model_len"] == 2048
+
+    worker.models = ["other"]  # it now serves another model: listed, no entry for this pool's
+    assert await check_replica(upstream.checks, replica, 2.0, "tiny", key)
+    assert replica.lists == ("other",) and replica.card is None
+
+
+async def test_a_replica_gone_away_keeps_what_it_last_served(worker: Worker, upstream: Upstream) -> None:
+    replica = Replica(worker.url, "p")
+    assert await check_replica(upstream.checks, replica, 2.0, "tiny")
+    replica.url = "http://127.0.0.1:9"  # nothing listens there
+    assert not await check_replica(upstream.checks, replica, 1.0, "tiny")
+    assert not replica.healthy and replica.card is not None and replica.card["max_model_len"] == 1024
