@@ -142,3 +142,46 @@ def test_context_overflow_400_passes_through(gw: GatewayProcess, vllm_engine: Vl
     assert via.json()["error"]["message"].startswith("This model's maximum context length is")
     with pytest.raises(openai.BadRequestError):
         sdk(gw).chat.completions.create(model="tiny", messages=body["messages"], max_tokens=4)
+
+
+# The pools serve `tiny` and `ghost`, which the shipped catalogue (policies/models.yaml) does not list.
+def test_pools_only_auto_and_no_model_route_to_the_served_model(gw: GatewayProcess) -> None:
+    raw = sdk(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES, max_tokens=4)
+    assert raw.http_response.status_code == 200
+    assert (raw.headers["x-gateway-model"], raw.headers["x-gateway-route"]) == ("tiny", "(derived from the pools)")
+    assert raw.parse().model == "tiny"
+    # No `model`, as vLLM itself accepts: `auto`, so `tiny` (ghost's worker does not list `ghost`).
+    for path, body in (("/chat/completions", {"messages": MESSAGES}), ("/completions", {"prompt": "The gateway"})):
+        via = httpx.post(gw.api + path, json={**body, "max_tokens": 4}, headers=gw.auth)
+        assert via.status_code == 200, via.text
+        assert via.headers["x-gateway-model"] == "tiny" and via.json()["model"] == "tiny"
+    # Past tiny's window (max_model_len 1024, from its /v1/models): the gateway says so before any worker.
+    long = [{"role": "user", "content": "routing " * 1500}]
+    via = httpx.post(gw.api + "/chat/completions", json={"messages": long, "max_tokens": 4}, headers=gw.auth)
+    assert via.status_code == 400 and "the largest is 1,024" in via.json()["error"]["message"]
+    log = gw.log()
+    assert "`auto` routes among the pools' own models, `tiny` (pool `tiny`, context window 1,024)" in log
+    assert "pool `ghost`: its workers serve tiny, not `ghost`" in log
+
+
+def test_models_pass_vllms_fields_through(gw: GatewayProcess, vllm_engine: VllmEngine) -> None:
+    own = httpx.get(vllm_engine.base_url + "/v1/models").json()["data"]
+    assert [m["id"] for m in own] == ["tiny"]
+    listed = {m["id"]: m for m in httpx.get(gw.api + "/models", headers=gw.auth).json()["data"]}
+    assert list(listed) == ["auto", "ghost", "tiny"]
+    tiny = listed["tiny"]
+    assert tiny["max_model_len"] == own[0]["max_model_len"] == 1024
+    for field in ("object", "owned_by", "root", "parent"):
+        assert tiny[field] == own[0][field], field
+    # created and the permission's id change with every answer of vLLM's: the rest is the same.
+    assert tiny["permission"][0].keys() == own[0]["permission"][0].keys()
+    assert {k: v for k, v in tiny["permission"][0].items() if k not in ("id", "created")} == \
+        {k: v for k, v in own[0]["permission"][0].items() if k not in ("id", "created")}
+    assert listed["auto"] == {"id": "auto", "object": "model", "created": listed["auto"]["created"],
+                              "owned_by": "gateway", "max_model_len": 1024}
+    assert listed["ghost"]["owned_by"] == "gateway" and "max_model_len" not in listed["ghost"]
+    retrieved = sdk(gw).models.retrieve("tiny")
+    assert retrieved.model_extra is not None and retrieved.model_extra["root"] == own[0]["root"]
+    assert retrieved.model_extra["max_model_len"] == 1024
+    with pytest.raises(openai.NotFoundError):
+        sdk(gw).models.retrieve("demo-small")
