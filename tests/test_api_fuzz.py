@@ -173,6 +173,7 @@ def test_the_document_describes_the_real_api(fuzzed: Fuzzed) -> None:
     operations = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert operations == {
         ("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get"),
+        ("/v1/models/{model}", "get"),
         ("/v1/feedback", "post"), ("/v1/reports/usage", "get"), ("/v1/reports/budgets", "get"),
         ("/admin/keys", "get"), ("/admin/keys", "post"), ("/admin/keys/{key_id}/revoke", "post"),
         ("/admin/teams", "get"), ("/admin/teams/{tenant}/{team}", "put"), ("/admin/workers", "get"),
