@@ -1,8 +1,14 @@
 """Bytes from a worker back to the client.
 
-Streams are passthrough: events go out as the worker framed them. The only event the gateway looks
-inside is the one carrying `usage` (found by a byte search, so ordinary chunks are never parsed),
-which it reads for accounting and drops when the client did not ask for it.
+Streams are passthrough: events go out as the worker framed them. The gateway asks the worker for the
+usage event (for accounting); the only event it looks inside is that one (found by a byte search, so
+ordinary chunks are never parsed), which it reads, and drops when the client did not ask for it.
+
+vLLM puts `system_fingerprint` on the usage event when there is one, else on each choice's last chunk
+(the one with its `finish_reason`). So when the usage event is to be dropped, the events from the first
+finished choice on are held until it arrives, and go out with the fingerprint added as vLLM would have
+written it. With one choice (the common call) the finished chunk is the last one anyway; with several,
+what the others still send after the first one finishes reaches the client at the end of the stream.
 """
 
 from __future__ import annotations
@@ -25,11 +31,16 @@ from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 log = logging.getLogger("gateway.access")
 
 USAGE_MARK = b'"usage":'
+USAGE_EVENT_MARK = b'"choices":[]'  # the usage event's: no event with a choice can hold it outside a string
+FINISHED_MARK = b'"finish_reason":"'  # a choice's last chunk (a string, not null)
+FINGERPRINT_KEY = b',"system_fingerprint":'
+NULL = msgspec.Raw(b"null")
 
 
 class _UsageCarrier(msgspec.Struct):
     usage: Usage | None = None
     choices: list[msgspec.Raw] | None = None
+    system_fingerprint: msgspec.Raw = NULL  # as the worker wrote it, to be written again unchanged
 
 
 _decode_carrier = msgspec.json.Decoder(_UsageCarrier).decode
@@ -42,22 +53,42 @@ def read_usage(body: bytes) -> Usage | None:
         return None
 
 
-def _take_usage(events: bytes, strip: bool, outcome: Outcome) -> bytes:
+def _usage_event(event: bytes) -> _UsageCarrier | None:
+    """The usage event's content (`choices` empty), or None for any other event."""
+    if USAGE_EVENT_MARK not in event or USAGE_MARK not in event or not event.startswith(b"data: {"):
+        return None
+    try:
+        carrier = _decode_carrier(event[6:])
+    except msgspec.DecodeError:
+        return None
+    return carrier if carrier.usage is not None and carrier.choices == [] else None
+
+
+def _read_usage_events(events: bytes, outcome: Outcome) -> None:
+    """The client asked for the usage event: it is only read."""
+    for event in events.split(EVENT_END):
+        if (carrier := _usage_event(event)) is not None:
+            outcome.usage = carrier.usage
+
+
+def _release(events: bytes, outcome: Outcome) -> bytes:
+    """Held events: the usage event read and dropped, its fingerprint added to each choice's last chunk."""
     kept: list[bytes] = []
+    fingerprint: bytes | None = None
     for event in events.split(EVENT_END):
         if not event:
             continue
-        if USAGE_MARK in event and event.startswith(b"data: {"):
-            try:
-                carrier = _decode_carrier(event[6:])
-            except msgspec.DecodeError:
-                carrier = _UsageCarrier()
-            if carrier.usage is not None:
-                outcome.usage = carrier.usage
-                if strip and carrier.choices == []:
-                    continue
-        kept.append(event + EVENT_END)
-    return b"".join(kept)
+        if (carrier := _usage_event(event)) is not None:
+            outcome.usage = carrier.usage
+            if carrier.system_fingerprint != NULL:
+                fingerprint = bytes(carrier.system_fingerprint)
+            continue
+        kept.append(event)
+    if fingerprint is not None:
+        tail = FINGERPRINT_KEY + fingerprint + b"}"
+        kept = [event[:-1] + tail if (FINISHED_MARK in event and event.endswith(b"}")
+                                      and FINGERPRINT_KEY not in event) else event for event in kept]
+    return b"".join(event + EVENT_END for event in kept)
 
 
 def error_event(message: str, type_: str, code: str) -> bytes:
@@ -68,9 +99,11 @@ def error_event(message: str, type_: str, code: str) -> bytes:
 async def relay_stream(
     call: UpstreamCall, strip_usage: bool, outcome: Outcome, tap: Callable[[bytes], None] | None = None
 ) -> AsyncGenerator[bytes, None]:
-    """`tap`, when given, receives each batch of whole events as the worker sent them (the response cache
-    collects a cacheable answer that way; other streams have no tap and are never parsed)."""
+    """`strip_usage`: the client did not ask for the usage event (module docstring). `tap`, when given,
+    receives each batch of whole events as the worker sent them (the response cache collects a cacheable
+    answer that way; other streams have no tap and are never parsed)."""
     pending = b""
+    held: list[bytes] | None = None  # from the first finished choice on, until the usage event
     try:
         async for chunk in call.response.aiter_raw():
             if outcome.first_byte is None:
@@ -86,14 +119,29 @@ async def relay_stream(
             outcome.content_events += ready.count(b"data: {") - ready.count(b'"content":""')
             if tap is not None:
                 tap(ready)
-            if USAGE_MARK in ready:
-                ready = _take_usage(ready, strip_usage, outcome)
+            if strip_usage:
+                if held is None and (at := ready.find(FINISHED_MARK)) >= 0:
+                    before = ready.rfind(EVENT_END, 0, at)  # the end of the event before the finished one
+                    start = before + 2 if before >= 0 else 0
+                    held, ready = [ready[start:]], ready[:start]
+                elif held is not None:
+                    held.append(ready)
+                    ready = b""
+                if held is not None and held[-1].endswith(DONE_EVENT):
+                    ready += _release(b"".join(held), outcome)
+                    held = None
+                elif held is None and USAGE_MARK in ready:  # a usage event with no finished choice before it
+                    ready = _release(ready, outcome)
+            elif USAGE_MARK in ready:
+                _read_usage_events(ready, outcome)
             if ready.endswith(DONE_EVENT):
                 outcome.completed = True
                 # The books are closed (the call journaled) before the client has its last event, not after.
                 finish(outcome)
             if ready:
                 yield ready
+        if held:
+            yield _release(b"".join(held), outcome)
         if pending:
             yield pending
     except UPSTREAM_ERRORS as exc:
@@ -102,7 +150,7 @@ async def relay_stream(
         outcome.error = "UpstreamTimeout" if is_timeout else type(exc).__name__
         call.broke(f"stream broke: {outcome.error}")
         log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
-        yield error_event(
+        yield (_release(b"".join(held), outcome) if held else b"") + error_event(
             "The worker timed out mid-stream." if is_timeout else "The worker failed mid-stream.",
             "timeout_error" if is_timeout else "upstream_error",
             "upstream_timeout" if is_timeout else "upstream_stream_broken",

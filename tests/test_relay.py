@@ -5,6 +5,7 @@ Every way the worker's bytes can be cut into network chunks must give the client
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -76,16 +77,53 @@ async def test_usage_chunk_kept_when_asked_and_read(name: str, chunk_size: int) 
     assert outcome.usage.total_tokens == outcome.usage.prompt_tokens + outcome.usage.completion_tokens
 
 
-@pytest.mark.parametrize("name", ["chat_stream_usage.sse", "completion_stream_usage.sse"])
+def same_but_ids(raw: bytes) -> bytes:
+    """`raw` with its ids blanked: two requests' streams differ only there (vLLM makes them at random)."""
+    return re.sub(rb'"id":"[^"]*"', b'"id":""', raw)
+
+
+# The same request asked of vLLM twice: with `stream_options.include_usage` (as the gateway asks it) and
+# without (as the client did). Seeded, so both carry the same text in the same chunks.
+PAIRS = [("chat_stream_usage.sse", "chat_stream_nousage.sse"),
+         ("chat_stream_n3_stop_usage.sse", "chat_stream_n3_stop_nousage.sse"),  # a choice finishes first
+         ("completion_stream_2prompts_usage.sse", "completion_stream_2prompts_nousage.sse")]
+
+
+@pytest.mark.parametrize(("asked", "unasked"), PAIRS)
 @pytest.mark.parametrize("chunk_size", [1, 13, 100_000])
-async def test_usage_chunk_removed_when_not_asked(name: str, chunk_size: int) -> None:
-    raw = fixture_bytes(name)
-    out, outcome = await relay(raw, chunk_size, strip=True)
-    expected = [e for e in events(raw) if b'"choices":[],"usage"' not in e]
-    assert len(expected) == len(events(raw)) - 1
-    assert out == b"".join(expected)
-    assert out.endswith(DONE_EVENT)
-    assert outcome.usage is not None  # still read for accounting
+async def test_without_usage_asked_the_client_gets_what_vllm_sends_then(asked: str, unasked: str,
+                                                                         chunk_size: int) -> None:
+    """The usage event is dropped and its `system_fingerprint` moves onto each choice's last chunk: byte for
+    byte the stream vLLM sends a client that did not ask for usage, with several choices too."""
+    out, outcome = await relay(fixture_bytes(asked), chunk_size, strip=True)
+    expected = fixture_bytes(unasked)
+    assert same_but_ids(out) == same_but_ids(expected)
+    assert out.count(b'"system_fingerprint":"vllm-0.32.0-') == expected.count(b'"finish_reason":"') > 0
+    assert outcome.usage is not None and outcome.completed  # still read for accounting
+
+
+async def test_the_completion_fixture_loses_only_its_usage_event() -> None:
+    raw = fixture_bytes("completion_stream_usage.sse")
+    out, _ = await relay(raw, 9, strip=True)
+    kept = [e for e in events(raw) if b'"choices":[],"usage"' not in e]
+    assert len(kept) == len(events(raw)) - 1
+    finished = [e for e in kept if b'"finish_reason":"' in e]
+    assert len(finished) == 1
+    assert out == b"".join(kept).replace(finished[0], finished[0][:-3] + b',"system_fingerprint":"vllm-0.32.0-'
+                                         b'6e839a82"}\n\n')
+
+
+async def test_the_finished_choices_are_held_only_until_the_usage_event() -> None:
+    """With several choices, the events from the first finished one on wait for the fingerprint; the ones
+    before it go out as they come."""
+    raw = fixture_bytes("chat_stream_n3_stop_usage.sse")
+    first = raw.index(b'"finish_reason":"')
+    before = raw[: raw.rindex(b"\n\n", 0, first) + 2]
+    response = ChunkedResponse([before, raw[len(before):]])
+    outcome = Outcome("rid", "tiny", time.perf_counter())
+    sent = [c async for c in relay_stream(UpstreamCall(Replica("http://w", "p", in_flight=1), response), True,
+                                          outcome)]
+    assert sent[0] == before and len(sent) == 2 and sent[1].endswith(DONE_EVENT)
 
 
 async def test_stream_without_usage_passes_unchanged() -> None:
@@ -136,3 +174,15 @@ async def test_a_streams_books_are_closed_before_its_last_event_leaves(chunk_siz
         if chunk.endswith(DONE_EVENT):
             assert recorded == [outcome] and outcome.usage is not None  # recorded whole, usage and all
     assert recorded == [outcome]  # once
+
+
+async def test_a_stream_broken_while_events_are_held_still_gives_them_then_the_error() -> None:
+    raw = fixture_bytes("chat_stream_n3_stop_usage.sse")
+    cut = raw.index(b"\n\n", raw.index(b'"finish_reason":"')) + 2  # just after the first finished choice
+    response = ChunkedResponse([raw[:cut]], fail=aiohttp.ClientPayloadError("Response payload is not completed"))
+    outcome = Outcome("rid", "tiny", time.perf_counter())
+    out = b"".join([c async for c in relay_stream(UpstreamCall(Replica("http://w", "p", in_flight=1), response),
+                                                  True, outcome)])
+    assert out.startswith(raw[:cut])  # nothing lost; no fingerprint to add, the usage event never came
+    assert out[cut:].startswith(b'data: {"error":') and out.endswith(DONE_EVENT)
+    assert not outcome.completed

@@ -52,25 +52,26 @@ def test_ordinary_calls_pass() -> None:
 # (kind, body, param, code, words the message must hold)
 CASES: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("chat", chat(n=1_000_000_000), "n", "integer_above_max_value", "<= 128"),
-    ("chat", chat(n=0), "n", "integer_below_min_value", ">= 1"),
-    ("chat", chat(n=-3), "n", "integer_below_min_value", "got -3"),
-    ("chat", chat(n="5"), "n", "invalid_type", "expected an integer, but got a string"),
-    ("chat", chat(n=2.0), "n", "invalid_type", "got a number"),
-    ("chat", chat(n=True), "n", "invalid_type", "got a boolean"),
+    ("chat", chat(n="five"), "n", "invalid_type", "expected an integer, but got a string"),
+    ("chat", chat(n=2.5), "n", "invalid_type", "got a number"),
+    ("chat", chat(n=[2]), "n", "invalid_type", "got an array"),
+    ("chat", chat(n="129"), "n", "integer_above_max_value", "<= 128"),
+    ("chat", chat(n=129.0), "n", "integer_above_max_value", "<= 128"),
     ("chat", chat(n=10**400), "n", "integer_above_max_value", "a 401-digit number"),
     ("completion", completion(best_of=21), "best_of", "integer_above_max_value", "<= 20"),
     ("completion", completion(prompt=["x"] * 1025), "prompt", "array_above_max_length", "maximum length 1024"),
     ("completion", completion(prompt=[[1]] * 1025), "prompt", "array_above_max_length", "array with length 1025"),
     ("completion", completion(prompt=["x"] * 100, n=11), "n", "integer_above_max_value", "1100 sequences"),
     ("completion", completion(prompt=["x"] * 100, best_of=11, n=2), "best_of", "integer_above_max_value", "x 11"),
-    ("completion", completion(prompt=["x", 5]), "prompt[1]", "invalid_type", "a string or an array of token ids"),
+    ("completion", completion(prompt=["x", None]), "prompt[1]", "invalid_type", "a string or an array of token ids"),
     ("completion", completion(logprobs=6), "logprobs", "integer_above_max_value", "<= 5"),
-    ("completion", completion(logprobs=-1), "logprobs", "integer_below_min_value", ">= 0"),
-    ("completion", completion(max_tokens=0), "max_tokens", "integer_below_min_value", ">= 1"),
+    ("completion", completion(logprobs=-1), "logprobs", "integer_above_max_value", "-1 (the whole vocabulary)"),
+    ("completion", completion(logprobs="6"), "logprobs", "integer_above_max_value", "<= 5"),
     ("chat", chat(top_logprobs=21), "top_logprobs", "integer_above_max_value", "<= 20"),
-    ("chat", chat(top_logprobs=-1), "top_logprobs", "integer_below_min_value", ">= 0"),
+    ("chat", chat(top_logprobs=-1), "top_logprobs", "integer_above_max_value", "the whole vocabulary"),
     ("chat", chat(logprobs=5), "logprobs", "invalid_type", "expected a boolean"),
-    ("chat", chat(prompt_logprobs=-1), "prompt_logprobs", "integer_below_min_value", ">= 0"),
+    ("chat", chat(prompt_logprobs=-1), "prompt_logprobs", "integer_above_max_value", "<= 20"),
+    ("chat", chat(logprobs="sure"), "logprobs", "invalid_type", "expected a boolean, but got a string"),
     ("chat", chat(prompt_logprobs=21), "prompt_logprobs", "integer_above_max_value", "<= 20"),
     ("chat", chat(tools=[{}] * 129), "tools", "array_above_max_length", "maximum length 128"),
     ("chat", chat(tools={"type": "function"}), "tools", "invalid_type", "expected an array"),
@@ -86,10 +87,12 @@ CASES: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("chat", chat(messages=[{"role": "user", "content": [[]]}]), "messages[0].content[0]", "invalid_type", "array"),
     ("chat", chat(max_tokens=8193), "max_tokens", "integer_above_max_value", "largest context window"),
     ("chat", chat(max_tokens=10**12), "max_tokens", "integer_above_max_value", "<= 8192"),
-    ("chat", chat(max_tokens=-5), "max_tokens", "integer_below_min_value", "got -5"),
+    ("chat", chat(max_tokens="8193"), "max_tokens", "integer_above_max_value", "but got 8193 instead"),
+    ("chat", chat(max_tokens=" 1_000_000 "), "max_tokens", "integer_above_max_value", "but got 1000000 instead"),
+    ("chat", chat(max_tokens="1e9"), "max_tokens", "invalid_type", "expected an integer"),
     ("chat", chat(max_completion_tokens=9000), "max_completion_tokens", "integer_above_max_value", "<= 8192"),
-    ("chat", chat(max_completion_tokens="9"), "max_completion_tokens", "invalid_type", "an integer"),
-    ("chat", chat(seed=2**64), "seed", "integer_above_max_value", "a 64-bit integer"),
+    ("chat", chat(max_completion_tokens="9.5"), "max_completion_tokens", "invalid_type", "an integer"),
+    ("chat", chat(seed="lucky"), "seed", "invalid_type", "an integer"),
 ]
 
 
@@ -100,6 +103,32 @@ def test_a_dimension_past_its_bound_is_a_400_naming_it(kind: str, body: dict[str
     error = refused(body, kind)
     assert (error.param, error.code) == (param, code)
     assert f"'{param}'" in error.message and words in error.message, error.message
+
+
+def test_values_are_read_as_vllm_reads_them_and_bounded_so() -> None:
+    """`"2"`, `2.0` and `true` are what the engine makes of them (router/lax.py): the body holds the values read,
+    for everything that reads it after; the client's own are returned, for the worker."""
+    body = chat(n="2", max_tokens=5.0, logprobs="true", top_logprobs=True, seed=" 7 ", best_of="3",
+                max_completion_tokens="1_000")
+    replaced = check_request(body, "chat", SHIPPED)
+    assert {k: body[k] for k in replaced or ()} == {"n": 2, "max_tokens": 5, "logprobs": True, "top_logprobs": 1,
+                                                    "seed": 7, "best_of": 3, "max_completion_tokens": 1000}
+    assert replaced == {"n": "2", "max_tokens": 5.0, "logprobs": "true", "top_logprobs": True, "seed": " 7 ",
+                        "best_of": "3", "max_completion_tokens": "1_000"}
+    assert check_request(chat(n=2, max_tokens=5, logprobs=True), "chat", SHIPPED) is None  # nothing to read anew
+    body = completion(prompt=["1", 2.0, True], logprobs=2.0, echo="yes")
+    assert check_request(body, "completion", SHIPPED) == {"logprobs": 2.0}
+    assert prompt_count(body) == 1  # token ids, as pydantic's `list[int]` reads them
+
+
+def test_what_only_the_worker_judges_is_left_to_it() -> None:
+    """Below a field's minimum, or a field vLLM 0.32 does not read: the worker's own answer, not the gateway's.
+    Nothing here asks for more than a bound allows."""
+    for body in (chat(n=0), chat(n=-3, max_tokens=-5), chat(max_completion_tokens=0), chat(seed=2**64),
+                 chat(top_logprobs=-2, prompt_logprobs=-7), chat(best_of="many", functions="none"),
+                 completion(max_tokens=0), completion(logprobs=-2), completion(prompt=["x", 5])):
+        check_request(body, "chat" if "messages" in body else "completion", SHIPPED)
+    refused(chat(functions=[{}] * 129))  # an ignored field is still bounded in size
 
 
 def test_the_reader_applies_the_limits_it_is_given() -> None:
