@@ -46,7 +46,7 @@ log = logging.getLogger("gateway")
 
 
 def launch_plans(settings: Settings) -> list[ReplicaPlan]:
-    launches = [PoolLaunch(p.name, p.model, p.launch) for p in settings.pools if p.launch is not None]
+    launches = [PoolLaunch(p.name, p.model, p.launch, p.runner) for p in settings.pools if p.launch is not None]
     needs_gpus = any(x.spec.engine == "vllm" and x.spec.gpus is None for x in launches)
     return plan(launches, [g.index for g in discover()] if needs_gpus else [])
 
@@ -67,6 +67,7 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
             if cfg.prefix_affinity else None,
             gate=Gate(cfg.name, cfg.admission.max_in_flight, cfg.admission.max_queue, cfg.admission.max_wait_s)
             if cfg.admission else None,
+            runner=cfg.runner,
         ))
     return Pools(pools)
 

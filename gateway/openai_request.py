@@ -22,8 +22,22 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool | None = None
 
 
-class _Common(msgspec.Struct, kw_only=True):
+class RequestFields(msgspec.Struct, kw_only=True):
+    """What the gateway reads of any inference body: the model. An endpoint that streams reads `stream` and
+    `stream_options` as fields; the others (embeddings, tokenize, score, ...) never stream."""
+
     model: str = "auto"
+
+    @property
+    def stream(self) -> bool | None:
+        return False
+
+    @property
+    def stream_options(self) -> StreamOptions | None:
+        return None
+
+
+class _Common(RequestFields, kw_only=True):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
@@ -41,7 +55,8 @@ _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
-def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
+def invalid_fields(exc: msgspec.ValidationError) -> InvalidRequest:
+    """A 400 naming the field msgspec found missing or of the wrong type."""
     text = str(exc)
     if m := _MISSING.search(text):
         param = m.group(1) if not (at := _AT.search(text)) or not at.group(1) else f"{at.group(1)}.{m.group(1)}"
@@ -56,7 +71,7 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
 
 class ParsedRequest(msgspec.Struct):
     data: dict[str, Any]
-    fields: ChatFields | CompletionFields
+    fields: RequestFields  # ChatFields, CompletionFields or another endpoint's (gateway/endpoints.py)
 
 
 def _brackets_over(body: bytes, limit: int) -> bool:
@@ -102,7 +117,7 @@ def parse_body(
     try:
         fields = msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise invalid_fields(exc) from exc
     check_request(data, "chat" if kind is ChatFields else "completion", limits)
     return ParsedRequest(data, fields)
 

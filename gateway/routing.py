@@ -50,6 +50,9 @@ class ActivePolicy:
     # The pools' models the catalogue does not list, as their workers described them (a pool whose workers do
     # not list its model is left out): routing derives catalogue entries from them.
     served: tuple[ServedModel, ...] = ()
+    # The models of pools whose workers answered /v1/models without them: not offered; a call naming one still
+    # goes to its pool (and gets the worker's own answer).
+    unlisted: frozenset[str] = frozenset()
 
     @cached_property
     def direct(self) -> dict[str, Pool]:
@@ -74,7 +77,7 @@ class ActivePolicy:
         served = {m for m, model in self.policy.models.items() if model.pool in self.pools.by_name}
         names = [n for n in self.policy.routable_names() if n != AUTO and self.policy.resolve(n) in served]
         auto = (AUTO,) if served or self.derived else ()
-        return (*auto, *names, *sorted(self.direct))
+        return (*auto, *names, *sorted(n for n in self.direct if n not in self.unlisted))
 
     @cached_property
     def windows(self) -> Mapping[str, Model]:
@@ -96,16 +99,17 @@ class PolicyStore:
 
     def __post_init__(self) -> None:
         policy = load_policy_set(self.directory)  # fails loudly
-        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools))
+        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools),
+                                   unlisted_models(self.pools))
         for problem in self.active.policy.check_pools(p.name for p in self.pools.pools):
             log.warning("policy: %s; routing never chooses it", problem)
 
     def refresh_served(self) -> None:
         """What the pools' workers serve changed (the health checks): derive again; say what is derived."""
         active = self.active
-        served = served_models(active.policy, self.pools)
-        if served != active.served:
-            self.active = active = dataclasses.replace(active, served=served)
+        served, unlisted = served_models(active.policy, self.pools), unlisted_models(self.pools)
+        if (served, unlisted) != (active.served, active.unlisted):
+            self.active = active = dataclasses.replace(active, served=served, unlisted=unlisted)
         for line in derivation_notes(active):
             if line not in self._said:
                 self._said.add(line)
@@ -121,7 +125,8 @@ class PolicyStore:
         self.last_error = self.last_error_at = None
         if policy.hash == self.active.policy.hash:
             return False
-        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools))
+        self.active = ActivePolicy(policy, self.pools, time.time(), served_models(policy, self.pools),
+                                   unlisted_models(self.pools))
         log.info("policy %s loaded from %s", policy.hash[:12], self.directory)
         self.refresh_served()
         return True
@@ -159,6 +164,11 @@ def served_models(policy: PolicySet, pools: Pools) -> tuple[ServedModel, ...]:
         for p in pools.pools
         if p.model not in policy.models and not p.model_unlisted()
     )
+
+
+def unlisted_models(pools: Pools) -> frozenset[str]:
+    """The models of pools whose workers answered /v1/models and list none of them."""
+    return frozenset(p.model for p in pools.pools if p.model_unlisted())
 
 
 def derivation_notes(active: ActivePolicy) -> list[str]:
@@ -237,9 +247,10 @@ def route(
         return Route(((requested, pool),), DIRECT_RULE, None)
     if requested not in active.routable:
         if requested == AUTO:
+            valid = f" Valid models: {', '.join(active.routable)}." if active.routable else ""
             raise ModelNotFound(f"No model can be routed for `auto`: {active.policy.directory / 'models.yaml'} lists "
-                                "no model a configured pool serves, and no pool's workers serve the pool's model. "
-                                f"Valid models: {', '.join(active.routable)}.", param="model")
+                                "no model a configured pool serves, and no pool's workers serve the pool's model."
+                                + valid, param="model")
         raise ModelNotFound(
             f"The model `{requested}` does not exist. Valid models: {', '.join(active.routable)}.", param="model"
         )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec, check_timeout
+from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec, Runner, check_timeout
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
@@ -30,6 +30,9 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
     name: str
     model: str
+    # What the pool's engine serves (vLLM's --runner): `pooling` for an embedding model, which chat routing never
+    # chooses; launched vLLM replicas get the matching flags.
+    runner: Runner = "generate"
     replicas: tuple[str, ...] = ()
     launch: LaunchSpec | None = None
     api_key: str | None = None  # sent to the replicas as a bearer token (vLLM's --api-key)
@@ -198,6 +201,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                     raise msgspec.ValidationError(f"pool `{pool.name}`: launch.replicas and gpus_per_replica >= 1")
                 if launch.engine != "sim" and not launch.model_path:
                     raise msgspec.ValidationError(f"pool `{pool.name}`: engine {launch.engine} needs launch.model_path")
+                if launch.engine == "sim" and pool.runner == "pooling":
+                    raise msgspec.ValidationError(f"pool `{pool.name}`: runner pooling needs engine vllm or vllm-cpu "
+                                                  "(the simulator generates text only)")
                 # A healthy replica is checked once per round (the checks' timeout plus the interval): two rounds
                 # at least, or one slow round would restart it.
                 least = 2 * (self.health_interval_s + check_timeout(self.health_interval_s))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.model_list import model_entries, model_entry
-from gateway.routing import ActivePolicy, derivation_notes, route, served_models
+from gateway.routing import ActivePolicy, PolicyStore, derivation_notes, route, served_models, unlisted_models
 from router.classify import classify
 from router.decide import decide
 from router.decision import Caller, PoolState
@@ -119,7 +119,7 @@ def test_the_policy_routes_as_written_when_it_serves_a_catalogued_model_or_nothi
 
 def active(*pools: Pool) -> ActivePolicy:
     all_pools = Pools(list(pools))
-    return ActivePolicy(SHIPPED, all_pools, time.time(), served_models(SHIPPED, all_pools))
+    return ActivePolicy(SHIPPED, all_pools, time.time(), served_models(SHIPPED, all_pools), unlisted_models(all_pools))
 
 
 def test_a_pool_whose_workers_do_not_list_its_model_is_not_derived() -> None:
@@ -127,7 +127,8 @@ def test_a_pool_whose_workers_do_not_list_its_model_is_not_derived() -> None:
                pool("p-big", "org/big", None))
     assert a.served == (TINY, ServedModel("org/big", "p-big", None))  # org/big: not asked yet, window unknown
     assert a.derived and list(a.routing.models) == ["tiny", "org/big"]
-    assert a.routable == ("auto", "ghost", "org/big", "tiny")
+    assert a.routable == ("auto", "org/big", "tiny")  # ghost's worker says it does not serve it
+    assert a.unlisted == {"ghost"} and "ghost" in a.direct  # a call naming it still reaches its pool
     assert list(a.windows) == ["tiny"]  # a budget's reservation is bounded by known windows only
     notes = derivation_notes(a)
     assert "lists no model a configured pool serves: `auto` routes among the pools' own models" in notes[0]
@@ -139,13 +140,18 @@ def test_a_pool_whose_workers_do_not_list_its_model_is_not_derived() -> None:
 
 
 def test_auto_is_not_offered_when_nothing_can_serve_it() -> None:
-    a = active(pool("ghost", "ghost", ("tiny",)))
-    assert not a.derived and a.routable == ("ghost",)
+    a = active(pool("ghost", "ghost", ("tiny",)), pool("p-new", "new", None))  # p-new: not asked yet
+    assert a.derived and a.routable == ("auto", "new")  # `new` may serve it: derived, window unknown
+    a = active(pool("ghost", "ghost", ("tiny",)), pool("other", "other", ("tiny",)))
+    assert not a.derived and a.routable == ()
     with pytest.raises(ModelNotFound) as info:
         route(a, chat(), "chat", "auto", {}, Caller(), {})
     assert info.value.status == 404 and info.value.param == "model"
-    assert "No model can be routed for `auto`" in info.value.message and "Valid models: ghost." in info.value.message
-    assert model_entries(a, 1) == [{"id": "ghost", "object": "model", "created": 1, "owned_by": "gateway"}]
+    assert info.value.message == (f"No model can be routed for `auto`: {default_policy_dir() / 'models.yaml'} lists no "
+                                  "model a configured pool serves, and no pool's workers serve the pool's model.")
+    assert model_entries(a, 1) == []
+    direct = route(a, chat(), "chat", "ghost", {}, Caller(), {})  # not offered, still forwarded: the worker answers
+    assert direct.targets[0][1].name == "ghost"
 
 
 def test_route_sends_auto_to_a_derived_model_and_a_name_straight_to_its_pool() -> None:
@@ -197,3 +203,26 @@ def test_the_listing_prefers_a_healthy_replicas_entry_and_the_smallest_window() 
     assert a.served == (ServedModel("tiny", "p", 1024),)
     assert model_entry(a, "auto", 1) == {"id": "auto", "object": "model", "created": 1, "owned_by": "gateway",
                                          "max_model_len": 1024}
+
+
+def test_the_store_derives_again_when_the_workers_say_something_new(caplog: pytest.LogCaptureFixture) -> None:
+    tiny, ghost = pool("p-tiny", "tiny", None), pool("ghost", "ghost", None)
+    store = PolicyStore(default_policy_dir(), Pools([tiny, ghost]))
+    first = store.active
+    caplog.clear()  # what the store said of the catalogue's own models
+    assert first.served == (ServedModel("tiny", "p-tiny", None), ServedModel("ghost", "ghost", None))
+    # The first health checks: tiny's window is told, ghost's worker serves something else.
+    tiny.replicas[0].lists, tiny.replicas[0].card = ("tiny",), card("tiny", 1024)
+    ghost.replicas[0].lists = ("tiny",)
+    with caplog.at_level("WARNING", logger="gateway.routing"):
+        store.refresh_served()
+        store.refresh_served()  # nothing new: the same policy in force, nothing said twice
+    assert store.active is not first and store.active.served == (TINY,)
+    assert store.active.unlisted == {"ghost"} and store.active.routable == ("auto", "tiny")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "`tiny` (pool `p-tiny`, context window 1,024)" in said[0]
+    assert said[1].startswith("policy: pool `ghost`: its workers serve tiny, not `ghost`")
+    kept = store.active
+    tiny.replicas[0].card = card("tiny", 2048)  # restarted with a larger --max-model-len
+    store.refresh_served()
+    assert store.active is not kept and store.active.routing.models["tiny"].context_window == 2048

@@ -38,6 +38,9 @@ def test_yaml_then_env_then_overrides(tmp_path: Path) -> None:
         ("pools:\n  - {name: a, model: m, replicas: [ftp://x]}\n", "not an http(s) URL"),
         ("pools:\n  - {name: a, model: m, replicas: [http://x]}\n  - {name: a, model: n, replicas: [http://y]}\n",
          "duplicate pool name: a"),
+        ("pools:\n  - {name: a, model: m, runner: embed, replicas: [http://x]}\n", "Invalid enum value 'embed'"),
+        ("pools:\n  - {name: a, model: m, runner: pooling, launch: {engine: sim}}\n",
+         "runner pooling needs engine vllm or vllm-cpu"),
         ("- 1\n", "must be a mapping"),
         ("port: [\n", "not valid YAML"),
     ],
@@ -48,6 +51,13 @@ def test_bad_config_is_refused_with_a_reason(tmp_path: Path, text: str, needle: 
     with pytest.raises(SettingsError, match=None) as info:
         load_settings(cfg, env={})
     assert needle in str(info.value)
+
+
+def test_a_pool_says_what_its_engine_runs(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("pools:\n  - {name: chat, model: c, replicas: [http://x]}\n"
+                   "  - {name: embed, model: e, runner: pooling, replicas: [http://y]}\n")
+    assert [p.runner for p in load_settings(cfg, env={}).pools] == ["generate", "pooling"]
 
 
 def test_bad_env_value_is_refused() -> None:

@@ -40,11 +40,17 @@ def test_commands_for_each_engine() -> None:
         LaunchSpec(engine="vllm", model_path="/models/llama", gpus_per_replica=2, args=("--max-model-len", "8192")),
         "llama", 9001,
     )
-    assert argv == ["vllm", "serve", "/models/llama", "--served-model-name", "llama", "--host", "127.0.0.1",
-                    "--port", "9001", "--tensor-parallel-size", "2", "--max-model-len", "8192"]
+    assert argv == ["vllm", "serve", "/models/llama", "--served-model-name", "llama", "--runner", "generate",
+                    "--host", "127.0.0.1", "--port", "9001", "--tensor-parallel-size", "2", "--max-model-len", "8192"]
     argv, env = replica_command(LaunchSpec(engine="vllm-cpu", model_path="/m", python="/venv/bin/python"), "t", 1)
     assert argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert env["HF_HUB_OFFLINE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == ""
+    # A pool of an embedding model: its replicas run vLLM's pooling runner.
+    argv, env = replica_command(LaunchSpec(engine="vllm-cpu", model_path="/m", python="/venv/bin/python"), "e", 2,
+                                "pooling")
+    assert argv[argv.index("--runner") + 1] == "pooling" and argv.count("--runner") == 1
+    [launched] = plan([PoolLaunch("embed", "e", LaunchSpec(engine="vllm-cpu", model_path="/m"), "pooling")], [])
+    assert launched.argv[launched.argv.index("--runner") + 1] == "pooling"
 
 
 def test_plan_gives_each_gpu_replica_its_own_gpus_and_port() -> None:

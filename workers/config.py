@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 import msgspec
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+# What a pool's engine runs, as vLLM's `--runner` says: `generate` answers chat and completions, `pooling`
+# (an embedding model) answers embeddings, score and rerank. Both tokenize.
+Runner = Literal["generate", "pooling"]
 
 
 def check_timeout(interval: float) -> float:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from workers.config import LaunchSpec
+from workers.config import LaunchSpec, Runner
 from workers.gpus import assign, cuda_visible_devices
 
 
@@ -42,15 +42,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def replica_command(spec: LaunchSpec, model: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and extra environment of one replica."""
+def replica_command(spec: LaunchSpec, model: str, port: int,
+                    runner: Runner = "generate") -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of one replica; `runner`: what its pool serves."""
     net = ["--host", "127.0.0.1", "--port", str(port)]
-    if spec.engine == "sim":
+    if spec.engine == "sim":  # generation only (settings refuse a pooling pool of simulators)
         return [sys.executable, "-m", "vllm_sim", "--model", model, *net, *spec.args], {}
     assert spec.model_path is not None  # settings validation requires it for vLLM engines
     model_path = os.path.expanduser(spec.model_path)
     python = os.path.expanduser(spec.python) if spec.python else None
-    served = ["--served-model-name", model]
+    # vLLM picks the runner from the model's architecture unless told: a pool says what it serves.
+    served = ["--served-model-name", model, "--runner", runner]
     if spec.engine == "vllm":
         tp = spec.tensor_parallel_size or spec.gpus_per_replica
         head = [python, "-m", "vllm.entrypoints.cli.main"] if python else ["vllm"]
@@ -68,6 +70,7 @@ class PoolLaunch:
     pool: str
     model: str
     spec: LaunchSpec
+    runner: Runner = "generate"
 
 
 def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[ReplicaPlan]:
@@ -82,7 +85,7 @@ def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[Re
             gpu_sets = assign(available, spec.replicas, spec.gpus_per_replica, taken)
         for i, gpus in enumerate(gpu_sets):
             port = free_port()
-            argv, env = replica_command(spec, launch.model, port)
+            argv, env = replica_command(spec, launch.model, port, launch.runner)
             if spec.engine == "vllm":
                 env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpus)
             plans.append(ReplicaPlan(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from router.errors import PoolOverloaded
 from workers.breaker import Breaker
+from workers.config import Runner
 
 Balance = Literal["least_load", "round_robin"]
 
@@ -87,6 +88,7 @@ class Pool:
     balance: Balance = "least_load"
     affinity: Affinity | None = None
     gate: Gate | None = None
+    runner: Runner = "generate"  # `pooling`: an embedding model; chat and completions never go there
     _turn: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     @property

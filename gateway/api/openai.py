@@ -8,17 +8,20 @@ from typing import Any
 
 from litestar import asgi
 from litestar.connection import ASGIConnection
+from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from gateway.auth.principal import Principal, principal_of
+from gateway.by_name import route_by_name
 from gateway.cache.service import HEADER as CACHE_HEADER
 from gateway.cache.service import ResponseCache
 from gateway.cache.ticket import Ticket
 from gateway.context import GatewayContext
 from gateway.endpoints import ENDPOINTS, Endpoint
 from gateway.limits.service import Limits
-from gateway.openai_request import ParsedRequest, parse_body, prompt_prefix
+from gateway.openai_request import ParsedRequest, prompt_prefix
 from gateway.outcome import Outcome, failure_of, finish
+from gateway.pooling_request import prompt_of
 from gateway.relay import RelayStream
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
@@ -73,12 +76,12 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     try:
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         active = ctx.policies.active  # the policy the call keeps to its end, whatever reloads meanwhile
-        parsed = parse_body(body, endpoint.fields, active.policy.request_limits)  # its request limits: 400 past them
+        parsed = endpoint.parse(body, active.policy.request_limits)  # its request limits: 400 past them
         chosen = _route(ctx, endpoint, active, request, parsed, principal, outcome, trace)
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
-        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, endpoint.routed_as, outcome)
+        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, endpoint.kind, outcome)
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
             limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, len(body), outcome,
@@ -127,12 +130,24 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
     outcome.first_byte = time.perf_counter()
     if call.response.status_code == 200:
         outcome.usage = endpoint.read_usage(content)
+        if endpoint.answer_headers:
+            _pass_headers(endpoint, call, headers, outcome)
         outcome.completed = True
         cached.answer(content)
         if watch is not None:
             watch.body = content
     finish(outcome)
     return Reply(content, call.response.status_code, media_type, headers)
+
+
+def _pass_headers(endpoint: Endpoint, call: UpstreamCall, headers: dict[str, str], outcome: Outcome) -> None:
+    """The worker's headers the endpoint passes on; the usage from them when the body has none (vLLM's
+    embeddings as bytes carry it, and their layout, in `metadata`)."""
+    for name in endpoint.answer_headers:
+        if (value := call.response.headers.get(name)) is not None:
+            headers[name] = value
+            if outcome.usage is None:
+                outcome.usage = endpoint.read_usage(value.encode())
 
 
 def _route(ctx: GatewayContext, endpoint: Endpoint, active: ActivePolicy, request: ASGIConnection[Any, Any, Any, Any],
@@ -142,10 +157,14 @@ def _route(ctx: GatewayContext, endpoint: Endpoint, active: ActivePolicy, reques
     feedback) and may be sampled for a shadow evaluation."""
     fields = parsed.fields
     outcome.requested_model, outcome.stream = fields.model, bool(fields.stream)
-    outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
     mark = time.perf_counter()
-    chosen = route(active, parsed.data, endpoint.routed_as, fields.model, request.headers, principal.caller,
-                   ctx.rates.current())
+    if endpoint.routed_as is None:  # by the model's name alone
+        outcome.prompt = prompt_of(endpoint.kind, parsed.data)  # for an estimate only
+        chosen = route_by_name(active, fields.model, endpoint.runner, endpoint.path, endpoint.cached)
+    else:
+        outcome.prompt = parsed.data.get("messages", parsed.data.get("prompt"))  # for an estimate only
+        chosen = route(active, parsed.data, endpoint.routed_as, fields.model, request.headers, principal.caller,
+                       ctx.rates.current())
     outcome.policy_rule = chosen.rule
     if chosen.decision is not None:
         outcome.reference_model = chosen.decision.reference_model
@@ -192,3 +211,14 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 @asgi("/v1/completions", copy_scope=False, opt={"methods": ("POST",)})
 async def completions(scope: Scope, receive: Receive, send: Send) -> None:
     await _serve(scope, receive, send, "/v1/completions")
+
+
+def _by_name_route(path: str) -> ASGIRouteHandler:
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve(scope, receive, send, path)
+
+    return asgi(path, copy_scope=False, opt={"methods": ("POST",)})(serve)
+
+
+# The endpoints routed by the model's name alone (embeddings, tokenize, score, rerank, ...), as Litestar's too.
+BY_NAME_ROUTES = [_by_name_route(path) for path, e in ENDPOINTS.items() if e.routed_as is None]

@@ -183,18 +183,19 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
 
 
 def _inference(endpoint: Endpoint) -> dict[str, Any]:
+    if "stream" in endpoint.fields.__struct_fields__:
+        answer = {"description": "The worker's answer: JSON, or server-sent events when `stream` is true",
+                  "content": {"application/json": {"schema": _ANSWER}, "text/event-stream": {"schema": _EVENT}}}
+    else:  # never streamed (embeddings, tokenize, score, rerank)
+        answer = {"description": "The worker's answer, as vLLM produced it",
+                  "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "operationId": endpoint.operation_id,
         "summary": endpoint.summary,
         "description": "Only the fields listed are read by the gateway; every other field reaches the worker "
                        "untouched (docs/api.md#inference).",
         "parameters": _INFERENCE_HEADERS,
-        "responses": {
-            "200": {"description": "The worker's answer: JSON, or server-sent events when `stream` is true",
-                    "content": {"application/json": {"schema": _ANSWER},
-                                "text/event-stream": {"schema": _EVENT}}},
-            **_ERRORS,
-        },
+        "responses": {"200": answer, **_ERRORS},
     }
 
 
@@ -238,6 +239,6 @@ def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
         operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
     for endpoint in ENDPOINTS.values():
         component = components[endpoint.fields.__name__]
-        component["properties"].update(_BOUNDED[endpoint.kind])
+        component["properties"].update(_BOUNDED.get(endpoint.kind, {}))
         component["additionalProperties"] = True
     return components

@@ -8,6 +8,9 @@ way round. A non-streaming answer also keeps the worker's body, which a JSON req
 was. Answers the normalized form cannot carry faithfully (logprobs, refusals, audio, an error, a
 finish reason other than `stop` or `length`) are not cached.
 
+The endpoints that answer with one whole JSON body and never stream (embeddings, score, rerank) keep a
+`RawEntry`: the worker's body as it was, and its usage (for the record of a hit).
+
 Entries are msgpack (msgspec); they live only in the cache backend, never in logs or the database.
 """
 
@@ -51,17 +54,36 @@ class Entry(msgspec.Struct, array_like=True):
     body: bytes | None = None  # the worker's JSON body, when the answer was not streamed
 
 
+class RawEntry(msgspec.Struct, array_like=True):
+    """A whole JSON answer, served again as the worker sent it."""
+
+    body: bytes
+    usage: Usage
+    model: str
+
+
+# The kinds of call whose answers are kept as an `Entry`; any other kind's answer is a `RawEntry`.
+ENTRY_KINDS: dict[str, Literal["chat", "completion"]] = {"chat": "chat", "completion": "completion"}
+
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
+_raw_decoder = msgspec.msgpack.Decoder(RawEntry)
 
 
-def encode_entry(entry: Entry) -> bytes:
+def encode_entry(entry: Entry | RawEntry) -> bytes:
     return _entry_encoder.encode(entry)
 
 
 def decode_entry(data: bytes) -> Entry | None:
     try:
         return _entry_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def decode_raw(data: bytes) -> RawEntry | None:
+    try:
+        return _raw_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 

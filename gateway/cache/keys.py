@@ -11,7 +11,7 @@ different request from an absent one.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -31,9 +31,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def canonical_request(
-    kind: Literal["chat", "completion"], body: dict[str, Any], model: str, max_tokens: int | None
-) -> bytes:
+def canonical_request(kind: str, body: dict[str, Any], model: str, max_tokens: int | None) -> bytes:
     """The bytes the key hashes: the request as the worker will see it, less what does not change the
     answer, in one canonical JSON form."""
     canon = {k: _plain(v) for k, v in body.items() if k not in NOT_IN_KEY}
@@ -52,7 +50,7 @@ def scope_of(tenant: str, namespace: str | None) -> str:
 
 def cache_key(
     prefix: str,
-    kind: Literal["chat", "completion"],
+    kind: str,  # the call's kind (gateway/outcome.py's CallKind): the same body at another endpoint is another key
     body: dict[str, Any],
     model: str,
     max_tokens: int | None,

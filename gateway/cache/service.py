@@ -23,8 +23,12 @@ from redis.asyncio import Redis
 
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.entry import (
+    ENTRY_KINDS,
+    Entry,
+    RawEntry,
     StreamCollector,
     decode_entry,
+    decode_raw,
     encode_entry,
     entry_from_body,
     render_json,
@@ -32,7 +36,7 @@ from gateway.cache.entry import (
 )
 from gateway.cache.keys import cache_key, lock_key
 from gateway.cache.ticket import BYPASS, Ticket
-from gateway.openai_request import ChatFields, CompletionFields
+from gateway.openai_request import RequestFields
 from gateway.outcome import Outcome, finish
 from gateway.redis_batch import RedisBatcher
 from gateway.replies import Reply
@@ -40,7 +44,6 @@ from gateway.request_id import new_id
 from gateway.routing import Route
 from gateway.settings import Settings
 from gateway.usage import Usage
-from router.classify import Kind
 from router.errors import InvalidRequest
 
 log = logging.getLogger("gateway.cache")
@@ -80,7 +83,7 @@ class ResponseCache:
     # --- the request path ---------------------------------------------------------------------------
 
     async def begin(self, headers: Mapping[str, str], chosen: Route, body: dict[str, Any],
-                    fields: ChatFields | CompletionFields, kind: Kind, outcome: Outcome) -> Ticket:
+                    fields: RequestFields, kind: str, outcome: Outcome) -> Ticket:
         """`ask`, then `resolve`: the lookup in one step."""
         return await self.resolve(self.ask(headers, chosen, body, kind, outcome), fields, outcome)
 
@@ -89,12 +92,13 @@ class ResponseCache:
         headers: Mapping[str, str],
         chosen: Route,
         body: dict[str, Any],
-        kind: Kind,
+        kind: str,
         outcome: Outcome,
     ) -> Ticket:
         """Issue the request's lookup, without waiting for it (`resolve` does), so that it shares
         a round trip with the commands issued meanwhile (the rate limits' admission). Call before the body
-        is changed for the worker (`upstream_body`)."""
+        is changed for the worker (`upstream_body`). `kind`: the call's (gateway/outcome.py's CallKind); a call
+        routed by name alone (no decision) follows its route's cache policy."""
         directive = headers.get(HEADER)
         if directive is not None:
             directive = directive.strip().lower()
@@ -103,22 +107,22 @@ class ResponseCache:
                     f"Invalid {HEADER} header `{directive}`: use `no-store` or `refresh`.", param=HEADER,
                     code="invalid_cache_directive")
         decision = chosen.decision
+        policy = decision.cache if decision is not None else chosen.cache
         backend = self.backend
-        if (backend is None or not self.config.enabled or decision is None or not decision.cache.store
+        if (backend is None or not self.config.enabled or policy is None or not policy.store
                 or directive == "no-store" or (self._down_until and self._left_alone(backend))):
             self.counts["bypasses"] += 1
             return BYPASS
-        policy = decision.cache
-        key = cache_key(self.config.key_prefix, kind, body, decision.model, decision.max_tokens, outcome.tenant,
-                        policy.namespace)
-        ticket = Ticket("miss", kind, key, decision.model, float(policy.ttl_s or 0), store=True)
+        model, cap = (decision.model, decision.max_tokens) if decision is not None else (chosen.targets[0][0], None)
+        key = cache_key(self.config.key_prefix, kind, body, model, cap, outcome.tenant, policy.namespace)
+        ticket = Ticket("miss", kind, key, model, float(policy.ttl_s or 0), store=True)
         if directive != "refresh":
             token = new_id()
             # One atomic step: the entry, or else the lock (so no answer lands between the two).
             ticket.lookup = (token, backend.lookup(key, lock_key(key), token, self.config.lock_ttl_s))
         return ticket
 
-    async def resolve(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome) -> Ticket:
+    async def resolve(self, ticket: Ticket, fields: RequestFields, outcome: Outcome) -> Ticket:
         """The lookup's answer: a hit carries its entry; a miss may hold the single-flight lock (the ticket
         goes on the outcome, for `store` when the call is over). A bypass is its own answer."""
         backend, key = self.backend, ticket.key
@@ -134,7 +138,9 @@ class ResponseCache:
                 elif raw is None:  # someone else is asking the worker this very question: wait for their answer
                     self.counts["waits"] += 1
                     raw = await backend.wait(key, lock_key(key), self.config.wait_s)
-                entry = decode_entry(raw) if raw is not None else None
+                entry: Entry | RawEntry | None = None
+                if raw is not None:
+                    entry = decode_entry(raw) if ticket.kind in ENTRY_KINDS else decode_raw(raw)
                 if entry is not None:
                     self._ok()
                     self.counts["hits"] += 1
@@ -150,8 +156,8 @@ class ResponseCache:
             self.counts["bypasses"] += 1
             return BYPASS
         self.counts["misses"] += 1
-        if fields.stream:
-            ticket.collector = StreamCollector(ticket.kind, self.config.max_entry_bytes)
+        if fields.stream and (kind := ENTRY_KINDS.get(ticket.kind)) is not None:
+            ticket.collector = StreamCollector(kind, self.config.max_entry_bytes)
         outcome.ticket = ticket
         return ticket
 
@@ -168,13 +174,15 @@ class ResponseCache:
             if (await lookup)[1]:
                 await self._release(key, token)
 
-    def respond(self, ticket: Ticket, fields: ChatFields | CompletionFields, outcome: Outcome,
+    def respond(self, ticket: Ticket, fields: RequestFields, outcome: Outcome,
                 headers: dict[str, str]) -> Reply:
         """The answer to a hit, as JSON or as an SSE stream (whichever the request asked for), and its
         record: the cached answer's tokens, no worker cost, the cost it saved."""
         entry = ticket.entry
         assert entry is not None
-        if fields.stream:
+        if isinstance(entry, RawEntry):  # a whole JSON answer, as the worker sent it
+            content, media_type = entry.body, "application/json"
+        elif fields.stream:
             opts = fields.stream_options
             content, media_type = render_sse(entry, bool(opts and opts.include_usage)), SSE
         else:
@@ -211,11 +219,15 @@ class ResponseCache:
         backend, key = self.backend, ticket.key
         assert backend is not None and key is not None
         try:
-            entry = None
+            entry: Entry | RawEntry | None = None
             if collector is not None:
                 entry = collector.entry(usage)
             elif body is not None:
-                entry = entry_from_body(ticket.kind, body)
+                kind = ENTRY_KINDS.get(ticket.kind)
+                if kind is not None:
+                    entry = entry_from_body(kind, body)
+                elif usage is not None and body[:1] == b"{":  # a whole JSON answer and its usage: kept as it is
+                    entry = RawEntry(body, usage, ticket.model or "")
             data = encode_entry(entry) if entry is not None else None
             if data is None or len(data) > self.config.max_entry_bytes or ticket.ttl_s <= 0:
                 data = None

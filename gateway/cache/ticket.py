@@ -8,8 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.cache.entry import Entry, StreamCollector
-from router.classify import Kind
+from gateway.cache.entry import Entry, RawEntry, StreamCollector
 
 Status = Literal["hit", "miss", "bypass"]
 
@@ -17,13 +16,13 @@ Status = Literal["hit", "miss", "bypass"]
 @dataclass(slots=True)
 class Ticket:
     status: Status
-    kind: Kind = "chat"
+    kind: str = "chat"  # the call's kind: a chat or completion answer is an `Entry`, any other a `RawEntry`
     key: str | None = None  # None: a bypass
     model: str | None = None  # the routed model the key is for: only its answers are stored
     ttl_s: float = 0.0
     store: bool = False  # store the answer when the call completes
     token: str | None = None  # the single-flight lock, when this request holds it
-    entry: Entry | None = None  # a hit
+    entry: Entry | RawEntry | None = None  # a hit
     collector: StreamCollector | None = None
     body: bytes | None = None
     lookup: tuple[str, Awaitable[tuple[bytes | None, bool]]] | None = None  # (lock token, answer) until resolved

@@ -66,8 +66,9 @@ from gateway.limits.backend import (
 )
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
-from gateway.limits.upper_bound import choices, output_limit, text_bound
+from gateway.limits.upper_bound import choices, output_limit, pooled_texts, text_bound
 from gateway.outcome import CallKind, Outcome
+from gateway.pooling_request import prompt_of, score_sides
 from gateway.redis_batch import RedisBatcher
 from gateway.routing import Route
 from gateway.settings import Settings
@@ -77,6 +78,8 @@ from router.request_limits import prompt_count
 log = logging.getLogger("gateway.limits")
 
 DEFAULT_OUTPUT = 256  # the expected output of a direct call (no routing features) that sets no max_tokens
+POOLED = frozenset({"embeddings", "score", "rerank"})  # calls with prompt tokens and no output
+TOKENIZING = frozenset({"tokenize", "detokenize"})  # calls with no tokens at all
 SETTLE_BATCH = 500
 SETTLE_RETRY_S = 1.0
 SETTLE_GIVE_UP_S = 120.0
@@ -209,6 +212,10 @@ class Limits:
                  priced: bool = True) -> tuple[int, int]:
         """(tokens, cost units) of a call whose body is `body`, `size` bytes as received: the tokens it is
         expected to use (token limits), and the most it can cost (the budget reservation; 0 unless `priced`)."""
+        if kind in POOLED:
+            return self._pooled(chosen, body, size, kind, received, priced)
+        if kind in TOKENIZING:
+            return 0, 0  # no tokens: limited by its requests alone
         features, decision = chosen.features, chosen.decision
         prompts = prompt_count(body) if kind == "completion" else 1
         sequences = choices(body) * prompts
@@ -228,9 +235,7 @@ class Limits:
         models = chosen.models
         most = 0  # cost units, times a million
         for model, _pool in chosen.targets:
-            held = self._prices.get(model)
-            if held is None or not held.start <= received < held.end:
-                held = self._prices[model] = self._price(model, received)
+            held = self._held(model, received)
             if held.prompt_rate is None:  # no price: the call costs nothing there
                 continue
             spec = models.get(model) if models is not None else None
@@ -245,6 +250,44 @@ class Limits:
             if (cost := prompt * held.prompt_rate + output * held.output_rate) > most:
                 most = cost
         return expected, -(-most // 1_000_000)
+
+    def _pooled(self, chosen: Route, body: dict[str, Any], size: int, kind: str, received: float,
+                priced: bool) -> tuple[int, int]:
+        """Embeddings, score, rerank: prompt tokens alone, no output. The most they can be: the body's bytes
+        (plus a text encoded once per pair, and the template's tokens per sequence and message), at most the
+        context window per sequence (gateway/limits/upper_bound.py)."""
+        expected = estimate_prompt_tokens(prompt_of(kind, body))
+        if not priced:
+            return expected, 0
+        sequences, repeated, messages = pooled_texts(kind, body, score_sides(body) if kind != "embeddings"
+                                                     else (None, None))
+        text = None if repeated is None else \
+            size + repeated + sequences * self.template_per_request + messages * self.template_per_message
+        most = 0
+        for model, pool in chosen.targets:
+            held = self._held(model, received)
+            if held.prompt_rate is None:
+                continue
+            spec = chosen.models.get(model) if chosen.models is not None else None
+            window = spec.context_window if spec is not None else pool.max_model_len()
+            if window is not None and (text is None or text > window * sequences):
+                prompt = window * sequences
+            elif text is not None:
+                prompt = text
+            else:
+                raise InvalidRequest(
+                    f"The context window of `{model}` is not known yet (its workers have not listed it), and content "
+                    "that is not text has no other bound: a call under a budget may send it text only.",
+                    param="input" if kind == "embeddings" else None)
+            most = max(most, prompt * held.prompt_rate)
+        return expected, -(-most // 1_000_000)
+
+    def _held(self, model: str, received: float) -> HeldPrice:
+        """`model`'s price version in force at `received`, derived once per version."""
+        held = self._prices.get(model)
+        if held is None or not held.start <= received < held.end:
+            held = self._prices[model] = self._price(model, received)
+        return held
 
     def _price(self, model: str, received: float) -> HeldPrice:
         """`model`'s price at `received` and the span of time it is in force."""

@@ -8,6 +8,9 @@ lengthen text), so `len(body)` bounds the text of all prompts and messages toget
 them; no sampling of the text can be fooled. A content part that is not text (an image, audio, a video)
 has no such bound (its tokens are the model's processor's choice), nor has a template sent with the
 request: only the model's context window bounds those, and no prompt exceeds it (the engine refuses it).
+The Responses and Messages APIs are bounded through their chat view (gateway/translated.py), which marks
+what their bodies' bytes do not bound: a conversation the worker keeps (`previous_response_id`), a tool
+input the worker writes out again (Anthropic's `tool_use`), an item it expands.
 
 Output. Each prompt (counted by router/request_limits.py's `prompt_count`, as the request's bounds count
 them) has `n` choices (or `best_of`, the larger), each writing at most `max_tokens` (for chat also
@@ -24,7 +27,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["choices", "lax_int", "output_limit", "text_bound"]
+__all__ = ["choices", "lax_int", "output_limit", "pooled_texts", "text_bound"]
 
 
 HUGE = 10**18  # a number too large for a float: more than any budget can pay for
@@ -78,9 +81,9 @@ def output_limit(body: Mapping[str, Any], kind: str) -> int | None:
 def text_bound(size: int, body: Mapping[str, Any], prompts: int, per_request: int, per_message: int) -> int | None:
     """Tokens a call's prompts can have, all together: the body's `size` in bytes, plus the template's
     `per_request` tokens for each prompt and `per_message` for each chat message. None when no byte count
-    bounds them (only the context window does): a chat content part that is not text, or a chat template
-    sent with the request."""
-    if "chat_template" in body:
+    bounds them (only the context window does): a chat content part that is not text, a chat template sent
+    with the request, or a conversation the worker holds (a Responses call's `previous_response_id`)."""
+    if "chat_template" in body or body.get("previous_response_id") is not None:
         return None
     messages = body.get("messages")
     if type(messages) is not list:
@@ -91,3 +94,48 @@ def text_bound(size: int, body: Mapping[str, Any], prompts: int, per_request: in
                 if type(part) is not dict or part.get("type") != "text":
                     return None
     return size + prompts * per_request + len(messages) * per_message
+
+
+def _text_parts(messages: list[Any]) -> bool:
+    """Whether chat messages hold text only (a string content, or text parts)."""
+    for message in messages:
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is list and any(type(p) is not dict or p.get("type") != "text" for p in content):
+            return False
+    return True
+
+
+def _side(value: Any) -> list[str] | None:
+    """One side of a score or rerank call as its texts; None when it holds anything else (an image)."""
+    texts = value if type(value) is list else [value]
+    return texts if texts and all(type(t) is str for t in texts) else None
+
+
+def pooled_texts(kind: str, body: Mapping[str, Any], sides: tuple[Any, Any]) -> tuple[int, int | None, int]:
+    """What an embeddings, score or rerank call has its engine encode, as counts that bound its prompt tokens
+    with the body's bytes: (sequences encoded, bytes of text encoded more than once, chat messages). The bytes
+    are None when no byte count bounds the prompt (an image, a content part that is not text).
+
+    Embeddings encode each input (a text, token ids, a conversation) once. Scoring one text against n others
+    encodes both sides (an embedding model) or each pair as one sequence (a cross-encoder): the one text may
+    be encoded n times. `sides`: the two sides of a score or rerank call (gateway/pooling_request.py)."""
+    if kind == "embeddings":
+        value = body.get("messages", body.get("input"))
+        if type(value) is not list or not value or type(value[0]) is int:
+            return 1, 0, 0
+        first = value[0]
+        if type(first) is dict:  # one conversation
+            return 1, 0 if _text_parts(value) else None, len(value)
+        if type(first) is list and first and type(first[0]) is dict:  # a batch of them
+            conversations = [c for c in value if type(c) is list]
+            text = len(conversations) == len(value) and all(_text_parts(c) for c in conversations)
+            return len(value), 0 if text else None, sum(len(c) for c in conversations)
+        return len(value), 0, 0
+    first, second = sides
+    firsts, seconds = first if type(first) is list else [first], second if type(second) is list else [second]
+    pairs = max(len(firsts), len(seconds), 1)
+    one = firsts if len(firsts) == 1 else seconds if len(seconds) == 1 else None
+    if _side(first) is None or _side(second) is None:
+        return 2 * pairs, None, 0
+    repeated = len(one[0].encode()) * (pairs - 1) if one is not None else 0
+    return 2 * pairs, repeated, 0

@@ -130,12 +130,12 @@ class Shadow:
     def offer(self, o: Outcome) -> None:
         """The step after the call (from `finish`): a sampled call a worker answered in full, by a model
         other than the reference, becomes a job (queued, or dropped and counted)."""
-        watch, probe = o.watch, o.quality
-        if watch is None or probe is None or probe.vector is None:
+        watch, probe, kind = o.watch, o.quality, o.kind
+        if watch is None or probe is None or probe.vector is None or (kind != "chat" and kind != "completion"):
             return
         reference = self.config.reference_model or o.reference_model or self.default_reference
         if reference is not None and o.answered_in_full() and o.model != reference:
-            self._offer(Job(o.record_id or o.request_id, o.kind, watch.request, watch, o.model, reference,
+            self._offer(Job(o.record_id or o.request_id, kind, watch.request, watch, o.model, reference,
                             probe.vector, probe.predictor.hash, Caller(o.tenant, o.team, o.key_id)))
 
     def _offer(self, job: Job) -> None:
