@@ -26,9 +26,9 @@ from gateway.accounting.prices import PriceCatalogue, current_token_rates
 from router.catalogue import AUTO, Model
 from router.classify import Features, classify
 from router.decide import decide
-from router.decision import Caller, PoolState, RouteDecision
+from router.decision import CachePolicy, Caller, PoolState, RouteDecision
 from router.derive import UNKNOWN_WINDOW, ServedModel, routing_policy
-from router.errors import ModelNotFound
+from router.errors import InvalidRequest, ModelNotFound
 from router.policy import PolicySet, default_policy_dir, load_policy_set, read_policy_set
 from router.pricing import TokenRates
 from router.quality import QualityProbe
@@ -78,6 +78,15 @@ class ActivePolicy:
         names = [n for n in self.policy.routable_names() if n != AUTO and self.policy.resolve(n) in served]
         auto = (AUTO,) if served or self.derived else ()
         return (*auto, *names, *sorted(n for n in self.direct if n not in self.unlisted))
+
+    @cached_property
+    def named(self) -> dict[str, tuple[str, Pool]]:
+        """Every name a model may be called by, with the model it means and its pool: catalogued models whose
+        pool is configured, their aliases, and the models of pools the catalogue does not list."""
+        pools, policy = self.pools.by_name, self.policy
+        named = {n: (m, pools[policy.models[m].pool]) for n in policy.routable_names()
+                 if (m := policy.resolve(n)) is not None and policy.models[m].pool in pools}
+        return {**named, **{name: (name, pool) for name, pool in self.direct.items()}}
 
     @cached_property
     def windows(self) -> Mapping[str, Model]:
@@ -158,11 +167,12 @@ def policy_directory(configured: str | None) -> Path:
 
 
 def served_models(policy: PolicySet, pools: Pools) -> tuple[ServedModel, ...]:
-    """The pools' models `policy` does not list, as their workers told (those they do not list left out)."""
+    """The generating pools' models `policy` does not list, as their workers told (those they do not list left
+    out). A pooling pool's model (an embedding model) is never a candidate for chat: it is called by name."""
     return tuple(
         ServedModel(p.model, p.name, p.max_model_len())
         for p in pools.pools
-        if p.model not in policy.models and not p.model_unlisted()
+        if p.model not in policy.models and not p.model_unlisted() and p.runner == "generate"
     )
 
 
@@ -199,8 +209,9 @@ def derivation_notes(active: ActivePolicy) -> list[str]:
 
 
 def pool_states(pools: Pools) -> dict[str, PoolState]:
-    """Health and load of each pool, as routing sees them."""
-    return {p.name: PoolState(p.has_candidate(), pool_load(p)) for p in pools.pools}
+    """Health and load of each pool, as routing sees them. A pooling pool cannot take a chat or completion: a
+    catalogued model of one is never chosen for them."""
+    return {p.name: PoolState(p.has_candidate() and p.runner == "generate", pool_load(p)) for p in pools.pools}
 
 
 @dataclass
@@ -227,6 +238,7 @@ class Route:
     quality: QualityProbe | None = None  # the learned predictor's view, when a rule consulted it
     # The catalogue it was routed with: the targets' context windows bound a budget's reservation.
     models: Mapping[str, Model] | None = None
+    cache: CachePolicy | None = None  # a call routed by name only (no decision): what the response cache may do
 
     @property
     def header(self) -> str:
@@ -243,8 +255,10 @@ def route(
     caller: Caller,
     rates: Mapping[str, TokenRates],
 ) -> Route:
-    if (pool := active.direct.get(requested)) is not None:
+    if (pool := active.direct.get(requested)) is not None and pool.runner == "generate":
         return Route(((requested, pool),), DIRECT_RULE, None)
+    if (named := active.named.get(requested)) is not None and named[1].runner != "generate":
+        raise not_served(requested, named[1], "chat completions" if kind == "chat" else "completions")
     if requested not in active.routable:
         if requested == AUTO:
             valid = f" Valid models: {', '.join(active.routable)}." if active.routable else ""
@@ -263,6 +277,13 @@ def route(
     targets += [(t.model, by_name[t.pool]) for t in decision.fallbacks if t.pool in by_name]
     return Route(tuple(targets), decision.rule, decision, features,
                  probe if probe is not None and probe.vector is not None else None, active.windows)
+
+
+def not_served(requested: str, pool: Pool, what: str) -> InvalidRequest:
+    """A call naming a model whose pool's engine does not serve the endpoint (pools' `runner`)."""
+    serves = "chat completions and completions" if pool.runner == "generate" else "embeddings, score and rerank"
+    return InvalidRequest(f"The model `{requested}` (pool `{pool.name}`, runner {pool.runner}) serves {serves}, "
+                          f"not {what}.", param="model", code="model_not_supported")
 
 
 def install_sighup(store: PolicyStore) -> None:
