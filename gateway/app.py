@@ -24,11 +24,13 @@ from gateway.completion import completion_steps
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.front import GatewayApp
+from gateway.kept_responses import KeptResponses
 from gateway.learning.shadow.service import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.service import start_limits
 from gateway.redis_batch import RedisBatcher
 from gateway.redis_client import redis_client
+from gateway.response_pins import build_pins
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
@@ -123,12 +125,16 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             if shadow is not None:  # its jobs finish or are cancelled first: they use the client, Redis, the recorder
                 stack.push_async_callback(shadow.close)
             stash = build_stash(settings, batcher)
+            # Background responses still followed are recorded (as far as known) before the limits and recorder stop.
+            responses = KeptResponses(build_pins(settings, batcher), upstream, pools, settings.responses_poll_s,
+                                      settings.responses_follow_max_s)
+            stack.push_async_callback(responses.close)
             completion = completion_steps(telemetry.metrics.requests, accounting.recorder, cache, limits, stash,
                                           shadow)
             ctx = GatewayContext(
                 settings, policies, Rates(accounting.catalogue), pools, upstream, accounting, int(time.time()),
                 supervisor, cache, telemetry, completion, redis, auth=auth, limits=limits, feedback=stash,
-                shadow=shadow,
+                shadow=shadow, responses=responses,
             )
             telemetry.metrics.attach(Sources(
                 pools, supervisor, policies, accounting.recorder, accounting.engine, accounting.catalogue.currency,

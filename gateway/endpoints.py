@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from gateway.event_relay import EventDialect
+from gateway.messages_api import EVENTS as MESSAGES_EVENTS
+from gateway.messages_api import MessagesFields, parse_messages, prepare_messages
+from gateway.messages_api import read_usage as messages_usage
 from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, RequestFields, parse_body, upstream_body
 from gateway.outcome import CallKind
 from gateway.pooling_request import (
@@ -23,6 +28,9 @@ from gateway.pooling_request import (
     worker_body,
 )
 from gateway.relay import read_usage
+from gateway.responses_api import EVENTS as RESPONSES_EVENTS
+from gateway.responses_api import ResponsesFields, parse_responses, prepare_responses
+from gateway.responses_api import read_usage as responses_usage
 from gateway.usage import Usage
 from router.classify import Kind
 from router.request_limits import RequestLimits
@@ -51,6 +59,10 @@ class Endpoint:
     runner: Runner | None = "generate"  # the pools that serve it (a pool's `runner`); None: every pool
     cached: bool = True  # a call routed by name: whether the response cache may answer it
     answer_headers: tuple[str, ...] = ()  # the worker's headers passed on (its usage too, when the body has none)
+    # A stream of named events (the Responses and Messages APIs: gateway/event_relay.py); None: OpenAI's chunks.
+    events: EventDialect | None = None
+    errors: Literal["openai", "anthropic"] = "openai"  # the envelope of the gateway's own errors
+    keeps_responses: bool = False  # its worker keeps each answer by id: calls go where it is (kept_responses.py)
 
 
 def _parse_chat(body: bytes, limits: RequestLimits) -> ParsedRequest:
@@ -97,8 +109,16 @@ def _rerank(path: str, operation_id: str) -> Endpoint:
                     parse=parse_rerank, runner="pooling")
 
 
+# Other APIs' shapes, routed as chats (gateway/translated.py): their own fields to the worker, their own stream.
+RESPONSES = Endpoint("/v1/responses", "responses", ResponsesFields, "chat", prepare_responses, responses_usage,
+                     "responses", "An OpenAI Responses API call, routed to a worker, streamed or in the background",
+                     parse=parse_responses, events=RESPONSES_EVENTS, keeps_responses=True)
+MESSAGES = Endpoint("/v1/messages", "messages", MessagesFields, "chat", prepare_messages, messages_usage, "messages",
+                    "An Anthropic Messages API call (as vLLM serves it), routed to a worker, streamed or not",
+                    parse=parse_messages, events=MESSAGES_EVENTS, errors="anthropic")
+
 ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (
-    CHAT, COMPLETION, EMBEDDINGS, TOKENIZE, DETOKENIZE,
+    CHAT, COMPLETION, RESPONSES, MESSAGES, EMBEDDINGS, TOKENIZE, DETOKENIZE,
     _score("/v1/score", "score"), _score("/score", "scoreAlias"),
     _rerank("/v1/rerank", "rerank"), _rerank("/rerank", "rerankAlias"), _rerank("/v2/rerank", "rerankV2"),
 )}

@@ -1,4 +1,5 @@
-"""One place that renders every error in OpenAI's envelope with its status."""
+"""One place that renders every error in OpenAI's envelope with its status (and, for Anthropic's Messages API,
+in Anthropic's)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,26 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     DBAPIError: on_database_error,
     Exception: on_unexpected,
 }
+
+
+# Anthropic's error type for each status the gateway answers with (its SDK picks the exception by the status).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
+                   429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
+
+
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def as_anthropic(response: Response[bytes]) -> Response[bytes]:
+    """An error rendered in OpenAI's envelope, in Anthropic's instead (`POST /v1/messages`, for its SDK): the
+    same status, headers and message; the gateway's code as `error.details.error_code`."""
+    error = msgspec.json.decode(response.content)["error"]
+    status = response.status_code or 500
+    body = {"type": "error",
+            "error": {"type": anthropic_type(status), "message": error["message"],
+                      "details": {"error_code": error["code"]}},
+            "request_id": response.headers.get("x-request-id")}
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json",
+                    headers=dict(response.headers))

@@ -19,7 +19,8 @@ from router.quality import QualityProbe
 log = logging.getLogger("gateway.access")
 
 # What a call is (gateway/endpoints.py), for its record, its access line, its metrics and its spans.
-CallKind = Literal["chat", "completion", "embeddings", "tokenize", "detokenize", "score", "rerank"]
+CallKind = Literal["chat", "completion", "responses", "messages", "embeddings", "tokenize", "detokenize", "score",
+                   "rerank"]
 
 
 class Step(NamedTuple):

@@ -175,6 +175,14 @@ class RelayStream:
     media_type: str
     headers: dict[str, str]
 
+    def events(self) -> AsyncGenerator[bytes, None]:
+        """The worker's events as relayed (gateway/event_relay.py's `EventStream` relays named events)."""
+        return relay_stream(self.call, self.strip_usage, self.outcome, self.tap)
+
+    def done(self) -> None:
+        """Closes the books of a call whose relay never started."""
+        finish(self.outcome)
+
     async def send(self, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -188,7 +196,7 @@ class RelayStream:
             task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        relay = relay_stream(self.call, self.strip_usage, self.outcome, self.tap)
+        relay = self.events()
         try:
             await send({"type": "http.response.start", "status": 200,
                         "headers": header_list(self.media_type, self.headers)})
@@ -207,4 +215,4 @@ class RelayStream:
             await self.call.aclose()
             if self.outcome.finished is None:  # it had not: the client left before the first chunk
                 self.outcome.cancelled = not self.outcome.completed
-                finish(self.outcome)
+                self.done()

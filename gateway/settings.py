@@ -171,6 +171,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     feedback_window_s: int = 900
     feedback_stash_entries: int = 10_000  # without redis_url; beyond, the oldest go
     feedback_key_prefix: str = "gateway:feedback:"  # Redis keys: <prefix><tenant>:<request id>
+    # The Responses API (docs/api.md#the-responses-api): which replica holds each response a worker keeps, for
+    # this long; without redis_url, at most this many (the oldest go first).
+    responses_pin_ttl_s: float = 604_800.0
+    responses_pin_entries: int = 100_000
+    responses_key_prefix: str = "gateway:responses:"  # Redis keys: <prefix><response id>
+    # A background response is asked for every responses_poll_s (doubling, up to ten times that) until it is
+    # made, for its usage; after responses_follow_max_s it is recorded as it is (at most the reservation's TTL).
+    responses_poll_s: float = 1.0
+    responses_follow_max_s: float = 3600.0
     # Observability (docs/observability.md; gateway/telemetry/).
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (access lines included)
     otel_exporter: Literal["none", "otlp", "console"] = "none"  # traces: none = tracing off, no propagation
@@ -246,6 +255,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError("feedback_stash_entries must be >= 1")
         if self.budget_reservation_ttl_s <= 0:
             raise msgspec.ValidationError("budget_reservation_ttl_s must be > 0")
+        for name in ("responses_pin_ttl_s", "responses_poll_s", "responses_follow_max_s"):
+            if getattr(self, name) <= 0:
+                raise msgspec.ValidationError(f"{name} must be > 0")
+        if self.responses_pin_entries < 1:
+            raise msgspec.ValidationError("responses_pin_entries must be >= 1")
+        if self.responses_follow_max_s > self.budget_reservation_ttl_s:
+            raise msgspec.ValidationError("responses_follow_max_s must be at most budget_reservation_ttl_s (a "
+                                          "background response's reservation is held while it is followed)")
         if not 0.0 <= self.otel_sample_ratio <= 1.0:
             raise msgspec.ValidationError("otel_sample_ratio must be from 0 to 1")
         if self.otel_endpoint is not None and not self.otel_endpoint.startswith(("http://", "https://")):

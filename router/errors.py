@@ -104,6 +104,23 @@ class TooManyConnections(GatewayError):
     code = "too_many_connections"
 
 
+class ResponseNotFound(GatewayError):
+    """A response (the Responses API) the gateway does not know for the caller's tenant: never made, its pin
+    expired, or another tenant's."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "response_not_found"
+
+
+class ResponsesUnavailable(GatewayError):
+    """Which replica holds a response cannot be looked up now (the store of the pins is away)."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "responses_unavailable"
+
+
 class IncompleteBody(GatewayError):
     """The client went away (or was timed out) before its request body was complete. Nobody is left to
     answer: it is raised so that the call stops, is neither billed nor recorded, and renders quietly."""

@@ -59,10 +59,11 @@ async def forward_call(
     attempts: int,
     headers: Mapping[str, str] | None = None,
     observer: CallObserver | None = None,
+    pinned: str | None = None,
 ) -> Forwarded:
     """The call on the first target that answers, once its status and headers have arrived. `attempts`:
     replicas tried per pool. `headers` go with each call (the caller's trace context) unless `observer`
-    gives its own.
+    gives its own. `pinned`: the URL of the one replica the call may go to (it holds what the call needs).
 
     A pool that cannot serve (`NoHealthyReplica`) or whose replicas all answered 5xx moves on to the next
     target; the last target's error is raised, or its 5xx returned as it is. Other errors (a timeout, a full
@@ -78,7 +79,7 @@ async def forward_call(
             if gate is not None:
                 await gate.enter()
             try:
-                call = await _failover(upstream, pool, path, body, request_id, attempts, prefix, headers)
+                call = await _failover(upstream, pool, path, body, request_id, attempts, prefix, headers, pinned)
             except BaseException:
                 if gate is not None:
                     gate.leave()
@@ -120,6 +121,7 @@ async def _failover(
     attempts: int,
     prefix: bytes | None,
     extra_headers: Mapping[str, str] | None,
+    pinned: str | None = None,
 ) -> UpstreamCall:
     """Send `body` to a replica of `pool` (its gate already entered). A refused connection or a 5xx before
     the first byte moves on to another replica, at most `attempts` in all; the last 5xx is returned as it
@@ -135,7 +137,7 @@ async def _failover(
     tried: list[Replica] = []
     failures: list[str] = []
     while len(tried) < attempts:
-        replica = pool.choose(exclude=tried, prefix=prefix)
+        replica = pool.choose(exclude=tried, prefix=prefix, pinned=pinned)
         if replica is None:
             break
         tried.append(replica)
@@ -166,7 +168,7 @@ async def _failover(
             return call
         replica.last_error = f"answered {response.status_code}"
         replica.breaker.failed(time.monotonic())
-        if len(tried) < attempts and pool.has_candidate(exclude=tried):
+        if len(tried) < attempts and pinned is None and pool.has_candidate(exclude=tried):
             log.warning("request %s: replica %s answered %d, trying another",
                         request_id, replica.url, response.status_code)
             call.gate = None  # this target's gate is left once, by the call finally returned or by `forward_call`

@@ -118,9 +118,13 @@ class Pool:
         answered = [r.lists for r in self.replicas if r.lists is not None]
         return bool(answered) and all(self.model not in ids for ids in answered)
 
-    def choose(self, exclude: Iterable[Replica] = (), prefix: bytes | None = None) -> Replica | None:
+    def choose(self, exclude: Iterable[Replica] = (), prefix: bytes | None = None,
+               pinned: str | None = None) -> Replica | None:
+        """`pinned`: the URL of the one replica the call may go to (it holds state the call needs), if any."""
         now = time.monotonic()
         excluded = set(exclude)
+        if pinned is not None:
+            return next((r for r in self.replicas if r.url == pinned and r.healthy and r not in excluded), None)
         live = [r for r in self.replicas if r.healthy and r not in excluded]
         for r in live:
             # A replica whose circuit time out has passed gets exactly one call as its probe.

@@ -117,6 +117,9 @@ class Upstream:
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AiohttpResponse:
         return AiohttpResponse(await self.session.post(url, data=body, headers=headers, allow_redirects=False))
 
+    async def get(self, url: str, headers: Mapping[str, str]) -> AiohttpResponse:
+        return AiohttpResponse(await self.session.get(url, headers=headers, allow_redirects=False))
+
     async def aclose(self) -> None:
         await self.session.close()
         await self.checks.close()

@@ -15,9 +15,11 @@ from gateway.auth.principal import Principal, principal_of
 from gateway.by_name import route_by_name
 from gateway.cache.service import HEADER as CACHE_HEADER
 from gateway.cache.service import ResponseCache
-from gateway.cache.ticket import Ticket
+from gateway.cache.ticket import BYPASS, Ticket
 from gateway.context import GatewayContext
 from gateway.endpoints import ENDPOINTS, Endpoint
+from gateway.event_relay import EventStream
+from gateway.kept_responses import KeptCall
 from gateway.limits.service import Limits
 from gateway.openai_request import ParsedRequest, prompt_prefix
 from gateway.outcome import Outcome, failure_of, finish
@@ -27,6 +29,7 @@ from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import ActivePolicy, Route, route
 from gateway.telemetry.tracing import RequestTrace, UpstreamSpans, auth_times, route_attributes
+from gateway.translated import Translated, body_of
 from router.errors import IncompleteBody
 from workers.forward import forward_call
 from workers.pool import Pool
@@ -36,10 +39,11 @@ log = logging.getLogger("gateway")
 
 async def _open(
     ctx: GatewayContext, endpoint: Endpoint, chosen: Route, parsed: ParsedRequest, body: bytes, rid: str,
-    outcome: Outcome, trace: RequestTrace | None, trace_headers: dict[str, str] | None,
+    outcome: Outcome, trace: RequestTrace | None, trace_headers: dict[str, str] | None, pinned: str | None = None,
 ) -> tuple[str, Pool, UpstreamCall, bool]:
     """The call on the first of the route's targets that answers (workers/forward.py), and whether the
-    usage chunk the client did not ask for is to be dropped from its stream."""
+    usage chunk the client did not ask for is to be dropped from its stream. `pinned`: the one replica it may
+    go to (the one holding the response it continues)."""
     max_tokens = chosen.decision.max_tokens if chosen.decision else None
     strip_usage = False
 
@@ -53,7 +57,7 @@ async def _open(
     # Traced: the worker continues the upstream span's trace instead of the caller's.
     spans = UpstreamSpans(trace, outcome, parsed.data) if trace is not None else None
     done = await forward_call(ctx.upstream, chosen.targets, endpoint.path, prepare, rid, ctx.settings.upstream_attempts,
-                              trace_headers, spans)
+                              trace_headers, spans, pinned)
     return done.model, done.pool, done.call, strip_usage
 
 
@@ -77,11 +81,18 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         body = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         active = ctx.policies.active  # the policy the call keeps to its end, whatever reloads meanwhile
         parsed = endpoint.parse(body, active.policy.request_limits)  # its request limits: 400 past them
+        kept = await _kept(ctx, parsed, outcome) if endpoint.keeps_responses else None
         chosen = _route(ctx, endpoint, active, request, parsed, principal, outcome, trace)
+        if kept is not None and kept.continues is not None:  # to the replica holding the response it continues
+            chosen = kept.route(chosen, parsed.fields.model)
+            outcome.model, outcome.pool = chosen.targets[0][0], chosen.targets[0][1].name
         # The cache's lookup is issued first and awaited after the limits' admission: the two share one
         # Redis round trip (gateway/redis_batch.py).
         mark = time.perf_counter()
-        ticket = ctx.cache.ask(request.headers, chosen, parsed.data, endpoint.kind, outcome)
+        if isinstance(parsed, Translated) and (parsed.fields.stream or (kept is not None and kept.background)):
+            ticket = BYPASS  # its answer is a stream of named events, or made later: a whole JSON answer is cached
+        else:
+            ticket = ctx.cache.ask(request.headers, chosen, body_of(parsed), endpoint.kind, outcome)
         limit_headers: dict[str, str] = {}
         if ctx.limits is not None and principal.limited:
             limit_headers = await _admit(ctx.limits, ctx.cache, ticket, principal, chosen, parsed, len(body), outcome,
@@ -94,7 +105,9 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
             return ctx.cache.respond(cached, parsed.fields, outcome,
                                      {"x-request-id": rid, "x-gateway-route": chosen.header, **limit_headers})
         model, pool, call, strip_usage = await _open(ctx, endpoint, chosen, parsed, body, rid, outcome, trace,
-                                                     trace_headers)
+                                                     trace_headers, kept.pinned if kept is not None else None)
+        if kept is not None and call.response.status_code == 200:
+            kept.opened(model, pool, call.replica)  # pinned before the client has a byte of the response
     except IncompleteBody:
         # The client left (or was timed out) before its body was in: no call was made, so none is billed or
         # recorded. Its steps are skipped; its trace, when sampled, still ends.
@@ -114,10 +127,13 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
                CACHE_HEADER: cached.status, **limit_headers}
     media_type = call.response.headers.get("content-type", "application/json")
     watch = outcome.watch  # a call sampled for a shadow evaluation keeps its answer
+    close = kept.done if kept is not None else finish  # a background response's books close once it is made
     if parsed.fields.stream and call.response.status_code == 200:
         tap = cached.stream_tap()
         if watch is not None:
             tap = watch.tap(tap)
+        if endpoint.events is not None:
+            return EventStream(call, strip_usage, outcome, tap, media_type, headers, endpoint.events, close)
         return RelayStream(call, strip_usage, outcome, tap, media_type, headers)
     try:
         content = await call.response.aread()
@@ -136,7 +152,9 @@ async def forward(request: ASGIConnection[Any, Any, Any, Any], ctx: GatewayConte
         cached.answer(content)
         if watch is not None:
             watch.body = content
-    finish(outcome)
+        if kept is not None and kept.background:
+            outcome.completed = False  # only queued: the worker makes it after this answer
+    close(outcome)
     return Reply(content, call.response.status_code, media_type, headers)
 
 
@@ -173,9 +191,16 @@ def _route(ctx: GatewayContext, endpoint: Endpoint, active: ActivePolicy, reques
         trace.step("gateway.route", mark, time.perf_counter(), route_attributes(chosen, fields.model))
     if chosen.quality is not None:
         outcome.quality = chosen.quality
-        if ctx.shadow is not None:
+        if ctx.shadow is not None and not isinstance(parsed, Translated):  # it asks chat or completion again
             ctx.shadow.sample(outcome, parsed.data)
     return chosen
+
+
+async def _kept(ctx: GatewayContext, parsed: ParsedRequest, outcome: Outcome) -> KeptCall:
+    """A Responses call's dealings with the responses workers keep: its response's id, and where the one it
+    continues is (a 404 when the caller's tenant made none of that id)."""
+    assert isinstance(parsed, Translated) and ctx.responses is not None
+    return await ctx.responses.call(parsed, outcome.tenant, outcome.record_id or outcome.request_id)
 
 
 async def _admit(limits: Limits, cache: ResponseCache, ticket: Ticket, principal: Principal, chosen: Route,
@@ -211,6 +236,16 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 @asgi("/v1/completions", copy_scope=False, opt={"methods": ("POST",)})
 async def completions(scope: Scope, receive: Receive, send: Send) -> None:
     await _serve(scope, receive, send, "/v1/completions")
+
+
+@asgi("/v1/responses", copy_scope=False, opt={"methods": ("POST",)})
+async def create_response(scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(scope, receive, send, "/v1/responses")
+
+
+@asgi("/v1/messages", copy_scope=False, opt={"methods": ("POST",)})
+async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(scope, receive, send, "/v1/messages")
 
 
 def _by_name_route(path: str) -> ASGIRouteHandler:

@@ -58,7 +58,8 @@ TRACESTATE = "tracestate"
 # W3C trace context: version-traceid-parentid-flags; a future version may append fields after a dash.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
-OPERATIONS = {"chat": "chat", "completion": "text_completion"}  # gen_ai.operation.name
+# gen_ai.operation.name (OpenTelemetry's values): the Responses and Messages APIs are chats.
+OPERATIONS = {"chat": "chat", "completion": "text_completion", "responses": "chat", "messages": "chat"}
 _ERROR_STATUSES = frozenset({"upstream_error", "timeout", "unavailable", "internal_error"})
 MAX_ATTR = 200  # longest client-chosen string kept in an attribute (the requested model name)
 MAX_TRACESTATE = 512  # W3C: vendors may drop a longer tracestate; we do not pass one on
