@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import get
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from gateway.context import GatewayContext
 from gateway.model_list import model_entries, model_entry
@@ -20,7 +21,7 @@ async def list_models(state: State) -> dict[str, Any]:
 
 
 @get("/v1/models/{model:path}")
-async def retrieve_model(state: State, model: str) -> dict[str, Any]:
+async def retrieve_model(state: State, model: FromPath[str]) -> dict[str, Any]:
     """One model as OpenAI serves it; a model id may hold `/` (a hub name)."""
     ctx: GatewayContext = state.ctx
     active = ctx.policies.active
