@@ -311,5 +311,7 @@ def test_check_warns_about_pools_the_gateway_does_not_have(tmp_path: Path,
     assert code == 0 and out.startswith("policies OK")
     assert f"warning: {default_policy_dir() / 'models.yaml'}:14: model `demo-small` is served by pool `small`, " \
            "which is not configured" in err
+    assert f"warning: pool `gpu` serves `llama`, which {default_policy_dir() / 'models.yaml'} does not list: " \
+           "`gateway serve` derives its entry from the workers' /v1/models" in err
     code, _, err = run(["policies", "check"], capsys)  # the embedded defaults have pools small and large
     assert code == 0 and "warning" not in err

@@ -47,6 +47,11 @@ def run_check(args: argparse.Namespace) -> int:
         return 1
     for line in policy.check_pools([p.name for p in settings.pools]):
         print(f"warning: {line}", file=sys.stderr)
+    for pool in settings.pools:
+        if pool.model not in policy.models:
+            print(f"warning: pool `{pool.name}` serves `{pool.model}`, which {policy.directory / 'models.yaml'} does "
+                  "not list: `gateway serve` derives its entry from the workers' /v1/models "
+                  "(`gateway init --from-pools` writes entries)", file=sys.stderr)
     print(
         f"policies OK: {len(policy.models)} models, {len(policy.aliases)} aliases, {len(policy.rules)} rules, "
         f"{len(cases)} tests in {policy.directory} (sha256 {policy.hash[:12]})"
