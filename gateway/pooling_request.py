@@ -153,14 +153,16 @@ def parse_detokenize(body: bytes, limits: RequestLimits) -> ParsedRequest:
 _SIDES = (("queries", "documents"), ("queries", "items"), ("text_1", "text_2"), ("data_1", "data_2"))
 
 
+def _spelling(data: dict[str, Any]) -> tuple[str, str]:
+    """The names of a score call's two sides: the spelling with both, else the first with either."""
+    return next(((a, b) for a, b in _SIDES if a in data and b in data),
+                next(((a, b) for a, b in _SIDES if a in data or b in data), _SIDES[0]))
+
+
 def score_sides(data: dict[str, Any]) -> tuple[Any, Any]:
     """The two sides a score or rerank call pairs up (None where a side is missing)."""
-    if "query" in data:
-        return data.get("query"), data.get("documents")
-    for first, second in _SIDES:
-        if first in data or second in data:
-            return data.get(first), data.get(second)
-    return None, None
+    first, second = ("query", "documents") if "query" in data else _spelling(data)
+    return data.get(first), data.get(second)
 
 
 def _check_sides(first: Any, second: Any, names: tuple[str, str], limits: RequestLimits) -> None:
@@ -174,8 +176,7 @@ def _check_sides(first: Any, second: Any, names: tuple[str, str], limits: Reques
 def parse_score(body: bytes, limits: RequestLimits) -> ParsedRequest:
     data = read_object(body, limits.max_depth)
     fields: ScoreFields = _convert(data, ScoreFields)
-    names = next(((a, b) for a, b in _SIDES if a in data or b in data), ("queries", "documents"))
-    _check_sides(*score_sides(data), names, limits)
+    _check_sides(*score_sides(data), _spelling(data), limits)
     return ParsedRequest(data, fields)
 
 
