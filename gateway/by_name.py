@@ -4,7 +4,8 @@ catalogue does not list. Nothing else is chosen: no rule, no fallback (another m
 token ids are not the same answer).
 
 `auto`, or no model, means the only pool serving the endpoint; with several, the call must name one (a 400
-listing them). A pool whose engine serves something else (its `runner`) is a 400 naming `model`.
+listing them), with none it is a 404. A pool whose engine serves something else (its `runner`) is a 400 naming
+`model`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def route_by_name(active: ActivePolicy, requested: str, runner: Runner | None, w
         pools = {pool.name: (model, pool) for model, pool in _serving(active, runner).values()}
         if len(pools) != 1:
             if not pools:
-                raise InvalidRequest(f"No configured pool serves {what} (a pool's `runner: pooling` serves an "
-                                     "embedding model).", param="model", code="model_not_found")
+                raise ModelNotFound(f"No model can be routed for `auto`: no configured pool serves {what} (a pool of "
+                                    "an embedding model says `runner: pooling`).", param="model")
             names = ", ".join(sorted(m for m, _ in pools.values()))
             raise InvalidRequest(f"Name the model for {what}: `auto` chooses only when one pool serves them. "
                                  f"Valid models: {names}.", param="model", code="model_required")

@@ -140,9 +140,9 @@ def test_a_name_whose_pool_serves_something_else_is_a_400_naming_the_model() -> 
     with pytest.raises(ModelNotFound) as missing:
         route_by_name(a, "nope", "pooling", "/v1/embeddings", True)
     assert "Valid models for /v1/embeddings: bge, e5." in str(missing.value)
-    with pytest.raises(InvalidRequest) as none:
+    with pytest.raises(ModelNotFound) as none:
         route_by_name(active(SMALL, LARGE), "auto", "pooling", "/v1/embeddings", True)
-    assert "No configured pool serves /v1/embeddings" in str(none.value)
+    assert "no configured pool serves /v1/embeddings" in str(none.value)
 
 
 def test_chat_never_reaches_an_embedding_models_pool() -> None:
