@@ -288,3 +288,24 @@ async def test_an_answer_without_usage_or_not_json_is_not_cached() -> None:
         await cache.aclose()
         again = Outcome(request_id="r2", model="e5", started=time.perf_counter(), tenant="acme")
         assert (await cache.begin({}, chosen, parsed.data, parsed.fields, "embeddings", again)).status == "miss"
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                    max_leaves=20)
+FIELDS = {"/v1/embeddings": ("input", "messages"), "/v1/score": ("queries", "documents", "text_1", "text_2"),
+          "/v1/rerank": ("query", "documents")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(sorted(FIELDS)), data=st.data())
+def test_any_body_is_read_and_reserved_or_refused_with_a_400(path: str, data: st.DataObject) -> None:
+    """Whatever JSON holds the fields the gateway reads, reading and pricing it either works or is a 400."""
+    body = {name: data.draw(JSON) for name in FIELDS[path] if data.draw(st.booleans())}
+    kind = ENDPOINTS[path].kind
+    try:
+        parsed = parse(path, {"model": "e5", **body})
+        expected, reserved = reserve(kind, parsed.data)
+    except InvalidRequest:
+        return
+    assert expected >= 0 and reserved > 0
