@@ -13,6 +13,9 @@ trip); after the call, a background task settles the reservation to the call's r
   largest. A budget is therefore never overspent, as long as the catalogue's context windows are the
   workers' (`max_model_len`) and their tokenizers count at most a token per byte (byte-level BPE and
   byte-fallback tokenizers do).
+- Embeddings, score and rerank have no output: their prompt alone is reserved, bounded the same way per
+  sequence the engine encodes (upper_bound.py's `pooled_texts`), by the catalogue's window or else the one
+  the pool's workers report. Tokenize and detokenize use no tokens: requests per minute alone limit them.
 - Token limits (tpm) take the expected tokens instead: the prompt as routing estimated it (tiktoken)
   plus the output asked for (or the classifier's assumption when none is) times `n` times the prompts.
   They are a rate, settled to the real count right after the call; the upper bound would refuse every

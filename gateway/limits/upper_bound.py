@@ -17,6 +17,9 @@ them) has `n` choices (or `best_of`, the larger), each writing at most `max_toke
 `max_completion_tokens`, the larger of the two; a routing rule's cap when it set one), and without a
 limit at most the context window.
 
+Embeddings, score and rerank (`pooled_texts`) have no output; their prompts are bounded the same way, per
+sequence the engine encodes, a text scored against several others counted once for each.
+
 Numbers are read as the engine reads them (pydantic, lax: 3, 3.0 and "3" are all 3), so a value the
 gateway's own parsing skips cannot pass the bound by.
 """
