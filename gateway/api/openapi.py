@@ -5,8 +5,8 @@ it with what Litestar cannot see; the result is encoded once and kept. Nothing h
 document is built when an admin first asks for it, never at start or on the inference path.
 
 What the completion adds:
-- the two inference endpoints, raw ASGI handlers Litestar does not describe: their body is the fields
-  the gateway reads (gateway/openai_request.py), and any other field, which reaches the worker untouched;
+- the inference endpoints (gateway/endpoints.py), raw ASGI handlers Litestar does not describe: their body
+  is the fields the gateway reads, and any other field, which reaches the worker untouched;
 - the bodies that handlers read themselves (to answer in OpenAI's error shape): a handler names its
   body's msgspec type (a tuple: any one of them), or a JSON Schema, in `opt["request_body"]`, and the
   media types of its answers, when not JSON alone, in `opt["produces"]`;
