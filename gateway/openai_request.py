@@ -3,8 +3,13 @@
 Every other field is kept as the client sent it and reaches the worker untouched. Whatever the bytes,
 reading them either gives a body within the policy's request limits (router/request_limits.py) or raises
 a 400 `InvalidRequest`: invalid UTF-8, nesting past `max_depth` (before anything recurses into it: the
-cache key, classification, the upstream body), a body that is not an object, a field of the wrong type.
-Duplicate keys are read as the workers' own JSON parsers read them: the last one wins.
+cache key, classification, the upstream body), a body that is not an object, a field the worker could not
+read either. Duplicate keys are read as the workers' own JSON parsers read them: the last one wins.
+
+The fields read are read as vLLM reads them (router/lax.py): `"stream": "yes"` is a stream and
+`"max_tokens": "5"` is 5. The body the gateway works with holds the values so read; the worker is sent the
+client's own (it coerces them the same way), so that its own checks of the raw values, e.g. vLLM's refusal of
+`stream_options` without a truthy `stream`, see what they would see without the gateway.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ from typing import Any
 import msgspec
 
 from router.errors import InvalidRequest
+from router.lax import Unreadable, invalid_type, lax_bool
 from router.request_limits import DEFAULT_LIMITS, RequestLimits, check_depth, check_request, too_deep
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # usage on every chunk (vLLM's), only with include_usage
 
 
 class RequestFields(msgspec.Struct, kw_only=True):
     """What the gateway reads of any inference body: the model. An endpoint that streams reads `stream` and
     `stream_options` as fields; the others (embeddings, tokenize, score, ...) never stream."""
 
-    model: str = "auto"
+    model: str = "auto"  # null, as vLLM reads it, is absent
 
     @property
     def stream(self) -> bool | None:
@@ -48,7 +55,7 @@ class ChatFields(_Common, kw_only=True):
 
 
 class CompletionFields(_Common, kw_only=True):
-    prompt: str | list[Any]
+    prompt: str | list[Any] | None = None  # vLLM also takes `prompt_embeds` instead, and judges the pair
 
 
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -70,8 +77,9 @@ def invalid_fields(exc: msgspec.ValidationError) -> InvalidRequest:
 
 
 class ParsedRequest(msgspec.Struct):
-    data: dict[str, Any]
+    data: dict[str, Any]  # the body, the fields the gateway reads as the worker reads them
     fields: RequestFields  # ChatFields, CompletionFields or another endpoint's (gateway/endpoints.py)
+    raw: dict[str, Any] | None = None  # the client's values of the fields reading changed (None: none did)
 
 
 def _brackets_over(body: bytes, limit: int) -> bool:
@@ -109,17 +117,50 @@ def read_object(body: bytes, max_depth: int = DEFAULT_LIMITS.max_depth) -> dict[
     return data
 
 
+def _lax_flags(data: dict[str, Any], raw: dict[str, Any]) -> None:
+    """`stream` and `stream_options`' flags read as vLLM reads them, written back in `data` (the client's
+    values kept in `raw`)."""
+    stream = data.get("stream")
+    if stream is not None and type(stream) is not bool:
+        try:
+            data["stream"] = lax_bool(stream)
+        except Unreadable:
+            raise invalid_type("stream", "a boolean", stream) from None
+        raw["stream"] = stream
+    options = data.get("stream_options")
+    if type(options) is not dict:
+        return
+    read = None
+    for name in ("include_usage", "continuous_usage_stats"):
+        value = options.get(name)
+        if value is None or type(value) is bool:
+            continue
+        try:
+            flag = lax_bool(value)
+        except Unreadable:
+            raise invalid_type(f"stream_options.{name}", "a boolean", value) from None
+        read = read or dict(options)
+        read[name] = flag
+    if read is not None:
+        raw["stream_options"] = options
+        data["stream_options"] = read
+
+
 def parse_body(
     body: bytes, kind: type[ChatFields] | type[CompletionFields], limits: RequestLimits = DEFAULT_LIMITS
 ) -> ParsedRequest:
     """The body read and checked against `limits` (the policy's `defaults.request_limits`), or a 400."""
     data = read_object(body, limits.max_depth)
+    raw = check_request(data, "chat" if kind is ChatFields else "completion", limits) or {}
+    if ((stream := data.get("stream")) is not None and type(stream) is not bool) or "stream_options" in data:
+        _lax_flags(data, raw)
+    if "model" in data and data["model"] is None:
+        raw["model"] = data.pop("model")
     try:
         fields = msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
         raise invalid_fields(exc) from exc
-    check_request(data, "chat" if kind is ChatFields else "completion", limits)
-    return ParsedRequest(data, fields)
+    return ParsedRequest(data, fields, raw or None)
 
 
 def upstream_body(
@@ -127,9 +168,11 @@ def upstream_body(
 ) -> tuple[bytes, bool]:
     """The body for the worker, and whether the client did not ask for the usage chunk.
 
-    The worker is always asked for usage (it is authoritative for accounting); the usage chunk
-    is removed again on the way back when the client did not ask for it. `max_tokens`, when given
-    (a policy's cap), replaces the client's.
+    The worker is always asked for usage (it is authoritative for accounting); the usage chunk is removed
+    again on the way back when the client did not ask for it (gateway/relay.py), and with it the usage on
+    every chunk (`continuous_usage_stats`), which vLLM sends only along with the usage chunk. `max_tokens`,
+    when given (a policy's cap), replaces the client's. A body that needs none of this goes out as the
+    client sent it; one that does is written from the client's values of every field but those.
     """
     fields, data = parsed.fields, parsed.data
     changed = data.get("model") != model
@@ -137,10 +180,13 @@ def upstream_body(
     if fields.stream:
         opts = fields.stream_options
         if opts is None or not opts.include_usage:
-            strip_usage = True
-            if not (data.get("stream_options") or {}).get("include_usage"):
-                data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
-                changed = True
+            strip_usage = changed = True
+            raw = parsed.raw
+            sent = raw["stream_options"] if raw and "stream_options" in raw else data.get("stream_options")
+            options = {**sent, "include_usage": True} if type(sent) is dict else {"include_usage": True}
+            if "continuous_usage_stats" in options:
+                options["continuous_usage_stats"] = False
+            data["stream_options"] = options
     if max_tokens is not None:
         data["max_tokens"] = max_tokens
         if "max_completion_tokens" in data:
@@ -149,7 +195,16 @@ def upstream_body(
     if not changed:
         return original, strip_usage
     data["model"] = model
-    return msgspec.json.encode(data), strip_usage
+    out = data
+    if parsed.raw:  # the client's own values, but of what is set here
+        out = {**data, **parsed.raw, "model": model}
+        if strip_usage:
+            out["stream_options"] = data["stream_options"]
+        if max_tokens is not None:
+            out["max_tokens"] = max_tokens
+            if "max_completion_tokens" in data:
+                out["max_completion_tokens"] = max_tokens
+    return msgspec.json.encode(out), strip_usage
 
 
 def _texts(content: Any) -> list[str]:

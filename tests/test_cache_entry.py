@@ -210,3 +210,66 @@ def test_n_choices_interleaved_and_tool_calls_merged() -> None:
                 args += t.function.arguments if t.function and t.function.arguments else ""
     assert text == {0: "A1A2", 1: "B1B2"} and args == '{"city": "Paris"}'
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+
+
+def shape(raw: bytes) -> list[tuple[Any, ...]]:
+    """What a stream says beyond its text: per event, its choice, finish reason, usage and fingerprint."""
+    out = []
+    for d in datas(raw):
+        choice = d["choices"][0] if d["choices"] else {}
+        out.append((choice.get("index"), choice.get("finish_reason"), d.get("usage"), d.get("system_fingerprint")))
+    return out
+
+
+def ends(raw: bytes) -> list[tuple[Any, ...]]:
+    """`shape` of the events that end something: each choice's last chunk, and the usage event."""
+    return [s for s in shape(raw) if s[1] is not None or s[0] is None]
+
+
+# A stream asked of vLLM with the usage event, as the gateway asks it (and collects it for the cache), and
+# the same request as a client asked it without.
+REPLAYS = [("chat", "chat_stream_usage.sse", "chat_stream_nousage.sse"),
+           ("chat", "chat_stream_n3_stop_usage.sse", "chat_stream_n3_stop_nousage.sse"),
+           ("completion", "completion_stream_2prompts_usage.sse", "completion_stream_2prompts_nousage.sse")]
+
+
+@pytest.mark.parametrize(("kind", "asked", "unasked"), REPLAYS)
+def test_a_replayed_stream_ends_as_vllms_own(kind: str, asked: str, unasked: str) -> None:
+    """The fingerprint on each choice's last chunk without the usage event, on the usage event with it (which
+    is byte for byte vLLM's, id aside), as vLLM writes them."""
+    entry = collect(fixture(asked), kind)
+    assert entry is not None and entry.system_fingerprint is not None
+    replay = render_sse(entry, False)
+    assert sorted(ends(replay), key=str) == sorted(ends(fixture(unasked)), key=str)
+    assert b'"usage"' not in replay
+    replay = render_sse(entry, True)
+    assert sorted(ends(replay), key=str) == sorted(ends(fixture(asked)), key=str)
+    assert events_of(replay)[-2] == events_of(fixture(asked))[-2].replace(
+        json.loads(events_of(fixture(asked))[-2][6:])["id"].encode(), entry.id.encode())
+    for data in datas(replay):
+        (ChatCompletionChunk if kind == "chat" else Completion).model_validate(data)
+
+
+@pytest.mark.parametrize(("kind", "name"), [("chat", "chat_stream_continuous.sse"),
+                                            ("completion", "completion_stream_2prompts_continuous.sse")])
+def test_usage_on_every_chunk_is_replayed_with_each_choices_counts(kind: str, name: str) -> None:
+    """vLLM's `continuous_usage_stats`: every chunk carries its choice's usage so far. The replay's chunks are
+    coarser than the worker's (a choice's text in one), so its first and last counts are the worker's."""
+    real = fixture(name)
+    entry = collect(real, kind)
+    assert entry is not None
+    replay = render_sse(entry, True, continuous_usage=True)
+    assert all(d["usage"] is not None for d in datas(replay))
+    assert sorted(ends(replay), key=str) == sorted(ends(real), key=str)
+    if kind == "chat":  # the role chunk, before any token
+        assert datas(replay)[0]["usage"] == datas(real)[0]["usage"]
+    assert render_sse(entry, False, continuous_usage=True) == render_sse(entry, False)  # only with include_usage
+    assert entry_mod.replayable(entry, True)
+
+
+def test_several_choices_without_their_own_counts_are_not_replayed_with_usage_on_every_chunk() -> None:
+    entry = collect(fixture("chat_stream_n3_stop_usage.sse"))
+    assert entry is not None and len(entry.choices) == 3
+    assert entry_mod.replayable(entry, False) and not entry_mod.replayable(entry, True)
+    one = collect(fixture("chat_stream_usage.sse"))
+    assert one is not None and entry_mod.replayable(one, True)  # one choice: the usage is its own

@@ -5,10 +5,11 @@ exotic whitespace, which the worker then refuses itself (the gateway forwards th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
@@ -62,10 +63,22 @@ def test_booleans_read_as_pydantic_reads_them(value: Any) -> None:
 _SPELLING = st.text(alphabet="0123456789+-._ \t\n", max_size=12)
 
 
+# pydantic-core drops a run of zeros and underscores before it parses what follows them, a sign included: it
+# reads "0-5" as -5 and "0__3" as 3. Those spellings are refused (docs/api.md, "Differences from vLLM").
+_ZEROS_QUIRK = re.compile(r"\s*[+-]?0[0_]*[-_]")
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(_SPELLING, st.floats(), st.integers(), st.booleans()))
 def test_any_spelling_reads_as_pydantic_reads_it(value: Any) -> None:
+    assume(not (isinstance(value, str) and _ZEROS_QUIRK.match(value)))
     assert lax_reads(lax_int, value) == pydantic_reads(_INT, value)
+
+
+@pytest.mark.parametrize("value", ["0-5", " 00-12", "+0-3", "0__3", "0_-6", "0-_0"])
+def test_pydantics_zeros_quirk_is_not_read(value: str) -> None:
+    assert pydantic_reads(_INT, value) is not Unreadable
+    assert lax_reads(lax_int, value) is Unreadable
 
 
 @settings(max_examples=1000, deadline=None)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -33,13 +35,81 @@ def test_client_asking_for_usage_keeps_its_options() -> None:
     assert out is body and not strip
 
 
+def upstream(body: dict[str, Any], model: str = "m", max_tokens: int | None = None,
+             kind: type[ChatFields] | type[CompletionFields] = ChatFields) -> tuple[dict[str, Any], bool, bool]:
+    """What the worker is sent for `body`, whether the usage event is to be dropped, and whether the client's
+    bytes went out as they were."""
+    raw = msgspec.json.encode(body)
+    out, strip = upstream_body(parse_body(raw, kind), model, raw, max_tokens)
+    return msgspec.json.decode(out), strip, out is raw
+
+
+def test_a_stream_asked_as_vllm_reads_it_is_a_stream() -> None:
+    """`"stream": "yes"` is a stream for vLLM (pydantic's lax booleans): for the gateway too. The worker is sent
+    the client's own spelling of every field but those the gateway sets."""
+    sent, strip, _ = upstream({"model": "auto", "messages": [], "stream": "yes", "n": "2"}, "m")
+    assert strip and sent == {"model": "m", "messages": [], "stream": "yes", "n": "2",
+                              "stream_options": {"include_usage": True}}
+    parsed = parse_body(b'{"messages":[],"stream":"on","n":"2","max_tokens":5.0}', ChatFields)
+    assert parsed.fields.stream is True and parsed.data["n"] == 2 and parsed.data["max_tokens"] == 5
+    assert parsed.raw == {"stream": "on", "n": "2", "max_tokens": 5.0}
+    # A policy's cap replaces the client's value, whatever its spelling.
+    sent, _, _ = upstream({"model": "m", "messages": [], "max_tokens": "900", "max_completion_tokens": 900.0}, "m", 64)
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (64, 64)
+
+
+def test_what_vllm_judges_on_the_raw_values_reaches_it_raw() -> None:
+    """vLLM refuses `stream_options` when the raw `stream` is falsy, and reads `"stream": "false"` (a truthy
+    string) past that check as no stream: the gateway neither streams it nor rewrites it."""
+    body = {"model": "m", "messages": [], "stream": "false", "stream_options": {"include_usage": True}}
+    sent, strip, unchanged = upstream(body)
+    assert unchanged and not strip
+    assert not parse_body(msgspec.json.encode(body), ChatFields).fields.stream
+    sent, _, _ = upstream({**body, "model": "auto"})
+    assert sent == {**body, "model": "m"}
+
+
+@pytest.mark.parametrize(("options", "sent_options", "strip"), [
+    (None, {"include_usage": True}, True),
+    ({}, {"include_usage": True}, True),
+    ({"include_usage": False, "x": 1}, {"include_usage": True, "x": 1}, True),
+    ({"include_usage": "no"}, {"include_usage": True}, True),
+    # vLLM sends per-chunk usage only with include_usage: the client did not ask for it
+    ({"continuous_usage_stats": True}, {"include_usage": True, "continuous_usage_stats": False}, True),
+    ({"include_usage": "1"}, None, False),  # asked (lax): the client's body as it was
+    ({"include_usage": True, "continuous_usage_stats": "yes"}, None, False),
+])
+def test_usage_is_asked_of_the_worker_and_nothing_the_client_did_not_ask(
+        options: dict[str, Any] | None, sent_options: dict[str, Any] | None, strip: bool) -> None:
+    body: dict[str, Any] = {"model": "m", "prompt": "x", "stream": True}
+    if options is not None:
+        body["stream_options"] = options
+    sent, stripped, unchanged = upstream(body, kind=CompletionFields)
+    assert stripped == strip
+    assert sent.get("stream_options") == (sent_options if sent_options is not None else options)
+    assert unchanged == (sent_options is None)
+
+
+def test_a_null_model_is_auto_and_prompts_are_the_workers_to_require() -> None:
+    parsed = parse_body(b'{"model":null,"messages":[]}', ChatFields)
+    assert parsed.fields.model == "auto" and "model" not in parsed.data
+    sent, _, _ = upstream({"model": None, "messages": []}, "demo-small")
+    assert sent["model"] == "demo-small"
+    # vLLM takes `prompt_embeds` instead of `prompt`, and refuses neither with its own message
+    assert parse_body(b'{"prompt_embeds":"AAAA"}', CompletionFields).fields.prompt is None
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
         (b'{"messages": [', None, "invalid_json"),
         (b"", None, "invalid_json"),
         (b"[1,2]", None, "invalid_json"),
-        (b'{"model":"m","messages":[],"stream":"yes"}', "stream", "invalid_type"),
+        (b'{"model":"m","messages":[],"stream":"maybe"}', "stream", "invalid_type"),
+        (b'{"model":"m","messages":[],"stream":2}', "stream", "invalid_type"),
+        (b'{"model":"m","messages":[],"stream":true,"stream_options":"usage"}', "stream_options", "invalid_type"),
+        (b'{"model":"m","messages":[],"stream":true,"stream_options":{"continuous_usage_stats":"always"}}',
+         "stream_options.continuous_usage_stats", "invalid_type"),
         (b'{"model":7,"messages":[]}', "model", "invalid_type"),
         (b'{"model":"m","messages":"hi"}', "messages", "invalid_type"),
         (b'{"model":"m"}', "messages", "missing_required_parameter"),

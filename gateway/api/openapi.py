@@ -78,19 +78,27 @@ _EVENT = {
     "properties": {"data": {"type": "string"}},
 }
 
-# The fields router/request_limits.py checks before routing, beyond the reader's types: their types and
-# minimums (the maximums are the policy's `defaults.request_limits`, docs/routing-policies.md).
+# The fields router/request_limits.py checks before routing, beyond the reader's types: their types (the
+# maximums are the policy's `defaults.request_limits`, docs/routing-policies.md). Integers and booleans are
+# read as vLLM reads them (router/lax.py: `"5"`, `5.0` and `true` are integers, `"yes"` and 1 booleans), so
+# their types are the JSON types such values come in; a value that is not one is a 400. Below a minimum, a
+# value is the worker's to refuse (docs/api.md).
 _LIMITED = "At most the policy's `defaults.request_limits` allow (400 past it)"
+_LAX_INT = ["integer", "string", "boolean", "null"]  # "5", " 5 ", "1_000", "5.0", 5.0 and true read as integers
+_LAX_BOOL = ["boolean", "integer", "string", "null"]  # 0/1 and "yes"/"no", "on"/"off", "1"/"0", ... read as booleans
 
 
-def _int(least: int) -> dict[str, Any]:
-    return {"type": ["integer", "null"], "minimum": least, "description": _LIMITED}
+def _int(description: str = _LIMITED) -> dict[str, Any]:
+    return {"type": _LAX_INT, "description": description}
 
 
 _TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
 _TOOLS = {"type": ["array", "null"], "items": {"type": "object"}, "description": _LIMITED}
-_COMMON = {"n": _int(1), "prompt_logprobs": _int(0), "tools": _TOOLS, "functions": _TOOLS,
-           "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1}}
+_IGNORED = "vLLM 0.32 ignores it; bounded by the policy's `defaults.request_limits` when it is a number (or a list)"
+_COMMON = {"n": _int(), "prompt_logprobs": _int(), "tools": _TOOLS, "functions": {"description": _IGNORED},
+           "seed": _int("An integer (vLLM refuses one past 64 bits)"), "stream": {"type": _LAX_BOOL},
+           "model": {"type": ["string", "null"], "default": "auto", "description": "A model, an alias or `auto` "
+                     "(null, as vLLM reads it, is absent: `auto`)"}}
 _BOUNDED: dict[str, dict[str, Any]] = {
     "chat": {
         **_COMMON,
@@ -98,19 +106,20 @@ _BOUNDED: dict[str, dict[str, Any]] = {
             "type": "object", "required": ["role"], "properties": {
                 "role": {"type": "string"},
                 "content": {"type": ["string", "array", "null"], "items": {"type": ["object", "string"]}}}}},
-        "max_tokens": _int(1),
-        "max_completion_tokens": _int(1),
-        "logprobs": {"type": ["boolean", "null"]},
-        "top_logprobs": _int(0),
+        "max_tokens": _int(),
+        "max_completion_tokens": _int(),
+        "logprobs": {"type": _LAX_BOOL},
+        "top_logprobs": _int(),
     },
     "completion": {
         **_COMMON,
         "prompt": {"description": _LIMITED, "anyOf": [  # a prompt, token ids, or a list of either
             {"type": "string"}, _TOKEN_IDS, {"type": "array", "items": {"anyOf": [{"type": "string"}, _TOKEN_IDS]}},
+            {"type": "null"},  # with vLLM's `prompt_embeds` instead
         ]},
-        "max_tokens": _int(0),  # 0 with `echo`: the prompt alone
-        "best_of": _int(1),
-        "logprobs": _int(0),
+        "max_tokens": _int(),
+        "best_of": {"description": _IGNORED},
+        "logprobs": _int(),
     },
 }
 
@@ -241,4 +250,8 @@ def _bodies(bodies: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
         component = components[endpoint.fields.__name__]
         component["properties"].update(_BOUNDED.get(endpoint.kind, {}))
         component["additionalProperties"] = True
+    if "StreamOptions" in components:  # its flags, read as vLLM reads booleans
+        for flag in components["StreamOptions"]["properties"].values():
+            flag.pop("anyOf", None)
+            flag["type"] = _LAX_BOOL
     return components

@@ -41,6 +41,9 @@ class Choice(msgspec.Struct, array_like=True):
     stop_reason: str | int | None = None
     reasoning: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # This choice's prompt and completion tokens, when the answer had several choices and the worker said so
+    # (usage on every chunk: vLLM's `continuous_usage_stats`); with one choice, the entry's usage says it.
+    tokens: tuple[int, int] | None = None
 
 
 class Entry(msgspec.Struct, array_like=True):
@@ -183,7 +186,7 @@ def entry_from_body(kind: Literal["chat", "completion"], body: bytes) -> Entry |
 
 
 class _Building:
-    __slots__ = ("finish_reason", "reasoning", "stop_reason", "text", "tools")
+    __slots__ = ("finish_reason", "reasoning", "stop_reason", "text", "tokens", "tools")
 
     def __init__(self) -> None:
         self.text: list[str] | None = None
@@ -191,6 +194,7 @@ class _Building:
         self.tools: dict[int, list[Any]] = {}  # index -> [id, type, name, [argument parts]]
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
+        self.tokens: tuple[int, int] | None = None
 
 
 class StreamCollector:
@@ -274,6 +278,8 @@ class StreamCollector:
                         self._size += len(piece)
                 if c.finish_reason is not None:
                     b.finish_reason, b.stop_reason = c.finish_reason, c.stop_reason
+                if chunk.usage is not None:  # usage on every chunk: this choice's so far
+                    b.tokens = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
             if self._size > self.max_bytes:
                 return self._fail()
         return None
@@ -310,7 +316,8 @@ class StreamCollector:
             tools = [ToolCall(c[0], c[1], c[2], "".join(c[3])) for _, c in sorted(b.tools.items())] or None
             text = "".join(b.text) if b.text is not None else ("" if self.kind == "completion" else None)
             choices.append(Choice(index, text, b.finish_reason, b.stop_reason,
-                                  "".join(b.reasoning) if b.reasoning else None, tools))
+                                  "".join(b.reasoning) if b.reasoning else None, tools,
+                                  b.tokens if len(self._choices) > 1 else None))
         if not _finished(choices):
             return None
         return Entry(self.kind, self._id, self._created, self._model, choices, usage, self._fingerprint)
@@ -368,39 +375,66 @@ def render_json(entry: Entry) -> bytes:
     })
 
 
-def render_sse(entry: Entry, include_usage: bool) -> bytes:
+def replayable(entry: Entry, continuous_usage: bool) -> bool:
+    """Whether `entry` renders the stream asked: usage on every chunk needs each choice's token counts."""
+    return not continuous_usage or len(entry.choices) == 1 or all(c.tokens is not None for c in entry.choices)
+
+
+def _tool_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Tool calls as one stream delta, in vLLM's key order (its first delta of a call, arguments added)."""
+    return [{"id": t.id, "type": t.type, "index": i, "function": {"name": t.name, "arguments": t.arguments}}
+            for i, t in enumerate(calls)]
+
+
+def render_sse(entry: Entry, include_usage: bool, continuous_usage: bool = False) -> bytes:
     """The answer as an SSE stream framed as vLLM frames it: for chat a role chunk per choice, then per
     choice its reasoning and tool calls, and its text in the chunk that carries the finish reason; the
-    usage chunk only when the client asked for it (the system fingerprint moves there, as vLLM does);
-    then `[DONE]`."""
-    head = {"id": entry.id, "object": "chat.completion.chunk" if entry.kind == "chat" else "text_completion",
+    usage chunk only when the client asked for it (then it carries the system fingerprint, else each
+    choice's last chunk does, as vLLM does); then `[DONE]`. With `continuous_usage` (and `include_usage`:
+    vLLM sends neither without it) every chunk carries its choice's usage so far: none on a role chunk, all
+    of it on the others (`replayable` says when the entry knows each choice's)."""
+    chat = entry.kind == "chat"
+    head = {"id": entry.id, "object": "chat.completion.chunk" if chat else "text_completion",
             "created": entry.created, "model": entry.model}
     events: list[bytes] = []
+    continuous = include_usage and continuous_usage
 
     def event(choice: dict[str, Any], **extra: Any) -> None:
         events.append(b"data: " + _json({**head, "choices": [choice], **extra}) + EVENT_END)
 
-    fingerprint = {} if include_usage else {"system_fingerprint": entry.system_fingerprint}
-    if entry.kind == "chat":
+    def so_far(c: Choice, done: bool) -> dict[str, Any]:
+        """The chunk's usage (continuous usage stats), as vLLM writes it for the kind of call."""
+        if not continuous:
+            return {}
+        prompt, completion = (entry.usage.prompt_tokens, entry.usage.completion_tokens) if c.tokens is None \
+            else c.tokens
+        completion = completion if done else 0
+        usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+        return {"usage": {**usage, "completion_tokens_details": None} if chat else usage}
+
+    last = {} if include_usage or entry.system_fingerprint is None else {"system_fingerprint": entry.system_fingerprint}
+    if chat:
         for c in entry.choices:
             event({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                   "finish_reason": None}, prompt_token_ids=None, prompt_text=None)
+                   "finish_reason": None}, **so_far(c, False), prompt_token_ids=None, prompt_text=None)
         for c in entry.choices:
             if c.reasoning:
                 event({"index": c.index, "delta": {"reasoning": c.reasoning}, "logprobs": None,
-                       "finish_reason": None, "token_ids": None})
+                       "finish_reason": None, "token_ids": None}, **so_far(c, True))
             if c.tool_calls:
-                event({"index": c.index, "delta": {"tool_calls": _tool_calls_json(c.tool_calls, True)},
-                       "logprobs": None, "finish_reason": None, "token_ids": None})
+                event({"index": c.index, "delta": {"content": None, "tool_calls": _tool_deltas(c.tool_calls)},
+                       "logprobs": None, "finish_reason": None, "token_ids": None}, **so_far(c, True))
             delta = {"content": c.text} if c.text is not None else {}
             event({"index": c.index, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason,
-                   "stop_reason": c.stop_reason, "token_ids": None}, **fingerprint)
+                   "stop_reason": c.stop_reason, "token_ids": None}, **so_far(c, True), **last)
     else:
         for c in entry.choices:
             event({"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason,
-                   "stop_reason": c.stop_reason, "prompt_token_ids": None, "token_ids": None}, **fingerprint)
-    if include_usage:
-        events.append(b"data: " + _json({**head, "choices": [], "usage": _usage_json(entry.usage),
-                                         "system_fingerprint": entry.system_fingerprint}) + EVENT_END)
+                   "stop_reason": c.stop_reason, "prompt_token_ids": None, "token_ids": None},
+                  **so_far(c, True), **last)
+    if include_usage:  # vLLM writes this one without its null fields
+        usage = {k: v for k, v in _usage_json(entry.usage).items() if v is not None}
+        fingerprint = {"system_fingerprint": entry.system_fingerprint} if entry.system_fingerprint is not None else {}
+        events.append(b"data: " + _json({**head, "choices": [], "usage": usage, **fingerprint}) + EVENT_END)
     events.append(b"data: [DONE]" + EVENT_END)
     return b"".join(events)

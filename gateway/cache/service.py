@@ -33,6 +33,7 @@ from gateway.cache.entry import (
     entry_from_body,
     render_json,
     render_sse,
+    replayable,
 )
 from gateway.cache.keys import cache_key, lock_key
 from gateway.cache.ticket import BYPASS, Ticket
@@ -61,6 +62,12 @@ class CacheConfig:
     lock_ttl_s: float = 30.0
     wait_s: float = 30.0
     retry_s: float = 1.0
+
+
+def _continuous(fields: RequestFields) -> bool:
+    """Whether a stream asked for usage on every chunk (vLLM's `continuous_usage_stats`, with `include_usage`)."""
+    opts = fields.stream_options
+    return bool(opts and opts.include_usage and opts.continuous_usage_stats)
 
 
 @dataclass
@@ -141,6 +148,8 @@ class ResponseCache:
                 entry: Entry | RawEntry | None = None
                 if raw is not None:
                     entry = decode_entry(raw) if ticket.kind in ENTRY_KINDS else decode_raw(raw)
+                if isinstance(entry, Entry) and fields.stream and not replayable(entry, _continuous(fields)):
+                    entry = None  # a stream it cannot render as the worker would: the worker's answer is stored
                 if entry is not None:
                     self._ok()
                     self.counts["hits"] += 1
@@ -184,7 +193,7 @@ class ResponseCache:
             content, media_type = entry.body, "application/json"
         elif fields.stream:
             opts = fields.stream_options
-            content, media_type = render_sse(entry, bool(opts and opts.include_usage)), SSE
+            content, media_type = render_sse(entry, bool(opts and opts.include_usage), _continuous(fields)), SSE
         else:
             content, media_type = render_json(entry), "application/json"
         outcome.cache_hit, outcome.usage, outcome.status, outcome.completed = True, entry.usage, 200, True
