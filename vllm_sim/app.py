@@ -12,7 +12,8 @@ injected "death" must drop the connection mid-body), and it must add as little o
 per request and per token as possible since it is also a benchmark target.
 
 Endpoints: ``GET /health``, ``GET /version``, ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``POST /tokenize``, ``GET /metrics``, and the simulator-only
+``POST /v1/completions``, ``POST /v1/responses`` and ``POST /v1/messages`` (vllm_sim/translated.py),
+``POST /tokenize``, ``GET /metrics``, and the simulator-only
 ``GET``/``POST /sim/faults``, ``GET /sim/last-request-headers`` (a debug aid for tests: the
 ``traceparent``, ``tracestate`` and ``x-request-id`` of the last generation request, nothing else) and
 ``POST /sim/wedge`` (a test hook: the process stays alive but answers nothing and ignores SIGTERM).
@@ -36,6 +37,7 @@ from vllm_sim.metrics import render_metrics
 from vllm_sim.responses import VLLM_VERSION, models_body, tokenize_body
 from vllm_sim.state import SimState
 from vllm_sim.text import encode, encoding, warm_up
+from vllm_sim.translated import MESSAGES, RESPONSES
 from vllm_sim.validation import HTTPError, decode_body, error_body, parse_tokenize_request
 
 __all__ = ["SimApp", "create_sim_app"]
@@ -76,6 +78,8 @@ class SimApp:
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completions},
+            "/v1/responses": {"POST": self._responses},
+            "/v1/messages": {"POST": self._messages},
             "/health": {"GET": self._health},
             "/version": {"GET": self._version},
             "/v1/models": {"GET": self._models},
@@ -126,6 +130,14 @@ class SimApp:
     ) -> None:
         self._remember_headers(scope)
         await handle_generation(self.state, receive, send, extra, chat=False)
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        self._remember_headers(scope)
+        await handle_generation(self.state, receive, send, extra, chat=True, api=RESPONSES)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        self._remember_headers(scope)
+        await handle_generation(self.state, receive, send, extra, chat=True, api=MESSAGES)
 
     def _remember_headers(self, scope: Scope) -> None:
         self.state.last_request_headers = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
+from typing import Any
 
 from vllm_sim.asgi import (
     JSON_HEADERS,
@@ -25,6 +27,7 @@ from vllm_sim.scheduling import Live, Overloaded
 from vllm_sim.sse import SSE_HEADERS, SSEEncoder
 from vllm_sim.state import SimState
 from vllm_sim.text import Generated, count_tokens, generate, last_user_text
+from vllm_sim.translated import Encoder, Translation
 from vllm_sim.truth import OK_MARKER, POOR_MARKER, acceptable
 from vllm_sim.validation import (
     GenRequest,
@@ -45,9 +48,11 @@ _MAX_STEPS_PER_WRITE = 64
 
 
 async def handle_generation(
-    state: SimState, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], *, chat: bool
+    state: SimState, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], *, chat: bool,
+    api: Callable[[dict[str, Any], str], Translation] | None = None,
 ) -> None:
-    """Answer a ``/v1/chat/completions`` (``chat``) or ``/v1/completions`` request."""
+    """Answer a ``/v1/chat/completions`` (``chat``) or ``/v1/completions`` request; with ``api``, a call of
+    another API answered as a chat in its own shape (vllm_sim/translated.py)."""
     loop = asyncio.get_running_loop()
     arrival = loop.time()
     state.metrics.received += 1
@@ -56,12 +61,19 @@ async def handle_generation(
     if header_rid is None:
         extra = [(b"x-request-id", os.urandom(16).hex().encode())]
     raw = await read_body(receive)
+    call: Translation | None = None
     try:
-        req = parse_gen_request(decode_body(raw), chat, cfg.model)
+        body = decode_body(raw)
+        if api is not None:
+            call = api(body, cfg.model)
+            body = call.chat
+        req = parse_gen_request(body, chat, cfg.model)
         check_fan_out(req, cfg.max_n_sequences, cfg.max_completion_prompts)  # before any work per sequence
         await _count_prompt_tokens(req, cfg.non_text_part_tokens)
         max_tokens = check_lengths(req, cfg.max_model_len)
     except HTTPError as exc:
+        if call is not None:
+            exc = call.error(exc)
         await respond(send, exc.status, exc.body, JSON_HEADERS, extra)
         return
 
@@ -70,13 +82,18 @@ async def handle_generation(
         state.metrics.injected["error"] += 1
         status = faults.status
         msg = f"Simulated failure injected by vllm-sim (error_rate={faults.error_rate})."
-        await respond(send, status, error_body(msg, error_type(status), None, status), JSON_HEADERS, extra)
+        failure = HTTPError(status, error_body(msg, error_type(status), None, status))
+        if call is not None:
+            failure = call.error(failure)
+        await respond(send, status, failure.body, JSON_HEADERS, extra)
         return
     stall_s = faults.stall_ms / 1000.0 if state.fires(faults.stall_rate) else 0.0
     die_after = faults.die_after_tokens if state.fires(faults.die_rate) else None
 
     prefix = b"chatcmpl-" if chat else b"cmpl-"
-    if header_rid is not None:
+    if call is not None:
+        rid = call.id(header_rid)
+    elif header_rid is not None:
         rid = prefix + hashlib.blake2b(prefix + header_rid, digest_size=8).hexdigest().encode()
     else:
         rid = prefix + os.urandom(8).hex().encode()
@@ -106,7 +123,7 @@ async def handle_generation(
     state.metrics.prefix_hits += cached
 
     async def work(ctl: Ctl) -> None:
-        await _serve(state, send, ctl, extra, req, rid, gens, prompt_tokens, cached, arrival, stall_s, die_after)
+        await _serve(state, send, ctl, extra, req, rid, gens, prompt_tokens, cached, arrival, stall_s, die_after, call)
 
     if await run_cancellable(receive, work):
         state.metrics.cancelled += 1
@@ -153,6 +170,7 @@ async def _serve(
     arrival: float,
     stall_s: float,
     die_after: int | None,
+    call: Translation | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     m = state.metrics
@@ -169,7 +187,10 @@ async def _serve(
             f"The server is overloaded: the waiting queue is full (max_num_queued_reqs="
             f"{slots.max_waiting}). Please retry later."
         )
-        await respond(send, 503, error_body(msg, "ServiceUnavailableError", None, 503), JSON_HEADERS, extra)
+        overloaded = HTTPError(503, error_body(msg, "ServiceUnavailableError", None, 503))
+        if call is not None:
+            overloaded = call.error(overloaded)
+        await respond(send, 503, overloaded.body, JSON_HEADERS, extra)
         return
     held = fut is None
     live: Live | None = None
@@ -195,7 +216,8 @@ async def _serve(
         die_at = None if die_after is None else min(die_after, steps - 1)
         created = state.created()
         if req.stream:
-            sse = SSEEncoder(req.chat, rid, created, state.model_json, req.include_usage)
+            sse: Encoder = (SSEEncoder(req.chat, rid, created, state.model_json, req.include_usage) if call is None
+                            else call.encoder(rid, created, state.config.model, prompt_tokens))
             s = 0
             end = steps if die_at is None else die_at
             first = True
@@ -226,7 +248,8 @@ async def _serve(
                 raise SimulatedDeath(f"vllm-sim: injected death after {sent_steps} tokens")
         else:
             model = state.config.model
-            body = completion_body(req.chat, rid, created, model, gens, prompt_tokens, completion_tokens)
+            body = (completion_body(req.chat, rid, created, model, gens, prompt_tokens, completion_tokens)
+                    if call is None else call.body(rid, created, model, gens[0], prompt_tokens, completion_tokens))
             finish_at = t_first + (steps - 1 if die_at is None else die_at) * tok_s
             delay = finish_at - loop.time()
             if delay > 0:
