@@ -63,7 +63,8 @@ class ActivePolicy:
     def routing(self) -> PolicySet:
         """The policy `auto` is routed with: the files', or, when they list no served model, one among the
         derived models (router/derive.py)."""
-        return routing_policy(self.policy, self.pools.by_name, self.served)
+        generating = [p.name for p in self.pools.pools if p.runner == "generate"]  # the pools chat may go to
+        return routing_policy(self.policy, generating, self.served)
 
     @property
     def derived(self) -> bool:
@@ -74,9 +75,11 @@ class ActivePolicy:
     def routable(self) -> tuple[str, ...]:
         """What clients may ask for: `auto` (when something can serve it), catalogued models whose pool is
         configured, their aliases, and the models of pools the catalogue does not list."""
-        served = {m for m, model in self.policy.models.items() if model.pool in self.pools.by_name}
+        pools = self.pools.by_name
+        served = {m for m, model in self.policy.models.items() if model.pool in pools}
         names = [n for n in self.policy.routable_names() if n != AUTO and self.policy.resolve(n) in served]
-        auto = (AUTO,) if served or self.derived else ()
+        chat = any(pools[self.policy.models[m].pool].runner == "generate" for m in served)
+        auto = (AUTO,) if chat or self.derived else ()
         return (*auto, *names, *sorted(n for n in self.direct if n not in self.unlisted))
 
     @cached_property
