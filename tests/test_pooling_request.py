@@ -309,3 +309,15 @@ def test_any_body_is_read_and_reserved_or_refused_with_a_400(path: str, data: st
     except InvalidRequest:
         return
     assert expected >= 0 and reserved > 0
+
+
+def test_a_catalogue_listing_only_an_embedding_model_lets_auto_route_chat_among_the_pools() -> None:
+    """The shipped catalogue's demo-small on a pooling pool, and a generating pool it does not list: chat's
+    `auto` is routed among the generating pools' own models (derived), never to the embedding model."""
+    embedding, free = pool("small", "demo-small", "pooling"), pool("g", "free-chat", max_model_len=4096)
+    a = active(embedding, free)
+    assert a.derived and "auto" in a.routable
+    chosen = route(a, {"messages": [{"role": "user", "content": "hi"}]}, "chat", "auto", {}, Caller(), {})
+    assert [(m, p.name) for m, p in chosen.targets] == [("free-chat", "g")]
+    assert "auto" not in active(embedding).routable  # nothing that writes text: no `auto` for chat
+    assert route_by_name(active(embedding), "auto", "pooling", "/v1/embeddings", True).targets[0][1] is embedding
