@@ -21,6 +21,7 @@ from gateway.translated import (
     Translated,
     check_count,
     check_output,
+    check_tools,
     opaque,
     output_capped,
     read_fields,
@@ -108,7 +109,7 @@ def parse_messages(body: bytes, limits: RequestLimits) -> ParsedRequest:
     """A Messages call read and checked (400s name the API's own fields)."""
     data, own = read_fields(body, MessagesFields, limits, ("max_tokens",), ("stream",))
     check_count("messages", own.messages, limits.max_messages)
-    check_count("tools", own.tools, limits.max_tools)
+    check_tools(own.tools, limits)
     check_output("max_tokens", own.max_tokens, 1, limits)
     view = chat_view(own, data)
     return Translated(view, view_fields(view, bool(own.stream), own.model), original=data, own=own)

@@ -22,6 +22,7 @@ from gateway.translated import (
     Translated,
     check_count,
     check_output,
+    check_tools,
     opaque,
     output_capped,
     read_fields,
@@ -127,7 +128,7 @@ def parse_responses(body: bytes, limits: RequestLimits) -> ParsedRequest:
                              param="request_id", code="unsupported_parameter")
     if isinstance(own.input, list):
         check_count("input", own.input, limits.max_messages)
-    check_count("tools", own.tools, limits.max_tools)
+    check_tools(own.tools, limits)
     check_output("max_output_tokens", own.max_output_tokens, 1, limits)
     view = chat_view(own, data)
     return Translated(view, view_fields(view, bool(own.stream), own.model), original=data, own=own)

@@ -63,6 +63,14 @@ def check_count(param: str, items: list[Any] | None, most: int) -> None:
                              param=param, code="array_above_max_length")
 
 
+def check_tools(tools: list[Any] | None, limits: RequestLimits) -> None:
+    """At most the policy's `max_tools` tools, each an object, or a 400 naming it."""
+    check_count("tools", tools, limits.max_tools)
+    for i, tool in enumerate(tools or ()):
+        if type(tool) is not dict:
+            raise invalid_type(f"tools[{i}]", "an object", tool)
+
+
 def check_output(param: str, value: int | None, least: int, limits: RequestLimits) -> None:
     """An output limit within [least, the policy's max_tokens], or a 400 naming it."""
     if value is None:

@@ -55,6 +55,35 @@ _ERRORS = {
     "5XX": {"description": "The gateway or a worker failed, or cannot take the call now.",
             "content": {"application/json": {"schema": ERROR}}},
 }
+# `POST /v1/messages` (Anthropic's SDK reads it): the gateway's own errors in Anthropic's envelope; a worker's
+# error passes as the worker wrote it (vLLM's are Anthropic's, but for a body its request model refuses).
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "AnthropicError",
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {"type": "object", "required": ["type", "message"], "properties": {
+            "type": {"type": "string"}, "message": {"type": "string"}, "details": {"type": ["object", "null"]}}},
+        "request_id": {"type": ["string", "null"]},
+    },
+}
+_EITHER = {"anyOf": [{"$ref": SCHEMAS.format(name="AnthropicError")}, ERROR]}
+_ANTHROPIC_ERRORS = {
+    "4XX": {"description": "The request was refused: Anthropic's envelope, `error.details.error_code` says why "
+                           "(docs/api.md#anthropics-messages-api).",
+            "content": {"application/json": {"schema": _EITHER}}},
+    "5XX": {"description": "The gateway or a worker failed, or cannot take the call now.",
+            "content": {"application/json": {"schema": _EITHER}}},
+}
+# One named server-sent event (the Responses and Messages APIs).
+_NAMED_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "description": "An event of the API's stream: `event` its name, `data` its JSON (an `error` event when the "
+                   "worker fails mid-stream)",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
 _INFERENCE_HEADERS = [
     {"name": "x-request-id", "in": "header", "required": False,
      "description": "The client's id for the call, kept when well-formed (else a new one is given)",
@@ -121,6 +150,19 @@ _BOUNDED: dict[str, dict[str, Any]] = {
         "best_of": {"description": _IGNORED},
         "logprobs": _int(),
     },
+    # Another API's shape (gateway/translated.py): its own fields, read and bounded as a chat's.
+    "responses": {
+        "model": _COMMON["model"], "tools": _TOOLS, "stream": {"type": _LAX_BOOL},
+        "input": {"description": f"{_LIMITED} (its items, as messages)", "anyOf": [{"type": "string"},
+                                                                                   {"type": "array"}]},
+        "max_output_tokens": _int(), "seed": _COMMON["seed"], "top_logprobs": _int(),
+        "background": {"type": _LAX_BOOL}, "store": {"type": _LAX_BOOL},
+    },
+    "messages": {
+        "model": _COMMON["model"], "tools": _TOOLS, "stream": {"type": _LAX_BOOL},
+        "messages": {"type": "array", "description": _LIMITED},
+        "max_tokens": {"type": _LAX_INT[:-1], "description": _LIMITED},
+    },
 }
 
 
@@ -185,6 +227,7 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     schemas.update(_bodies(bodies))
     schemas["Error"] = ERROR_SCHEMA
+    schemas["AnthropicError"] = ANTHROPIC_ERROR_SCHEMA
     components["securitySchemes"] = {"apiKey": {
         "type": "http", "scheme": "bearer",
         "description": "An API key (`gateway keys create`); also accepted in `api-key` or `x-api-key`"}}
@@ -192,7 +235,12 @@ def complete(app: Litestar, generated: dict[str, Any]) -> dict[str, Any]:
 
 
 def _inference(endpoint: Endpoint) -> dict[str, Any]:
-    if "stream" in endpoint.fields.__struct_fields__:
+    if endpoint.events is not None:  # another API's shape (the Responses and Messages APIs)
+        answer = {"description": "The worker's answer, in its API's shape: JSON, or that API's named server-sent "
+                                 "events when `stream` is true (no `[DONE]`)",
+                  "content": {"application/json": {"schema": {"type": "object"}},
+                              "text/event-stream": {"schema": _NAMED_EVENT}}}
+    elif "stream" in endpoint.fields.__struct_fields__:
         answer = {"description": "The worker's answer: JSON, or server-sent events when `stream` is true",
                   "content": {"application/json": {"schema": _ANSWER}, "text/event-stream": {"schema": _EVENT}}}
     else:  # never streamed (embeddings, tokenize, score, rerank)
@@ -204,7 +252,7 @@ def _inference(endpoint: Endpoint) -> dict[str, Any]:
         "description": "Only the fields listed are read by the gateway; every other field reaches the worker "
                        "untouched (docs/api.md#inference).",
         "parameters": _INFERENCE_HEADERS,
-        "responses": {"200": answer, **_ERRORS},
+        "responses": {"200": answer, **(_ANTHROPIC_ERRORS if endpoint.errors == "anthropic" else _ERRORS)},
     }
 
 
