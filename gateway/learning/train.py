@@ -62,8 +62,9 @@ def row_vectors(rows: Sequence[OutcomeRow], classifier: Classifier) -> npt.NDArr
 
 
 def _short(x: float) -> float:
-    """A weight as written: float32 precision is all inference uses, so no more digits are kept."""
-    return float(f"{x:.7g}")
+    """A weight as written, to five significant digits: another CPU's BLAS changes the last digits of a fit,
+    and the artefact must be the same bytes on every machine; the predictions change by less than 1e-4."""
+    return float(f"{x:.5g}")
 
 
 def fit(
