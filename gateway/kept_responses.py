@@ -88,7 +88,7 @@ class KeptResponses:
     async def _follow(self, kept: KeptCall, outcome: Outcome) -> None:
         assert kept.pool is not None and kept.replica is not None
         url = f"{kept.replica.url}/v1/responses/{quote(kept.id, safe='')}"
-        headers = {"x-request-id": outcome.request_id, **kept.pool.headers}
+        headers = {"x-request-id": outcome.request_id, "accept-encoding": "identity", **kept.pool.headers}
         deadline = time.monotonic() + self.follow_max_s
         wait = self.poll_s
         try:
