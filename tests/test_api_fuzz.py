@@ -174,7 +174,9 @@ def test_the_document_describes_the_real_api(fuzzed: Fuzzed) -> None:
     assert operations == {
         ("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/responses", "post"),
         ("/v1/responses/{response_id}", "get"), ("/v1/responses/{response_id}/cancel", "post"),
-        ("/v1/messages", "post"), ("/v1/models", "get"),
+        ("/v1/messages", "post"), ("/v1/embeddings", "post"), ("/tokenize", "post"), ("/detokenize", "post"),
+        ("/v1/score", "post"), ("/score", "post"), ("/v1/rerank", "post"), ("/rerank", "post"),
+        ("/v2/rerank", "post"), ("/v1/models", "get"),
         ("/v1/models/{model}", "get"),
         ("/v1/feedback", "post"), ("/v1/reports/usage", "get"), ("/v1/reports/budgets", "get"),
         ("/admin/keys", "get"), ("/admin/keys", "post"), ("/admin/keys/{key_id}/revoke", "post"),

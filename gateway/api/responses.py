@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from gateway.auth.principal import principal_of
@@ -52,13 +53,13 @@ async def _relay(answer: AiohttpResponse) -> AsyncIterator[bytes]:
 
 
 @get("/v1/responses/{response_id:str}", opt={"produces": ("application/json", "text/event-stream")})
-async def retrieve_response(request: Request[Any, Any, Any], response_id: str) -> Response[Any]:
+async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[Any]:
     """A response the caller's tenant made, from the replica that holds it (`stream=true`: a background
     response's events, `starting_after` one of them)."""
     return await _call(request, response_id, "", "GET")
 
 
 @post("/v1/responses/{response_id:str}/cancel", status_code=200)
-async def cancel_response(request: Request[Any, Any, Any], response_id: str) -> Response[Any]:
+async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[Any]:
     """Cancels a background response the caller's tenant made."""
     return await _call(request, response_id, "/cancel", "POST")
