@@ -157,7 +157,7 @@ def in_process(backend: str, prefix: str, n: int = 20_000) -> dict[str, float]:
 
     from gateway.cache.backends import MemoryBackend, RedisBackend
     from gateway.cache.service import CacheConfig, ResponseCache
-    from gateway.openai_request import ChatFields, parse_body
+    from gateway.inference.openai_request import ChatFields, parse_body
     from gateway.outcome import Outcome, Step, finish
     from gateway.routing import Route
     from router.decision import CachePolicy, RouteDecision

@@ -33,12 +33,12 @@ from gateway.auth.keys import DevKey
 from gateway.auth.principal import Limits as KeyLimits
 from gateway.auth.principal import Principal
 from gateway.auth.service import Auth
+from gateway.inference.usage import Usage
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.service import Limits
 from gateway.outcome import Outcome, Step, finish
 from gateway.routing import ActivePolicy, route
-from gateway.usage import Usage
 from router.policy import default_policy_dir, load_policy_set
 from router.tokens import warm_up
 from workers.pool import Pool, Pools, Replica

@@ -69,8 +69,8 @@ def tokenize_user(n: int) -> Callable[[], None]:
 
 def _record_parts() -> tuple[Any, Any]:
     from gateway.accounting.prices import load_prices
+    from gateway.inference.usage import Usage
     from gateway.outcome import Outcome
-    from gateway.usage import Usage
 
     catalogue = load_prices(ROOT / "policies" / "prices.yaml")  # the shipped prices: demo-small, reference demo-large
 

@@ -32,8 +32,8 @@ from gateway.accounting.models import UsageDaily, UsageRecord
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import build_record
+from gateway.inference.usage import Usage
 from gateway.outcome import Outcome
-from gateway.usage import Usage
 
 DEFAULT_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

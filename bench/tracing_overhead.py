@@ -153,10 +153,10 @@ def span_pipeline(sink_url: str, traces: int = 3000) -> dict[str, float]:
     request's seven spans (as in the run: the key has rate limits) built and exported, and the sampling
     decision of one that is not traced. Independent
     of how fast the rest of the gateway is, so it tells what tracing will cost once the hot path is faster."""
+    from gateway.inference.usage import Usage
     from gateway.outcome import Outcome
     from gateway.settings import load_settings
     from gateway.telemetry.tracing import Tracing
-    from gateway.usage import Usage
 
     settings = load_settings(env={}, overrides={"otel_exporter": "otlp", "otel_endpoint": sink_url,
                                                 "otel_sample_ratio": 1.0})

@@ -24,13 +24,13 @@ from gateway.completion import completion_steps
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.front import GatewayApp
-from gateway.kept_responses import KeptResponses
+from gateway.inference.kept_responses import KeptResponses
+from gateway.inference.response_pins import build_pins
 from gateway.learning.shadow.service import start_shadow
 from gateway.learning.stash import build_stash
 from gateway.limits.service import start_limits
 from gateway.redis_batch import RedisBatcher
 from gateway.redis_client import redis_client
-from gateway.response_pins import build_pins
 from gateway.routing import PolicyStore, Rates, install_sighup, policy_directory
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry

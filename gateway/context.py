@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from gateway.accounting import Accounting
 from gateway.auth.service import Auth
 from gateway.cache.service import ResponseCache
-from gateway.kept_responses import KeptResponses
+from gateway.inference.kept_responses import KeptResponses
 from gateway.learning.shadow.service import Shadow
 from gateway.learning.stash import FeatureStash
 from gateway.limits.service import Limits
@@ -40,4 +40,4 @@ class GatewayContext:
     limits: Limits | None = None  # rate limits and budgets (gateway/limits/)
     feedback: FeatureStash | None = None  # features of predictor-routed calls, for feedback (gateway/learning/)
     shadow: Shadow | None = None  # shadow evaluation of predictor-routed calls (gateway/learning/shadow/)
-    responses: KeptResponses | None = None  # the responses workers keep, by replica (gateway/kept_responses.py)
+    responses: KeptResponses | None = None  # the responses workers keep, by replica (gateway/inference/)

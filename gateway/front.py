@@ -19,8 +19,8 @@ from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive
 
 from gateway.api.openai import forward
 from gateway.auth.guard import INFERENCE, admit
-from gateway.endpoints import ENDPOINTS
 from gateway.errors import EXCEPTION_HANDLERS, as_anthropic
+from gateway.inference.endpoints import ENDPOINTS
 
 __all__ = ["GatewayApp"]
 

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from gateway.cache.ticket import Ticket
+from gateway.inference.usage import Usage
 from gateway.learning.shadow.answers import Watch
 from gateway.limits.backend import Admission
-from gateway.usage import Usage
 from router.quality import QualityProbe
 
 log = logging.getLogger("gateway.access")
 
-# What a call is (gateway/endpoints.py), for its record, its access line, its metrics and its spans.
+# What a call is (gateway/inference/endpoints.py), for its record, its access line, its metrics and its spans.
 CallKind = Literal["chat", "completion", "responses", "messages", "embeddings", "tokenize", "detokenize", "score",
                    "rerank"]
 

@@ -19,8 +19,8 @@ from gateway.accounting.models import UsageRecord
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import build_record
 from gateway.accounting.spool import JOURNAL_SUFFIX, SUFFIX, Spool
+from gateway.inference.usage import PromptTokensDetails, Usage
 from gateway.outcome import Outcome
-from gateway.usage import PromptTokensDetails, Usage
 from tests.fault_proxy import FaultProxy
 from tests.pg_support import catalogue, migrated_engine, record
 

@@ -12,8 +12,8 @@ import pytest
 from gateway.accounting import records
 from gateway.accounting.money import ZERO
 from gateway.accounting.records import build_record, estimate_prompt_tokens, to_row
+from gateway.inference.usage import PromptTokensDetails, Usage
 from gateway.outcome import Outcome, failure_of
-from gateway.usage import PromptTokensDetails, Usage
 from router import tokens
 from router.errors import InvalidRequest, ModelNotFound, NoHealthyReplica, UpstreamTimeout
 from tests.pg_support import catalogue

@@ -19,7 +19,7 @@ from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.keys import lock_key
 from gateway.cache.service import CacheConfig, ResponseCache
 from gateway.cache.ticket import Ticket
-from gateway.openai_request import ChatFields, parse_body
+from gateway.inference.openai_request import ChatFields, parse_body
 from gateway.outcome import Outcome, Step, finish
 from gateway.redis_batch import RedisBatcher
 from gateway.redis_client import redis_client

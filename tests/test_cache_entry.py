@@ -22,8 +22,8 @@ from gateway.cache.entry import (
     render_json,
     render_sse,
 )
-from gateway.relay import read_usage
-from gateway.usage import Usage
+from gateway.inference.relay import read_usage
+from gateway.inference.usage import Usage
 
 pytestmark = pytest.mark.pure
 

@@ -19,13 +19,13 @@ from gateway.cache.backends import MemoryBackend as CacheMemory
 from gateway.cache.service import ResponseCache
 from gateway.cache.ticket import Ticket
 from gateway.completion import completion_steps
+from gateway.inference.usage import Usage
 from gateway.learning.shadow.answers import Watch
 from gateway.learning.stash import MemoryStash
 from gateway.limits.backend import MemoryBackend as LimitsMemory
 from gateway.limits.service import Limits
 from gateway.outcome import Outcome, Step, finish
 from gateway.telemetry.metrics import RequestMetrics
-from gateway.usage import Usage
 
 pytestmark = pytest.mark.pure
 

@@ -1,4 +1,4 @@
-"""The named-event relay (gateway/event_relay.py) on vLLM 0.32's own Responses and Messages streams
+"""The named-event relay (gateway/inference/event_relay.py) on vLLM 0.32's own Responses and Messages streams
 (tests/fixtures), cut into every kind of network chunk: the client gets the worker's bytes unchanged, the
 usage is read from the events that carry it, the answer is complete on its API's final event, and a worker
 breaking mid-stream ends the stream with an error event in the API's shape."""
@@ -12,10 +12,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from gateway.event_relay import EventDialect, relay_events
-from gateway.messages_api import EVENTS as MESSAGES
+from gateway.inference.event_relay import EventDialect, relay_events
+from gateway.inference.messages_api import EVENTS as MESSAGES
+from gateway.inference.responses_api import EVENTS as RESPONSES
 from gateway.outcome import Outcome, finish
-from gateway.responses_api import EVENTS as RESPONSES
 from tests.test_relay import ChunkedResponse, events, fixture_bytes
 from workers.pool import Replica
 from workers.upstream import UpstreamCall

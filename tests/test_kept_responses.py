@@ -1,5 +1,5 @@
-"""The responses workers keep (gateway/response_pins.py, gateway/kept_responses.py): which replica holds each
-response, in memory and in the real Redis; only the tenant that made a response may name it; a call pinned to
+"""The responses workers keep (gateway/inference/response_pins.py and kept_responses.py): which replica
+holds each response, in memory and in the real Redis; only the tenant that made a response may name it; a call pinned to
 a replica goes there and nowhere else (workers/forward.py, against real HTTP workers on localhost); a
 background response is followed until it is made, then recorded once with its usage."""
 
@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.kept_responses import KeptCall, KeptResponses
+from gateway.inference.kept_responses import KeptCall, KeptResponses
+from gateway.inference.response_pins import MemoryPins, Pin, RedisPins
 from gateway.outcome import Outcome, Step
 from gateway.redis_batch import RedisBatcher
-from gateway.response_pins import MemoryPins, Pin, RedisPins
 from router.errors import NoHealthyReplica, ResponseNotFound, ResponsesUnavailable
 from tests.limits_support import delete_prefix, unique_prefix
 from workers.forward import forward_call

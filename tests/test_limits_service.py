@@ -23,13 +23,13 @@ from gateway.accounting.prices import DEFAULT_PRICES_FILE, PriceCatalogue, curre
 from gateway.accounting.records import build_record
 from gateway.auth.principal import Limits as PrincipalLimits
 from gateway.auth.principal import Principal
+from gateway.inference.usage import Usage
 from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.service import Limits, duration, from_units, to_units
 from gateway.outcome import Outcome, Step, finish
 from gateway.routing import ActivePolicy, Route, route
-from gateway.usage import Usage
 from router.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from router.policy import default_policy_dir, load_policy_set
 from tests.pg_support import migrated_engine, record

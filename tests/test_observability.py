@@ -136,7 +136,7 @@ def test_a_streamed_request_is_one_span_tree_continuing_the_callers_trace(
 
     server, children = tree(trace_of(exporter, rid))
     assert set(children) == {"gateway.auth", "gateway.route", "gateway.cache", f"chat {model}",
-                             "gateway.usage.record"}
+                             "gateway.inference.usage.record"}
     # The caller's trace, continued.
     assert f"{server.context.trace_id:032x}" == TRACE_ID
     assert server.parent is not None and server.parent.is_remote and f"{server.parent.span_id:016x}" == PARENT_ID
@@ -184,7 +184,7 @@ def test_a_cached_answer_is_traced_without_a_worker_call(traced: InProcessGatewa
     usage = hit.json()["usage"]
 
     server, children = tree(trace_of(exporter, rid))
-    assert set(children) == {"gateway.auth", "gateway.route", "gateway.cache", "gateway.usage.record"}
+    assert set(children) == {"gateway.auth", "gateway.route", "gateway.cache", "gateway.inference.usage.record"}
     assert server.parent is None  # no traceparent: a new trace (sampled at otel_sample_ratio 1)
     assert (children["gateway.cache"].attributes or {})["gateway.cache.result"] == "hit"
     a = server.attributes or {}

@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.openai_request import ChatFields, CompletionFields, parse_body, upstream_body
+from gateway.inference.openai_request import ChatFields, CompletionFields, parse_body, upstream_body
 from router.errors import InvalidRequest
 
 pytestmark = pytest.mark.pure
@@ -129,7 +129,7 @@ def test_bad_bodies_name_the_param(body: bytes, param: str | None, code: str) ->
 
 
 def test_prompt_prefix_reads_message_text_in_order() -> None:
-    from gateway.openai_request import prompt_prefix
+    from gateway.inference.openai_request import prompt_prefix
 
     data = {"messages": [
         {"role": "system", "content": "You are terse."},

@@ -14,18 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.accounting.prices import parse_prices
-from gateway.by_name import route_by_name
 from gateway.cache.backends import MemoryBackend
 from gateway.cache.entry import RawEntry
 from gateway.cache.service import CacheConfig, ResponseCache
-from gateway.endpoints import ENDPOINTS
+from gateway.inference.by_name import route_by_name
+from gateway.inference.endpoints import ENDPOINTS
+from gateway.inference.pooling_request import embedding_inputs, prompt_of, score_sides, worker_body
+from gateway.inference.usage import Usage
 from gateway.limits.backend import MemoryBackend as LimitsMemory
 from gateway.limits.service import Limits, to_units
 from gateway.limits.upper_bound import pooled_texts
 from gateway.outcome import Outcome, Step, finish
-from gateway.pooling_request import embedding_inputs, prompt_of, score_sides, worker_body
 from gateway.routing import ActivePolicy, Route, pool_states, route, served_models
-from gateway.usage import Usage
 from router.decision import Caller
 from router.errors import InvalidRequest, ModelNotFound
 from router.policy import default_policy_dir, load_policy_set

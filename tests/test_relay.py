@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.inference.relay import DONE_EVENT, relay_stream
 from gateway.outcome import Outcome
-from gateway.relay import DONE_EVENT, relay_stream
 from workers.pool import Replica
 from workers.upstream import UpstreamCall
 

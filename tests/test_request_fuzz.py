@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, current_token_rates, load_prices
 from gateway.cache.keys import cache_key
-from gateway.openai_request import ChatFields, CompletionFields, parse_body, prompt_prefix, upstream_body
+from gateway.inference.openai_request import ChatFields, CompletionFields, parse_body, prompt_prefix, upstream_body
 from gateway.routing import ActivePolicy, route
 from router.decision import Caller
 from router.errors import GatewayError

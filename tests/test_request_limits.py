@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.openai_request import ChatFields, CompletionFields, parse_body
+from gateway.inference.openai_request import ChatFields, CompletionFields, parse_body
 from router.errors import InvalidRequest
 from router.policy import load_policy_set
 from router.request_limits import DEFAULT_LIMITS, RequestLimits, check_request, depth_within, prompt_count

@@ -1,5 +1,5 @@
-"""The Responses API and Anthropic's Messages API as the gateway reads them (gateway/translated.py,
-gateway/responses_api.py, gateway/messages_api.py): their fields checked under the policy's request limits,
+"""The Responses API and Anthropic's Messages API as the gateway reads them (gateway/inference/:
+translated.py, responses_api.py, messages_api.py): their fields checked under the policy's request limits,
 their chat view (what routing, the limits and the estimates read), the body for the worker, and the usage
 of vLLM 0.32's own answers (tests/fixtures)."""
 
@@ -13,12 +13,12 @@ import pytest
 from litestar import Response
 
 from gateway.errors import as_anthropic
+from gateway.inference.messages_api import parse_messages, prepare_messages
+from gateway.inference.messages_api import read_usage as messages_usage
+from gateway.inference.responses_api import parse_responses, prepare_responses, read_response
+from gateway.inference.responses_api import read_usage as responses_usage
+from gateway.inference.translated import Translated
 from gateway.limits.upper_bound import output_limit, text_bound
-from gateway.messages_api import parse_messages, prepare_messages
-from gateway.messages_api import read_usage as messages_usage
-from gateway.responses_api import parse_responses, prepare_responses, read_response
-from gateway.responses_api import read_usage as responses_usage
-from gateway.translated import Translated
 from router.classify import Features, classify
 from router.errors import InvalidRequest
 from router.policy import load_policy_set
@@ -109,7 +109,7 @@ def test_responses_limits_name_the_apis_own_fields() -> None:
 
 def test_responses_body_for_the_worker() -> None:
     parsed = responses({"model": "fast", "input": "Hi", "max_output_tokens": 50, "store": False, "vendor": [1]})
-    parsed.original["request_id"] = "resp_abc"  # the gateway's id for the response (gateway/kept_responses.py)
+    parsed.original["request_id"] = "resp_abc"  # the gateway's id for the response (kept_responses.py)
     out, strip = prepare_responses(parsed, "demo-small", b"unused", 16)
     assert not strip
     assert msgspec.json.decode(out) == {"model": "demo-small", "input": "Hi", "max_output_tokens": 16,

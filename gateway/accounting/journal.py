@@ -31,8 +31,8 @@ import msgspec
 from gateway.accounting.records import UsageRecord, decode_record
 from gateway.accounting.spool import JOURNAL_SUFFIX, Spool, create_locked, segment_number
 from gateway.durable import fsync_dir
+from gateway.inference.usage import PromptTokensDetails, Usage
 from gateway.outcome import Outcome
-from gateway.usage import PromptTokensDetails, Usage
 
 log = logging.getLogger("gateway.accounting")
 

@@ -11,7 +11,7 @@ from litestar.params import QueryParameter
 
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
-from gateway.openai_request import ChatFields, CompletionFields, parse_body
+from gateway.inference.openai_request import ChatFields, CompletionFields, parse_body
 from gateway.routing import pool_states
 from router.classify import classify
 from router.decide import decide

@@ -12,24 +12,24 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from gateway.auth.principal import Principal, principal_of
-from gateway.by_name import route_by_name
 from gateway.cache.service import HEADER as CACHE_HEADER
 from gateway.cache.service import ResponseCache
 from gateway.cache.ticket import BYPASS, Ticket
 from gateway.context import GatewayContext
-from gateway.endpoints import ENDPOINTS, Endpoint
-from gateway.event_relay import EventStream
-from gateway.kept_responses import KeptCall
+from gateway.inference.by_name import route_by_name
+from gateway.inference.endpoints import ENDPOINTS, Endpoint
+from gateway.inference.event_relay import EventStream
+from gateway.inference.kept_responses import KeptCall
+from gateway.inference.openai_request import ParsedRequest, prompt_prefix
+from gateway.inference.pooling_request import prompt_of
+from gateway.inference.relay import RelayStream
+from gateway.inference.translated import Translated, body_of
 from gateway.limits.service import Limits
-from gateway.openai_request import ParsedRequest, prompt_prefix
 from gateway.outcome import Outcome, failure_of, finish
-from gateway.pooling_request import prompt_of
-from gateway.relay import RelayStream
 from gateway.replies import Reply, read_body
 from gateway.request_id import new_id, request_id
 from gateway.routing import ActivePolicy, Route, route
 from gateway.telemetry.tracing import RequestTrace, UpstreamSpans, auth_times, route_attributes
-from gateway.translated import Translated, body_of
 from router.errors import IncompleteBody
 from workers.forward import forward_call
 from workers.pool import Pool

@@ -5,7 +5,7 @@ it with what Litestar cannot see; the result is encoded once and kept. Nothing h
 document is built when an admin first asks for it, never at start or on the inference path.
 
 What the completion adds:
-- the inference endpoints (gateway/endpoints.py), raw ASGI handlers Litestar does not describe: their body
+- the inference endpoints (gateway/inference/endpoints.py), raw ASGI handlers Litestar does not describe: their body
   is the fields the gateway reads, and any other field, which reaches the worker untouched;
 - the bodies that handlers read themselves (to answer in OpenAI's error shape): a handler names its
   body's msgspec type (a tuple: any one of them), or a JSON Schema, in `opt["request_body"]`, and the
@@ -28,7 +28,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 
 from gateway.auth.guard import roles_for
-from gateway.endpoints import ENDPOINTS, Endpoint
+from gateway.inference.endpoints import ENDPOINTS, Endpoint
 
 PATH = "/admin/openapi.json"
 SCHEMAS = "#/components/schemas/{name}"
@@ -150,7 +150,7 @@ _BOUNDED: dict[str, dict[str, Any]] = {
         "best_of": {"description": _IGNORED},
         "logprobs": _int(),
     },
-    # Another API's shape (gateway/translated.py): its own fields, read and bounded as a chat's.
+    # Another API's shape (gateway/inference/translated.py): its own fields, read and bounded as a chat's.
     "responses": {
         "model": _COMMON["model"], "tools": _TOOLS, "stream": {"type": _LAX_BOOL},
         "input": {"description": f"{_LIMITED} (its items, as messages)", "anyOf": [{"type": "string"},

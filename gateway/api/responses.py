@@ -1,5 +1,5 @@
 """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel` (the Responses API): passed to the replica
-that holds the response (gateway/kept_responses.py) and its answer back unchanged; a response the gateway
+that holds the response (gateway/inference/kept_responses.py) and its answer back unchanged; a response the gateway
 does not know for the caller's tenant is a 404. Neither generates anything: neither is recorded (the call
 that made the response is)."""
 

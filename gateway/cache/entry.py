@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.sse import EVENT_END
-from gateway.usage import Usage
+from gateway.inference.sse import EVENT_END
+from gateway.inference.usage import Usage
 
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 SSE_BATCH_BYTES = 64 * 1024  # a cacheable stream's events are parsed in batches of about this size

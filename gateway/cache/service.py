@@ -37,14 +37,14 @@ from gateway.cache.entry import (
 )
 from gateway.cache.keys import cache_key, lock_key
 from gateway.cache.ticket import BYPASS, Ticket
-from gateway.openai_request import RequestFields
+from gateway.inference.openai_request import RequestFields
+from gateway.inference.usage import Usage
 from gateway.outcome import Outcome, finish
 from gateway.redis_batch import RedisBatcher
 from gateway.replies import Reply
 from gateway.request_id import new_id
 from gateway.routing import Route
 from gateway.settings import Settings
-from gateway.usage import Usage
 from router.errors import InvalidRequest
 
 log = logging.getLogger("gateway.cache")

@@ -18,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth.principal import Principal
+from gateway.inference.openai_request import read_object
 from gateway.learning.stash import FeatureStash, StashEntry
 from gateway.learning.store import OutcomeRow, upsert_outcome
-from gateway.openai_request import read_object
 from router.errors import FeedbackUnavailable, InvalidRequest, RequestNotFound
 
 log = logging.getLogger("gateway.learning")

@@ -49,6 +49,7 @@ from gateway.accounting.prices import Price, PriceCatalogue
 from gateway.accounting.reads import BoundedReads, as_bounded
 from gateway.accounting.records import build_record, counted_usage, estimate_prompt_tokens, needs_estimate
 from gateway.auth.principal import Principal
+from gateway.inference.pooling_request import prompt_of, score_sides
 from gateway.limits import budgets as budget_db
 from gateway.limits.backend import (
     OK,
@@ -71,7 +72,6 @@ from gateway.limits.periods import window
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.upper_bound import choices, output_limit, pooled_texts, text_bound
 from gateway.outcome import CallKind, Outcome
-from gateway.pooling_request import prompt_of, score_sides
 from gateway.redis_batch import RedisBatcher
 from gateway.routing import Route
 from gateway.settings import Settings

@@ -8,7 +8,7 @@ lengthen text), so `len(body)` bounds the text of all prompts and messages toget
 them; no sampling of the text can be fooled. A content part that is not text (an image, audio, a video)
 has no such bound (its tokens are the model's processor's choice), nor has a template sent with the
 request: only the model's context window bounds those, and no prompt exceeds it (the engine refuses it).
-The Responses and Messages APIs are bounded through their chat view (gateway/translated.py), which marks
+The Responses and Messages APIs are bounded through their chat view (gateway/inference/translated.py), which marks
 what their bodies' bytes do not bound: a conversation the worker keeps (`previous_response_id`), a tool
 input the worker writes out again (Anthropic's `tool_use`), an item it expands.
 
@@ -121,7 +121,7 @@ def pooled_texts(kind: str, body: Mapping[str, Any], sides: tuple[Any, Any]) -> 
 
     Embeddings encode each input (a text, token ids, a conversation) once. Scoring one text against n others
     encodes both sides (an embedding model) or each pair as one sequence (a cross-encoder): the one text may
-    be encoded n times. `sides`: the two sides of a score or rerank call (gateway/pooling_request.py)."""
+    be encoded n times. `sides`: the two sides of a score or rerank call (gateway/inference/pooling_request.py)."""
     if kind == "embeddings":
         value = body.get("messages", body.get("input"))
         if type(value) is not list or not value or type(value[0]) is int:

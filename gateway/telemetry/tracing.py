@@ -9,7 +9,7 @@ way and turned into spans afterwards, so the request path itself only reads a cl
     ├── gateway.limits                     INTERNAL  rate limits and budget reservation (limited keys only)
     ├── gateway.cache                      INTERNAL  gateway.cache.result: hit / miss / bypass
     ├── chat demo-small                    CLIENT    the worker call, to the stream's end; event `first_token`
-    └── gateway.usage.record               INTERNAL  the steps after the last byte (gateway/completion.py)
+    └── gateway.inference.usage.record               INTERNAL  the steps after the last byte (gateway/completion.py)
 
 Sampling is decided before anything is created: a request carrying a `traceparent` follows its sampled
 flag (parent-based); one without is traced with probability `otel_sample_ratio`. A request that is not
@@ -44,10 +44,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from gateway.inference.usage import Usage
 from gateway.outcome import Outcome
 from gateway.routing import Route
 from gateway.settings import Settings
-from gateway.usage import Usage
 from workers.upstream import UpstreamCall
 
 log = logging.getLogger("gateway.telemetry")
@@ -347,7 +347,7 @@ class RequestTrace:
                     client.status = _ERROR
             client.end = finished
         if recorded is not None:
-            self.step("gateway.usage.record", recorded[0], recorded[1])
+            self.step("gateway.inference.usage.record", recorded[0], recorded[1])
         server = self.server
         a = server.attributes
         a["gateway.status"], a["gateway.tenant"], a["gateway.stream"] = status, o.tenant, o.stream

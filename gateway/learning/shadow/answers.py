@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.sse import EVENT_END
+from gateway.inference.sse import EVENT_END
 from router.classify import Kind
 
 MAX_TAP_BYTES = 256 * 1024  # a streamed answer longer than this is not evaluated

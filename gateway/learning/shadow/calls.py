@@ -14,10 +14,10 @@ import msgspec
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.recorder import Recorder
 from gateway.accounting.records import build_record
+from gateway.inference.relay import read_usage
 from gateway.learning.shadow.answers import body_text
 from gateway.learning.shadow.spend import DailySpend
 from gateway.outcome import Outcome, failure_of, finish
-from gateway.relay import read_usage
 from router.classify import Kind
 from workers.forward import forward_call
 from workers.pool import Pool

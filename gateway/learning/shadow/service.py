@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting import Accounting
+from gateway.inference.openai_request import prompt_prefix
 from gateway.learning.shadow.answers import Watch, question
 from gateway.learning.shadow.calls import CallEnv, Caller, call_model
 from gateway.learning.shadow.judge import (
@@ -39,7 +40,6 @@ from gateway.learning.shadow.judge import (
 )
 from gateway.learning.shadow.spend import DailySpend
 from gateway.learning.store import OutcomeRow, upsert_outcomes
-from gateway.openai_request import prompt_prefix
 from gateway.outcome import Outcome
 from gateway.routing import PolicyStore
 from gateway.settings import Settings, ShadowSettings

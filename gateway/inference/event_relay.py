@@ -1,7 +1,7 @@
 """Relaying a stream of named events (`event: <name>` then `data: <json>`, as the Responses API and Anthropic's
 Messages API frame them) from a worker to the client, unchanged.
 
-As for chat streams (gateway/relay.py), events go out as the worker framed them, as they arrive, and only
+As for chat streams (gateway/inference/relay.py), events go out as the worker framed them, as they arrive, and only
 the few that carry usage are parsed (found by a byte search on their name): the Responses API's final event
 (`response.completed`, `.incomplete`, `.failed`) carries the response with its usage; Anthropic's
 `message_start` carries the prompt's and `message_delta` the output's. There is no `[DONE]`: the answer is
@@ -17,10 +17,10 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
+from gateway.inference.relay import RelayStream
+from gateway.inference.sse import EVENT_END
+from gateway.inference.usage import Usage
 from gateway.outcome import Outcome
-from gateway.relay import RelayStream
-from gateway.sse import EVENT_END
-from gateway.usage import Usage
 from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
 log = logging.getLogger("gateway.access")
@@ -122,7 +122,7 @@ async def relay_events(
 
 @dataclass(eq=False)
 class EventStream(RelayStream):
-    """A streamed answer of named events, sent as a chat stream is (gateway/relay.py's `RelayStream`)."""
+    """A streamed answer of named events, sent as a chat stream is (gateway/inference/relay.py's `RelayStream`)."""
 
     dialect: EventDialect
     close: Callable[[Outcome], None]  # closes the call's books: `finish`, or a background response's follow

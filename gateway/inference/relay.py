@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import msgspec
 from litestar.types import Receive, Send
 
+from gateway.inference.sse import DONE_EVENT, EVENT_END
+from gateway.inference.usage import Usage
 from gateway.outcome import Outcome, finish
 from gateway.replies import header_list
-from gateway.sse import DONE_EVENT, EVENT_END
-from gateway.usage import Usage
 from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
 
 log = logging.getLogger("gateway.access")
@@ -176,7 +176,7 @@ class RelayStream:
     headers: dict[str, str]
 
     def events(self) -> AsyncGenerator[bytes, None]:
-        """The worker's events as relayed (gateway/event_relay.py's `EventStream` relays named events)."""
+        """The worker's events as relayed (gateway/inference/event_relay.py's `EventStream` relays named events)."""
         return relay_stream(self.call, self.strip_usage, self.outcome, self.tap)
 
     def done(self) -> None:

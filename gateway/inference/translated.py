@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.openai_request import ChatFields, ParsedRequest, invalid_fields, read_object
+from gateway.inference.openai_request import ChatFields, ParsedRequest, invalid_fields, read_object
 from router.errors import InvalidRequest
 from router.lax import Unreadable, invalid_type, lax_bool, lax_int
 from router.request_limits import RequestLimits
@@ -27,7 +27,7 @@ class Translated(ParsedRequest, kw_only=True):
     """`data` and `fields` are the chat view; `original` the body as the client sent it; `own` its fields."""
 
     original: dict[str, Any]
-    own: Any  # the API's own fields (a msgspec Struct of gateway/responses_api.py or messages_api.py)
+    own: Any  # the API's own fields (a msgspec Struct of gateway/inference/responses_api.py or messages_api.py)
 
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.openai_request import ParsedRequest, RequestFields, invalid_fields, read_object
+from gateway.inference.openai_request import ParsedRequest, RequestFields, invalid_fields, read_object
 from router.errors import InvalidRequest
 from router.request_limits import RequestLimits
 

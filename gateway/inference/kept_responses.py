@@ -1,5 +1,5 @@
 """The responses workers keep (the Responses API): each call's response is pinned to the replica that made it
-(gateway/response_pins.py), a call continuing one (`previous_response_id`) goes to that replica, and a
+(gateway/inference/response_pins.py), a call continuing one (`previous_response_id`) goes to that replica, and a
 background response (`background: true`) is followed to its end for its usage.
 
 A background response is answered at once (`queued`) and made afterwards, in the worker; its usage is
@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, replace
 from urllib.parse import quote
 
+from gateway.inference.response_pins import Pin, ResponsePins
+from gateway.inference.responses_api import FINAL_STATUSES, ResponsesFields, read_response, response_id
+from gateway.inference.translated import Translated
 from gateway.outcome import Outcome, finish
-from gateway.response_pins import Pin, ResponsePins
-from gateway.responses_api import FINAL_STATUSES, ResponsesFields, read_response, response_id
 from gateway.routing import Route
-from gateway.translated import Translated
 from router.catalogue import AUTO
 from router.errors import InvalidRequest, ResponseNotFound, ResponsesUnavailable
 from workers.pool import Pool, Pools, Replica

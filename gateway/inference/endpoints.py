@@ -8,13 +8,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.event_relay import EventDialect
-from gateway.messages_api import EVENTS as MESSAGES_EVENTS
-from gateway.messages_api import MessagesFields, parse_messages, prepare_messages
-from gateway.messages_api import read_usage as messages_usage
-from gateway.openai_request import ChatFields, CompletionFields, ParsedRequest, RequestFields, parse_body, upstream_body
-from gateway.outcome import CallKind
-from gateway.pooling_request import (
+from gateway.inference.event_relay import EventDialect
+from gateway.inference.messages_api import EVENTS as MESSAGES_EVENTS
+from gateway.inference.messages_api import MessagesFields, parse_messages, prepare_messages
+from gateway.inference.messages_api import read_usage as messages_usage
+from gateway.inference.openai_request import (
+    ChatFields,
+    CompletionFields,
+    ParsedRequest,
+    RequestFields,
+    parse_body,
+    upstream_body,
+)
+from gateway.inference.pooling_request import (
     DetokenizeFields,
     EmbeddingFields,
     RerankFields,
@@ -27,11 +33,12 @@ from gateway.pooling_request import (
     parse_tokenize,
     worker_body,
 )
-from gateway.relay import read_usage
-from gateway.responses_api import EVENTS as RESPONSES_EVENTS
-from gateway.responses_api import ResponsesFields, parse_responses, prepare_responses
-from gateway.responses_api import read_usage as responses_usage
-from gateway.usage import Usage
+from gateway.inference.relay import read_usage
+from gateway.inference.responses_api import EVENTS as RESPONSES_EVENTS
+from gateway.inference.responses_api import ResponsesFields, parse_responses, prepare_responses
+from gateway.inference.responses_api import read_usage as responses_usage
+from gateway.inference.usage import Usage
+from gateway.outcome import CallKind
 from router.classify import Kind
 from router.request_limits import RequestLimits
 from workers.config import Runner
@@ -49,7 +56,7 @@ class Endpoint:
     kind: CallKind
     fields: type[RequestFields]  # the fields the gateway reads; the rest pass untouched
     # How routing's classifier and the response cache read the body; None: routed by the model's name alone
-    # (gateway/by_name.py), its whole answer cached as it is.
+    # (gateway/inference/by_name.py), its whole answer cached as it is.
     routed_as: Kind | None
     prepare: Prepare
     read_usage: Callable[[bytes], Usage | None]  # from a whole (non-streamed) answer
@@ -59,7 +66,7 @@ class Endpoint:
     runner: Runner | None = "generate"  # the pools that serve it (a pool's `runner`); None: every pool
     cached: bool = True  # a call routed by name: whether the response cache may answer it
     answer_headers: tuple[str, ...] = ()  # the worker's headers passed on (its usage too, when the body has none)
-    # A stream of named events (the Responses and Messages APIs: gateway/event_relay.py); None: OpenAI's chunks.
+    # A stream of named events (the Responses and Messages APIs: event_relay.py); None: OpenAI's chunks.
     events: EventDialect | None = None
     errors: Literal["openai", "anthropic"] = "openai"  # the envelope of the gateway's own errors
     keeps_responses: bool = False  # its worker keeps each answer by id: calls go where it is (kept_responses.py)
@@ -84,7 +91,7 @@ COMPLETION = Endpoint("/v1/completions", "completion", CompletionFields, "comple
                       "completions", "An OpenAI completion (legacy), routed to a worker, streamed or not",
                       parse=_parse_completion)
 
-# Routed by the model's name to a pool that serves them (gateway/by_name.py): embeddings, score and rerank to an
+# Routed by the model's name to a pool that serves them (by_name.py): embeddings, score and rerank to an
 # embedding model's (`runner: pooling`), tokenizing to any. vLLM's own aliases of score and rerank are served too.
 EMBEDDINGS = Endpoint("/v1/embeddings", "embeddings", EmbeddingFields, None, worker_body, read_usage, "embeddings",
                       "OpenAI embeddings from an embedding model's pool, by the model's name",
@@ -109,7 +116,7 @@ def _rerank(path: str, operation_id: str) -> Endpoint:
                     parse=parse_rerank, runner="pooling")
 
 
-# Other APIs' shapes, routed as chats (gateway/translated.py): their own fields to the worker, their own stream.
+# Other APIs' shapes, routed as chats (translated.py): their own fields to the worker, their own stream.
 RESPONSES = Endpoint("/v1/responses", "responses", ResponsesFields, "chat", prepare_responses, responses_usage,
                      "responses", "An OpenAI Responses API call, routed to a worker, streamed or in the background",
                      parse=parse_responses, events=RESPONSES_EVENTS, keeps_responses=True)

@@ -78,7 +78,7 @@ def invalid_fields(exc: msgspec.ValidationError) -> InvalidRequest:
 
 class ParsedRequest(msgspec.Struct):
     data: dict[str, Any]  # the body, the fields the gateway reads as the worker reads them
-    fields: RequestFields  # ChatFields, CompletionFields or another endpoint's (gateway/endpoints.py)
+    fields: RequestFields  # ChatFields, CompletionFields or another endpoint's (gateway/inference/endpoints.py)
     raw: dict[str, Any] | None = None  # the client's values of the fields reading changed (None: none did)
 
 
@@ -169,7 +169,7 @@ def upstream_body(
     """The body for the worker, and whether the client did not ask for the usage chunk.
 
     The worker is always asked for usage (it is authoritative for accounting); the usage chunk is removed
-    again on the way back when the client did not ask for it (gateway/relay.py), and with it the usage on
+    again on the way back when the client did not ask for it (gateway/inference/relay.py), and with it the usage on
     every chunk (`continuous_usage_stats`), which vLLM sends only along with the usage chunk. `max_tokens`,
     when given (a policy's cap), replaces the client's. A body that needs none of this goes out as the
     client sent it; one that does is written from the client's values of every field but those.

@@ -1,5 +1,5 @@
 """Anthropic's Messages API (`POST /v1/messages`, which vLLM serves) as the gateway reads it: the fields it
-acts on, the chat view routing and the limits read (gateway/translated.py), the body for the worker, and
+acts on, the chat view routing and the limits read (gateway/inference/translated.py), the body for the worker, and
 the usage of an answer.
 
 Anthropic counts a prompt in parts: `input_tokens` are those neither read from nor written to the prompt
@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from gateway.event_relay import EventDialect
-from gateway.openai_request import ParsedRequest, RequestFields
-from gateway.sse import EVENT_END
-from gateway.translated import (
+from gateway.inference.event_relay import EventDialect
+from gateway.inference.openai_request import ParsedRequest, RequestFields
+from gateway.inference.sse import EVENT_END
+from gateway.inference.translated import (
     Translated,
     check_count,
     check_output,
@@ -28,7 +28,7 @@ from gateway.translated import (
     text,
     view_fields,
 )
-from gateway.usage import PromptTokensDetails, Usage
+from gateway.inference.usage import PromptTokensDetails, Usage
 from router.request_limits import RequestLimits
 
 

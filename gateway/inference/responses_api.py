@@ -1,11 +1,11 @@
 """OpenAI's Responses API (`POST /v1/responses`) as the gateway reads it: the fields it acts on, the chat view
-routing and the limits read (gateway/translated.py), the body for the worker, and the usage of an answer.
+routing and the limits read (gateway/inference/translated.py), the body for the worker, and the usage of an answer.
 
 The worker keeps a response in the process that made it (vLLM, with `VLLM_ENABLE_RESPONSES_API_STORE=1`):
 a later call naming it (`previous_response_id`, `GET /v1/responses/{id}`, a cancel) must reach that process.
 So the gateway chooses each response's id itself, `resp_` and the call's own request id, sends it as vLLM's
 `request_id` (which vLLM answers as the response's `id`) and keeps which replica holds it
-(gateway/response_pins.py). A client's own `request_id` is refused: it could name a response kept for
+(gateway/inference/response_pins.py). A client's own `request_id` is refused: it could name a response kept for
 someone else.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import msgspec
 
-from gateway.event_relay import EventDialect
-from gateway.openai_request import ParsedRequest, RequestFields
-from gateway.sse import EVENT_END
-from gateway.translated import (
+from gateway.inference.event_relay import EventDialect
+from gateway.inference.openai_request import ParsedRequest, RequestFields
+from gateway.inference.sse import EVENT_END
+from gateway.inference.translated import (
     Translated,
     check_count,
     check_output,
@@ -29,7 +29,7 @@ from gateway.translated import (
     text,
     view_fields,
 )
-from gateway.usage import PromptTokensDetails, Usage
+from gateway.inference.usage import PromptTokensDetails, Usage
 from router.errors import InvalidRequest
 from router.request_limits import RequestLimits
 
