@@ -12,18 +12,15 @@ complete on its API's final event. A worker that breaks mid-stream ends the clie
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.inference.relay import RelayStream
+from gateway.inference.relay import RelayStream, broke_midstream
 from gateway.inference.sse import EVENT_END
 from gateway.inference.usage import Usage
 from gateway.outcome import Outcome
-from workers.upstream import UPSTREAM_ERRORS, UpstreamCall, failure_kind
-
-log = logging.getLogger("gateway.access")
+from workers.upstream import UPSTREAM_ERRORS, UpstreamCall
 
 EVENT = b"event: "
 DATA = b"\ndata:"
@@ -102,16 +99,7 @@ async def relay_events(
         if pending:
             yield pending
     except UPSTREAM_ERRORS as exc:
-        is_timeout = failure_kind(exc) == "timeout"
-        outcome.error = "UpstreamTimeout" if is_timeout else type(exc).__name__
-        call.broke(f"stream broke: {outcome.error}")
-        log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
-        yield dialect.error(
-            "The worker timed out mid-stream." if is_timeout else "The worker failed mid-stream.",
-            "timeout_error" if is_timeout else "upstream_error",
-            "upstream_timeout" if is_timeout else "upstream_stream_broken",
-            sent,
-        )
+        yield dialect.error(*broke_midstream(call, outcome, exc), sent)
     except (GeneratorExit, asyncio.CancelledError):
         outcome.cancelled = not outcome.completed  # the client went away
         raise

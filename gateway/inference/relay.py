@@ -96,6 +96,18 @@ def error_event(message: str, type_: str, code: str) -> bytes:
     return b"data: " + msgspec.json.encode(body) + EVENT_END
 
 
+def broke_midstream(call: UpstreamCall, outcome: Outcome, exc: BaseException) -> tuple[str, str, str]:
+    """A worker that failed mid-stream, noted on its call and outcome; the (message, type, code) of the error
+    event that ends the client's stream cleanly, in whichever API's shape."""
+    is_timeout = failure_kind(exc) == "timeout"
+    outcome.error = "UpstreamTimeout" if is_timeout else type(exc).__name__
+    call.broke(f"stream broke: {outcome.error}")
+    log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
+    if is_timeout:
+        return "The worker timed out mid-stream.", "timeout_error", "upstream_timeout"
+    return "The worker failed mid-stream.", "upstream_error", "upstream_stream_broken"
+
+
 async def relay_stream(
     call: UpstreamCall, strip_usage: bool, outcome: Outcome, tap: Callable[[bytes], None] | None = None
 ) -> AsyncGenerator[bytes, None]:
@@ -145,16 +157,8 @@ async def relay_stream(
         if pending:
             yield pending
     except UPSTREAM_ERRORS as exc:
-        # The worker failed mid-stream: end the client's stream cleanly, in OpenAI's shape.
-        is_timeout = failure_kind(exc) == "timeout"
-        outcome.error = "UpstreamTimeout" if is_timeout else type(exc).__name__
-        call.broke(f"stream broke: {outcome.error}")
-        log.warning("upstream stream from %s broke: %s", call.replica.url, outcome.error)
-        yield (_release(b"".join(held), outcome) if held else b"") + error_event(
-            "The worker timed out mid-stream." if is_timeout else "The worker failed mid-stream.",
-            "timeout_error" if is_timeout else "upstream_error",
-            "upstream_timeout" if is_timeout else "upstream_stream_broken",
-        ) + DONE_EVENT
+        released = _release(b"".join(held), outcome) if held else b""
+        yield released + error_event(*broke_midstream(call, outcome, exc)) + DONE_EVENT
     except (GeneratorExit, asyncio.CancelledError):
         outcome.cancelled = not outcome.completed  # the client went away
         raise
