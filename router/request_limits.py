@@ -14,7 +14,7 @@ use. A value below a field's minimum (`n: 0`, `max_tokens: -1`) is the worker's 
 error: it asks for nothing a bound protects.
 
 The common call (a few messages, none of the rarer fields) costs a handful of dict lookups: the nesting
-walk runs only when the body has more brackets than `max_depth` (gateway/openai_request.py counts
+walk runs only when the body has more brackets than `max_depth` (gateway/inference/openai_request.py counts
 them on the raw bytes), and the rarer fields are looked at only when one of them is present.
 
 `prompt_count` is what the budget reservation (gateway/limits/) multiplies by too: one piece, so that
