@@ -23,6 +23,12 @@ CallKind = Literal["chat", "completion", "responses", "messages", "embeddings", 
                    "rerank"]
 
 
+def operation_of(kind: CallKind) -> str:
+    """A call's `operation`, as its usage record, its access line and its metrics name it: its kind, but a
+    completion's is OpenTelemetry's `text_completion`."""
+    return "text_completion" if kind == "completion" else kind
+
+
 class Step(NamedTuple):
     """One step after a call's last byte: `run` reads the finished outcome (and the per-call state the request
     path left on it); `name` is for the log when it fails."""

@@ -10,6 +10,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 from sqlalchemy import func, select, text
 
@@ -110,6 +111,31 @@ def test_an_opened_line_alone_is_an_incomplete_call_costed_on_its_prompt_estimat
     without = build_record(outcome_of(Opened(**{**{f: getattr(entry, f) for f in entry.__struct_fields__},
                                                 "prompt_estimate": None})), catalogue())
     assert (without.prompt_tokens, without.cost) == (0, 0)
+
+
+@pytest.mark.pure
+def test_lines_carry_the_calls_operation_and_lines_written_before_it_read_as_chat(tmp_path: Path) -> None:
+    journal = dead_journal(tmp_path)
+    journal.opened(call(3, kind="embeddings"), 12)
+    journal.add(call(4, kind="completion"))
+    journal.add(call(5, kind="embeddings"))
+    spilled = build_record(call(6, kind="rerank"), catalogue())
+    Spool(tmp_path / "spill").append([spilled])
+    opened, finished, embedded = (build_record(outcome_of(decode_line(line)), catalogue())  # type: ignore[arg-type]
+                                  for line in lines(tmp_path))
+    assert (opened.operation, finished.operation, embedded.operation) == ("embeddings", "text_completion",
+                                                                          "embeddings")
+    [spill_line] = lines(tmp_path / "spill", SUFFIX)
+    assert decode_line(spill_line) == spilled and spilled.operation == "rerank"
+    # A journal or spill line written before records had an operation: one field fewer (the last).
+    for line in lines(tmp_path):
+        entry = decode_line(line)
+        older = msgspec.json.encode(entry)[:-1].rsplit(b",", 1)[0] + b"]"
+        assert msgspec.json.decode(older)[-1] != "embeddings"
+        assert build_record(outcome_of(decode_line(older)), catalogue()).operation == "chat"  # type: ignore[arg-type]
+    older_spill = msgspec.json.decode(spill_line)
+    del older_spill["operation"]
+    assert decode_line(msgspec.json.encode(older_spill)) == msgspec.structs.replace(spilled, operation="chat")
 
 
 async def test_a_dead_process_journal_is_replayed_once_with_its_cut_calls_incomplete(any_url: str,

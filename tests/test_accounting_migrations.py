@@ -15,11 +15,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from gateway.accounting import db, start_accounting, stop_accounting
+from gateway.accounting import db, reports, start_accounting, stop_accounting
 from gateway.accounting.models import Base
+from gateway.accounting.records import rollup_rows, to_row
+from gateway.accounting.store import DAILY, RECORDS, write_records
 from gateway.auth import models as _key_models  # noqa: F401 (the key tables join the metadata)
 from gateway.learning import store as _outcome_models  # noqa: F401 (and routing_outcomes)
 from gateway.settings import load_settings
+from tests.pg_support import record
 
 GATEWAY = Path(sys.executable).parent / "gateway"
 TABLES = {"usage_records", "usage_daily", "price_versions", "api_keys", "team_limits", "routing_outcomes"}
@@ -113,6 +116,34 @@ async def test_models_match_the_migrated_schema(any_url: str) -> None:
             assert any("ix_usage_records_day" in d for d in found)
             assert any("ix_routing_outcomes_created_at" in d for d in found)
             await conn.rollback()
+    finally:
+        await engine.dispose()
+
+
+async def test_operation_reads_chat_for_older_rows_and_folds_into_chat_on_downgrade(any_url: str) -> None:
+    same = {"team": "red", "routed_model": "small", "pool": "p-small"}  # one rollup key, but for the operation
+    engine = db.create_engine(any_url)
+    try:
+        await db.upgrade(engine, "0004")
+        async with engine.begin() as conn:  # a call recorded before the column existed
+            row = to_row(record(1, **same))
+            del row["operation"]
+            await conn.execute(RECORDS.insert().inline(), [row])
+            [rollup] = rollup_rows([{**row, "operation": "chat"}])
+            del rollup["operation"]
+            await conn.execute(DAILY.insert().inline(), [rollup])
+        await db.upgrade(engine, "0005")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT operation FROM usage_records"))).scalars().all() == ["chat"]
+            assert (await conn.execute(text("SELECT operation FROM usage_daily"))).scalars().all() == ["chat"]
+        await write_records(engine, [record(2, operation="embeddings", **same), record(4, **same)])
+        by_operation = await reports.usage_report(engine, group_by=("operation",))
+        assert {r.group["operation"]: r.calls for r in by_operation.rows} == {"chat": 2, "embeddings": 1}
+        assert (await reports.verify(engine))[1] == []
+        await db.downgrade(engine, "0004")  # the embeddings call's rollup joins the chat calls'
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT calls FROM usage_daily"))).scalars().all() == [3]
+            assert (await conn.execute(text("SELECT count(*) FROM usage_records"))).scalar_one() == 3
     finally:
         await engine.dispose()
 

@@ -32,15 +32,16 @@ from gateway.accounting.records import UsageRecord, decode_record
 from gateway.accounting.spool import JOURNAL_SUFFIX, Spool, create_locked, segment_number
 from gateway.durable import fsync_dir
 from gateway.inference.usage import PromptTokensDetails, Usage
-from gateway.outcome import Outcome
+from gateway.outcome import CallKind, Outcome
 
 log = logging.getLogger("gateway.accounting")
 
 SEGMENT_BYTES = 4 << 20  # ~7,000 calls; a killed process's next start replays at most a few segments
 
 
-class Opened(msgspec.Struct, array_like=True, tag="o"):
-    """A call sent to a worker: what is known of it then."""
+class _Call(msgspec.Struct, array_like=True):
+    """What an opened and a finished line both begin with. A field added later goes last in each (with a
+    default), so that lines written before it still read."""
 
     request_id: str
     record_id: str | None  # the id it is recorded under, when not `request_id`
@@ -56,7 +57,13 @@ class Opened(msgspec.Struct, array_like=True, tag="o"):
     prompt_estimate: int | None  # routing's estimate of the prompt's tokens, when it made one
 
 
-class Finished(Opened, tag="f"):
+class Opened(_Call, tag="o"):
+    """A call sent to a worker: what is known of it then."""
+
+    kind: CallKind = "chat"
+
+
+class Finished(_Call, tag="f"):
     """A call that ended (answered, refused, failed, cancelled): what its record is built from."""
 
     first_token: float | None
@@ -72,6 +79,7 @@ class Finished(Opened, tag="f"):
     cached_tokens: int
     completion_tokens: int
     content_events: int
+    kind: CallKind = "chat"
 
 
 Entry = UsageRecord | Opened | Finished
@@ -83,13 +91,13 @@ def decode_line(line: bytes) -> Entry:
     return _decode_entry(line) if line.startswith(b"[") else decode_record(line)
 
 
-def outcome_of(entry: Opened) -> Outcome:
+def outcome_of(entry: Opened | Finished) -> Outcome:
     """The outcome an entry describes, for `build_record` (times on the wall clock: `started` is `received`).
     An opened entry alone is a call cut off by the gateway's end: `incomplete`."""
     o = Outcome(request_id=entry.request_id, model=entry.model, started=entry.received, received=entry.received,
                 record_id=entry.record_id, requested_model=entry.requested_model, pool=entry.pool,
                 tenant=entry.tenant, team=entry.team, key_id=entry.key_id, policy_rule=entry.policy_rule,
-                reference_model=entry.reference_model, prompt_estimate=entry.prompt_estimate)
+                reference_model=entry.reference_model, prompt_estimate=entry.prompt_estimate, kind=entry.kind)
     if not isinstance(entry, Finished):
         o.failure, o.finished = "incomplete", entry.received  # when it ended is not known
         return o
@@ -149,7 +157,7 @@ class Journal:
 
     # --- the request path ---------------------------------------------------------------------------
 
-    def _write(self, entry: Opened | UsageRecord) -> int:
+    def _write(self, entry: Opened | Finished | UsageRecord) -> int:
         """Appends the entry's line; its segment, or 0 when there is no journal or the write failed."""
         fd = self._fd
         if fd < 0:
@@ -175,7 +183,7 @@ class Journal:
         o.prompt_estimate = prompt_estimate
         segment = self._write(Opened(o.request_id, o.record_id, o.received, o.tenant, o.team, o.key_id,
                                      (o.requested_model or "")[:200], o.model, o.pool, o.policy_rule,
-                                     o.reference_model, prompt_estimate))
+                                     o.reference_model, prompt_estimate, o.kind))
         if segment:
             pending = self._pending
             pending[segment] = pending.get(segment, 0) + 1
@@ -198,7 +206,7 @@ class Journal:
                 received if end is None else received + (end - started), o.replica, o.cache_hit, o.status,
                 o.completed, o.failure, o.cancelled, o.error, usage.prompt_tokens if usage is not None else None,
                 (details.cached_tokens or 0) if details is not None else 0,
-                usage.completion_tokens if usage is not None else 0, o.content_events))
+                usage.completion_tokens if usage is not None else 0, o.content_events, o.kind))
             if opened := o.journal_segment:
                 pending[opened] -= 1
                 o.journal_segment = 0

@@ -1,7 +1,7 @@
 """The accounting tables (SQLAlchemy 2.0). migrations/ creates them; a test checks the two agree.
 
 - `usage_records`: one row per call (never prompt or completion text).
-- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool, currency and purpose, maintained in
+- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool, currency, purpose and operation, kept in
   the same transaction as the records they count.
 - `price_versions`: every price ever loaded from the catalogue; rows are never updated.
 """
@@ -96,6 +96,8 @@ class UsageRecord(Base):
     price_version: Mapped[str | None] = mapped_column(String(255))
     reference_price_version: Mapped[str | None] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(16), server_default=text("'call'"))  # one of PURPOSES
+    # The API called (gateway.outcome.operation_of): chat, text_completion, embeddings, ...
+    operation: Mapped[str] = mapped_column(String(32), server_default=text("'chat'"))
 
 
 class UsageDaily(Base):
@@ -111,6 +113,7 @@ class UsageDaily(Base):
     pool: Mapped[str] = mapped_column(String(128), primary_key=True)
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     purpose: Mapped[str] = mapped_column(String(16), primary_key=True, server_default=text("'call'"))
+    operation: Mapped[str] = mapped_column(String(32), primary_key=True, server_default=text("'chat'"))
     month: Mapped[str] = mapped_column(String(7), index=True)  # YYYY-MM of day
     calls: Mapped[int] = mapped_column(BigInteger())
     cache_hits: Mapped[int] = mapped_column(BigInteger())
@@ -124,7 +127,7 @@ class UsageDaily(Base):
     cache_saving: Mapped[Decimal] = mapped_column(Money())
 
 
-ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency", "purpose")
+ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency", "purpose", "operation")
 ROLLUP_SUMS = (
     "calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
     "cost", "reference_cost", "routing_saving", "cache_saving",

@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting import db, store
-from gateway.accounting.journal import SEGMENT_BYTES, Journal, Opened, decode_line, outcome_of
+from gateway.accounting.journal import SEGMENT_BYTES, Finished, Journal, Opened, decode_line, outcome_of
 from gateway.accounting.prices import PriceCatalogue
 from gateway.accounting.records import UsageRecord, build_record, needs_estimate
 from gateway.accounting.spool import Claim, Spool
@@ -479,14 +479,14 @@ class Recorder:
             yield batch, True
 
     @staticmethod
-    def _entries(claim: Claim) -> Iterator[UsageRecord | Opened]:
+    def _entries(claim: Claim) -> Iterator[UsageRecord | Opened | Finished]:
         for line in claim.lines():
             try:
                 yield decode_line(line)
             except Exception:
                 claim.bad_lines += 1
 
-    def _rebuild(self, entry: Opened) -> UsageRecord | None:
+    def _rebuild(self, entry: Opened | Finished) -> UsageRecord | None:
         try:
             return build_record(outcome_of(entry), self.catalogue)
         except Exception:

@@ -13,7 +13,7 @@ import msgspec
 
 from gateway.accounting.money import ZERO
 from gateway.accounting.prices import PriceCatalogue
-from gateway.outcome import Outcome, call_status
+from gateway.outcome import Outcome, call_status, operation_of
 
 STATUSES = ("ok", "upstream_error", "client_cancelled", "rejected", "timeout", "unavailable", "internal_error",
             "incomplete")
@@ -53,6 +53,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     price_version: str | None = None
     reference_price_version: str | None = None
     purpose: str = "call"  # gateway.accounting.models.PURPOSES
+    operation: str = "chat"  # gateway.outcome.operation_of: the API called (a line spooled without it: chat)
 
     @property
     def routing_saving(self) -> Decimal:
@@ -170,6 +171,7 @@ def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
         currency=catalogue.currency,
         price_version=price.id if price is not None else None,
         reference_price_version=ref_price.id if ref_price is not None else None,
+        operation=operation_of(o.kind),
     )
 
 
@@ -216,6 +218,7 @@ def to_row(r: UsageRecord) -> dict[str, Any]:
         "price_version": r.price_version,
         "reference_price_version": r.reference_price_version,
         "purpose": r.purpose,
+        "operation": r.operation,
     }
 
 
@@ -227,12 +230,13 @@ def rollup_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         key = (r["day"], r["tenant"], r["team"] or "", r["key_id"] or "", r["routed_model"] or "",
-               r["pool"] or "", r["currency"], r["purpose"])
+               r["pool"] or "", r["currency"], r["purpose"], r["operation"])
         s = sums.get(key)
         if s is None:
             s = sums[key] = {
                 "day": key[0], "tenant": key[1], "team": key[2], "key_id": key[3], "model": key[4],
-                "pool": key[5], "currency": key[6], "purpose": key[7], "month": key[0].strftime("%Y-%m"),
+                "pool": key[5], "currency": key[6], "purpose": key[7], "operation": key[8],
+                "month": key[0].strftime("%Y-%m"),
                 "calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
                 "completion_tokens": 0, "cost": ZERO, "reference_cost": ZERO, "routing_saving": ZERO,
                 "cache_saving": ZERO,

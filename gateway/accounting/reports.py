@@ -28,8 +28,8 @@ from gateway.accounting.models import UsageDaily, UsageRecord
 from gateway.accounting.money import ZERO, Money
 from router.pricing import format_money
 
-GROUPS = ("tenant", "team", "key", "model", "pool", "day", "month")
-ALL_KEYS = ("day", "tenant", "team", "key", "model", "pool")  # the rollups' key (with currency)
+GROUPS = ("tenant", "team", "key", "model", "pool", "day", "month", "operation")
+ALL_KEYS = ("day", "tenant", "team", "key", "model", "pool", "operation")  # the rollups' key (with currency)
 SHADOW = ("shadow_calls", "shadow_cost")  # the platform's evaluation of the group's calls, last
 COUNTS = ("calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "shadow_calls")
 AMOUNTS = ("cost", "reference_cost", "routing_savings", "cache_savings", "shadow_cost")
@@ -129,7 +129,7 @@ def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any],
     if source == "rollups":
         d = UsageDaily
         groups: dict[str, Any] = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model,
-                                  "pool": d.pool, "day": d.day, "month": d.month}
+                                  "pool": d.pool, "day": d.day, "month": d.month, "operation": d.operation}
         call = d.purpose == "call"
         measures: dict[str, Any] = {name: func.coalesce(func.sum(case((call, getattr(d, name)), else_=zero)), 0)
                                     for name in COUNTS if name != "shadow_calls"}
@@ -145,7 +145,7 @@ def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any],
     r = UsageRecord
     groups = {"tenant": r.tenant, "team": func.coalesce(r.team, ""), "key": func.coalesce(r.key_id, ""),
               "model": func.coalesce(r.routed_model, ""), "pool": func.coalesce(r.pool, ""), "day": r.day,
-              "month": _month(dialect, r.day)}
+              "month": _month(dialect, r.day), "operation": r.operation}
     call = r.purpose == "call"
 
     def count(cond: Any) -> ColumnElement[Any]:

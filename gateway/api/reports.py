@@ -1,7 +1,7 @@
 """`GET /v1/reports/usage`: what finance reads (gateway/accounting/reports.py does the work).
 
 Query: `from`, `to` (UTC days, YYYY-MM-DD, both included; default: everything), `group_by` (a
-comma-separated list of tenant, team, key, model, pool, day, month; default model) and `format`
+comma-separated list of tenant, team, key, model, pool, day, month, operation; default model) and `format`
 (json, the default, or csv).
 """
 

@@ -17,13 +17,13 @@ from gateway.settings import Settings, SettingsError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("report", help="usage, cost and savings per tenant/team/key/model/pool/day/month")
+    p = sub.add_parser("report", help="usage, cost and savings per tenant/team/key/model/pool/day/month/operation")
     config.add_config(p, "its database_url, prices_file (--budgets: the currency) and budget_soft_pct")
     config.add_database_url(p)
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first UTC day (default: the first call)")
     p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last UTC day, included (default: today)")
     p.add_argument("--group-by", action="append", metavar="KEYS",
-                   help="comma-separated: tenant, team, key, model, pool, day, month (default: model)")
+                   help="comma-separated: tenant, team, key, model, pool, day, month, operation (default: model)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table; csv and json carry the amounts exactly)")
     p.add_argument("--verify", action="store_true",

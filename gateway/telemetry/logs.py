@@ -91,7 +91,7 @@ def access(outcome: Outcome, record: UsageRecord, trace_id: str | None) -> None:
         "request_id": o.request_id,
         "record_id": r.request_id if r.request_id != o.request_id else None,
         "tenant": r.tenant, "team": r.team, "key_id": r.key_id,
-        "operation": "text_completion" if o.kind == "completion" else o.kind,
+        "operation": r.operation,
         "model": r.routed_model, "rule": r.policy_rule, "pool": r.pool, "replica": r.replica,
         "status": r.status, "http_status": r.http_status, "completed": o.completed, "stream": o.stream,
         "cache": o.cache, "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
