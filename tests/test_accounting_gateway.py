@@ -1,9 +1,10 @@
 """Accounting through the running gateway (`gateway serve`, simulated workers): calls -> records ->
 `gateway report` and `GET /v1/reports/usage`; a cancelled stream; a crash (kill -9) with records in the
-spool; refusing to start on an unmigrated database."""
+spool; refusing to start on an unmigrated database; each record's operation, and the report by operation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -16,12 +17,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from gateway.accounting.money import ZERO
 from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
 from tests.gateway_process import GatewayProcess, start_gateway
+from tests.services import libpq_dsn
 from workers.launcher import free_port
 
 GATEWAY = Path(sys.executable).parent / "gateway"
@@ -223,3 +226,37 @@ def test_the_gateway_refuses_an_unmigrated_database(pg_database: str, tmp_path: 
         start_gateway(tmp_path, {"database_url": pg_database}, ready=False)
     assert "gateway: error: the accounting database " in str(err.value)
     assert " is not migrated (run `gateway db upgrade`)" in str(err.value)
+
+
+async def _operations(database: str) -> list[tuple[str, int]]:
+    conn = await asyncpg.connect(libpq_dsn(database))
+    try:
+        return [(r["operation"], r["completion_tokens"])
+                for r in await conn.fetch("SELECT operation, completion_tokens FROM usage_records")]
+    finally:
+        await conn.close()
+
+
+def test_records_say_which_api_each_call_used_and_the_report_groups_by_it(pg_database: str,
+                                                                           tmp_path: Path) -> None:
+    assert cli("db", "--database-url", pg_database, "upgrade", cwd=tmp_path).returncode == 0
+    gw = start_gateway(tmp_path, {"database_url": pg_database, "recorder_flush_interval_s": 0.05})
+    try:
+        calls = {"/chat/completions": {"model": "demo-small", "messages": HELLO, "max_tokens": 3},
+                 "/completions": {"model": "demo-small", "prompt": "Once upon a time", "max_tokens": 3}}
+        for path, body in calls.items():
+            assert httpx.post(gw.api + path, json=body, headers=gw.auth, timeout=30).status_code == 200
+        tokenize = httpx.post(gw.base_url + "/tokenize", json={"model": "demo-small", "prompt": "Hi there"},
+                              headers=gw.auth, timeout=30)
+        assert tokenize.status_code == 200, tokenize.text
+        wait_for_calls(tmp_path, 3, "--database-url", pg_database)
+        rows = asyncio.run(_operations(pg_database))
+        assert sorted(rows) == [("chat", 3), ("text_completion", 3), ("tokenize", 0)]
+        report = httpx.get(gw.base_url + "/v1/reports/usage", params={"group_by": "operation"},
+                           headers=gw.auth).json()
+        assert [(r["operation"], r["calls"], r["completion_tokens"]) for r in report["rows"]] == [
+            ("chat", 1, 3), ("text_completion", 1, 3), ("tokenize", 1, 0)]
+    finally:
+        gw.stop()
+    verify = cli("report", "--verify", "--database-url", pg_database, cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout

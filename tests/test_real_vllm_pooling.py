@@ -133,7 +133,7 @@ async def _records(database: str, ids: list[str]) -> dict[str, asyncpg.Record]:
     try:
         rows = await conn.fetch(
             "SELECT client_request_id, routed_model, pool, policy_rule, status, http_status, cache_hit, prompt_tokens, "
-            "completion_tokens, usage_source, cost, cache_saving FROM usage_records "
+            "completion_tokens, usage_source, cost, cache_saving, operation FROM usage_records "
             "WHERE client_request_id = ANY($1::text[])", ids)
         return {r["client_request_id"]: r for r in rows}
     finally:
@@ -196,8 +196,8 @@ def test_embeddings_float_and_base64_equal_vllm_and_are_recorded(pooled: Pooled)
 
     for request_id, tokens in ids.items():
         r = records(pooled, list(ids))[request_id]
-        assert (r["routed_model"], r["pool"], r["policy_rule"], r["status"], r["http_status"]) == (
-            MODEL, "embed", "direct", "ok", 200)
+        assert (r["routed_model"], r["pool"], r["policy_rule"], r["status"], r["http_status"], r["operation"]) == (
+            MODEL, "embed", "direct", "ok", 200, "embeddings")
         assert (r["prompt_tokens"], r["completion_tokens"], r["usage_source"]) == (tokens, 0, "worker")
         assert r["cost"] == price.cost(tokens, 0, 0) > 0
 
@@ -239,6 +239,7 @@ def test_score_equals_vllm_and_is_recorded(pooled: Pooled, path: str) -> None:
     assert [d["index"] for d in r.json()["data"]] == [0, 1, 2]
     record = records(pooled, [request_id])[request_id]
     assert record["prompt_tokens"] == expected.json()["usage"]["prompt_tokens"] > 0
+    assert record["operation"] == "score"
 
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/rerank", "/v2/rerank"])
@@ -251,6 +252,42 @@ def test_rerank_equals_vllm_and_is_recorded(pooled: Pooled, path: str) -> None:
     assert len(r.json()["results"]) == 2
     record = records(pooled, [request_id])[request_id]
     assert record["prompt_tokens"] == expected.json()["usage"]["prompt_tokens"] > 0
+    assert record["operation"] == "rerank"
+
+
+def test_an_embeddings_and_a_chat_call_are_told_apart_in_the_records_and_the_report(pooled: Pooled) -> None:
+    embed, chat = rid(), rid()
+    assert via(pooled, "/v1/embeddings", {"model": MODEL, "input": TEXTS}, embed,
+               {"x-gateway-cache": "no-store"}).status_code == 200
+    answer = via(pooled, "/v1/chat/completions", {"model": "demo-small", "max_tokens": 3,
+                                                  "messages": [{"role": "user", "content": "Hi"}]}, chat)
+    assert answer.status_code == 200, answer.text
+    found = records(pooled, [embed, chat])
+    assert (found[embed]["operation"], found[embed]["pool"], found[embed]["completion_tokens"]) == (
+        "embeddings", "embed", 0)
+    assert (found[chat]["operation"], found[chat]["pool"], found[chat]["completion_tokens"]) == ("chat", "small", 3)
+    # The report per operation sums what the records say (its rollups are written with them).
+    deadline = time.monotonic() + 20
+    while True:
+        report = httpx.get(pooled.gw.base_url + "/v1/reports/usage", params={"group_by": "operation"},
+                           headers=pooled.gw.auth).json()
+        rows = {r["operation"]: (r["calls"], r["prompt_tokens"], Decimal(r["cost"])) for r in report["rows"]}
+        sums = asyncio.run(_per_operation(pooled.database))
+        if rows == sums or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows == sums and {"embeddings", "chat"} <= set(rows)
+    assert rows["embeddings"][2] > 0
+
+
+async def _per_operation(database: str) -> dict[str, tuple[int, int, Decimal]]:
+    conn = await asyncpg.connect(libpq_dsn(database))
+    try:
+        rows = await conn.fetch("SELECT operation, count(*) AS calls, sum(prompt_tokens) AS tokens, sum(cost) AS cost "
+                                "FROM usage_records WHERE purpose = 'call' GROUP BY operation")
+        return {r["operation"]: (r["calls"], r["tokens"], r["cost"]) for r in rows}
+    finally:
+        await conn.close()
 
 
 def test_the_cache_answers_a_repeated_embeddings_call(pooled: Pooled) -> None:
