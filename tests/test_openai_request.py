@@ -93,6 +93,8 @@ def test_usage_is_asked_of_the_worker_and_nothing_the_client_did_not_ask(
 def test_a_null_model_is_auto_and_prompts_are_the_workers_to_require() -> None:
     parsed = parse_body(b'{"model":null,"messages":[]}', ChatFields)
     assert parsed.fields.model == "auto" and "model" not in parsed.data
+    # An empty name, too: vLLM answers it with its served model.
+    assert parse_body(b'{"model":"","messages":[]}', ChatFields).fields.model == "auto"
     sent, _, _ = upstream({"model": None, "messages": []}, "demo-small")
     assert sent["model"] == "demo-small"
     # vLLM takes `prompt_embeds` instead of `prompt`, and refuses neither with its own message

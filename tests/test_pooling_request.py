@@ -113,6 +113,13 @@ def test_the_worker_gets_the_clients_body_with_the_model_the_name_means() -> Non
 # --- routing by name ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/tokenize", "/v1/score"])
+@pytest.mark.parametrize("model", [None, ""])
+def test_a_null_or_empty_model_is_auto_as_vllm_reads_it(path: str, model: str | None) -> None:
+    body = {"model": model, "input": "a", "prompt": "a", "text_1": "a", "text_2": "b"}
+    assert ENDPOINTS[path].parse(msgspec.json.encode(body), DEFAULT_LIMITS).fields.model == "auto"
+
+
 def test_embeddings_go_to_the_named_models_pool_and_auto_to_the_only_one() -> None:
     a = active(SMALL, LARGE, EMBED)
     for name in ("e5", "auto"):

@@ -146,6 +146,12 @@ def _lax_flags(data: dict[str, Any], raw: dict[str, Any]) -> None:
         data["stream_options"] = read
 
 
+def names_no_model(data: dict[str, Any]) -> bool:
+    """Whether `data` has a `model` that names none as vLLM reads it (null or empty: its served model; `auto`
+    here). The readers drop it from what they check; the worker is sent the routed model anyway."""
+    return "model" in data and data["model"] in (None, "")
+
+
 def parse_body(
     body: bytes, kind: type[ChatFields] | type[CompletionFields], limits: RequestLimits = DEFAULT_LIMITS
 ) -> ParsedRequest:
@@ -154,7 +160,7 @@ def parse_body(
     raw = check_request(data, "chat" if kind is ChatFields else "completion", limits) or {}
     if ((stream := data.get("stream")) is not None and type(stream) is not bool) or "stream_options" in data:
         _lax_flags(data, raw)
-    if "model" in data and data["model"] is None:
+    if names_no_model(data):
         raw["model"] = data.pop("model")
     try:
         fields = msgspec.convert(data, kind)

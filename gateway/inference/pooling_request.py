@@ -13,7 +13,13 @@ from typing import Any
 
 import msgspec
 
-from gateway.inference.openai_request import ParsedRequest, RequestFields, invalid_fields, read_object
+from gateway.inference.openai_request import (
+    ParsedRequest,
+    RequestFields,
+    invalid_fields,
+    names_no_model,
+    read_object,
+)
 from router.errors import InvalidRequest
 from router.request_limits import RequestLimits
 
@@ -81,6 +87,8 @@ class RerankFields(RequestFields, kw_only=True):
 
 
 def _convert(data: dict[str, Any], kind: type[RequestFields]) -> Any:
+    if names_no_model(data):
+        data = {k: v for k, v in data.items() if k != "model"}
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.inference.openai_request import ChatFields, ParsedRequest, invalid_fields, read_object
+from gateway.inference.openai_request import ChatFields, ParsedRequest, invalid_fields, names_no_model, read_object
 from router.errors import InvalidRequest
 from router.lax import Unreadable, invalid_type, lax_bool, lax_int
 from router.request_limits import RequestLimits
@@ -36,11 +36,11 @@ T = TypeVar("T")
 def read_fields(body: bytes, kind: type[T], limits: RequestLimits, ints: tuple[str, ...] = (),
                 bools: tuple[str, ...] = ()) -> tuple[dict[str, Any], T]:
     """The body decoded (400 for bad JSON, too deep) and its fields the gateway reads, checked (400). The
-    fields in `ints` and `bools` are read as the worker reads them (router/lax.py: `"5"` is 5); a null
-    `model` is absent. The body itself is kept as sent: the worker reads it again."""
+    fields in `ints` and `bools` are read as the worker reads them (router/lax.py: `"5"` is 5); a null or
+    empty `model` is absent. The body itself is kept as sent: the worker reads it again."""
     data = read_object(body, limits.max_depth)
     read = dict(data)
-    if "model" in read and read["model"] is None:
+    if names_no_model(read):
         del read["model"]
     for names, lax, expected in ((ints, lax_int, "an integer"), (bools, lax_bool, "a boolean")):
         for name in names:
