@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.inference.relay import RelayStream, broke_midstream
+from gateway.inference.relay import RelayStream, broke_midstream, whole_events
 from gateway.inference.sse import EVENT_END
 from gateway.inference.usage import Usage
 from gateway.outcome import Outcome
@@ -80,13 +80,9 @@ async def relay_events(
         async for chunk in call.response.aiter_raw():
             if outcome.first_byte is None:
                 outcome.first_byte = time.perf_counter()
-            data = pending + chunk if pending else chunk
-            cut = data.rfind(EVENT_END)
-            if cut < 0:
-                pending = data
+            ready, pending = whole_events(pending, chunk)
+            if not ready:
                 continue
-            cut += 2
-            ready, pending = data[:cut], data[cut:]
             sent += ready.count(EVENT)
             outcome.content_events += ready.count(dialect.content)
             if tap is not None:

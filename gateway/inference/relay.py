@@ -108,6 +108,17 @@ def broke_midstream(call: UpstreamCall, outcome: Outcome, exc: BaseException) ->
     return "The worker failed mid-stream.", "upstream_error", "upstream_stream_broken"
 
 
+def whole_events(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """The whole events of what arrived so far (`pending`, then `chunk`), and the start of the next one, kept
+    for the next chunk; b"" when no event is whole yet."""
+    data = pending + chunk if pending else chunk
+    cut = data.rfind(EVENT_END)
+    if cut < 0:
+        return b"", data
+    cut += 2
+    return data[:cut], data[cut:]
+
+
 async def relay_stream(
     call: UpstreamCall, strip_usage: bool, outcome: Outcome, tap: Callable[[bytes], None] | None = None
 ) -> AsyncGenerator[bytes, None]:
@@ -120,13 +131,9 @@ async def relay_stream(
         async for chunk in call.response.aiter_raw():
             if outcome.first_byte is None:
                 outcome.first_byte = time.perf_counter()
-            data = pending + chunk if pending else chunk
-            cut = data.rfind(EVENT_END)
-            if cut < 0:
-                pending = data
+            ready, pending = whole_events(pending, chunk)
+            if not ready:
                 continue
-            cut += 2
-            ready, pending = data[:cut], data[cut:]
             # Two byte counts (no parsing): events relayed, less vLLM's empty role/finish chunks.
             outcome.content_events += ready.count(b"data: {") - ready.count(b'"content":""')
             if tap is not None:
