@@ -13,6 +13,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
+from gateway.api.downloads import csv_response
 from gateway.api.reports import FORMATS
 from gateway.context import GatewayContext
 from gateway.limits.budgets import budget_rows
@@ -42,5 +43,5 @@ async def budgets_report(
             writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
-        return Response(buf.getvalue(), media_type="text/csv")
+        return csv_response(buf.getvalue(), "budgets.csv")
     return Response(msgspec.json.encode({"budgets": out}), media_type="application/json")

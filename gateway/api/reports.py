@@ -17,6 +17,7 @@ from litestar.params import QueryParameter
 
 from gateway.accounting import Accounting, reports
 from gateway.accounting.reports import GROUPS, ReportError, parse_day, parse_group_by, to_csv, to_json
+from gateway.api.downloads import csv_response
 from gateway.auth.guard import REPORTS, check_role
 from gateway.auth.principal import principal_of
 from router.errors import InvalidRequest
@@ -31,6 +32,15 @@ def may_read_reports(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     and already checks the same roles for every `/v1/reports/...` path; this states it where reports live.
     """
     check_role(principal_of(connection), REPORTS)
+
+
+def usage_filename(start: str | None, end: str | None) -> str:
+    """The CSV's name: `usage-2026-12-01-2026-12-07.csv`, `usage-from-2026-12-01.csv`, `usage.csv`..."""
+    if start and end:
+        return f"usage-{start}-{end}.csv"
+    if start or end:
+        return f"usage-from-{start}.csv" if start else f"usage-to-{end}.csv"
+    return "usage.csv"
 
 
 @get("/v1/reports/usage", guards=[may_read_reports], opt={"produces": tuple(FORMATS.values())})
@@ -55,6 +65,6 @@ async def usage_report(
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc
     if format == "csv":
-        return Response(to_csv(report), media_type="text/csv")
+        return csv_response(to_csv(report), usage_filename(start, end))
     return Response(to_json(report), media_type="application/json")
 
