@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import Response
 
-CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+CSV_MEDIA_TYPE = "text/csv"  # served as `text/csv; charset=utf-8`: Litestar adds the charset of text/* types
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # what a filename keeps: no quote, slash, space or control character
 
 
