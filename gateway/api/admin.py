@@ -11,16 +11,9 @@ from litestar.params import QueryParameter
 
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
-from gateway.inference.openai_request import ChatFields, CompletionFields, parse_body
-from gateway.routing import pool_states
-from router.classify import classify
-from router.decide import decide
-from router.errors import GatewayError, InvalidRequest
-from router.explain import explain_dict
-from router.quality import probe_for
+from gateway.inference.openai_request import ChatFields, CompletionFields
+from gateway.routing_explain import KINDS, explain_route
 from workers.pool import Replica
-
-KINDS = ("chat", "completion")  # what `kind` may be
 
 
 def replica_status(r: Replica, now: float) -> dict[str, Any]:
@@ -65,20 +58,5 @@ async def route_explain(
     kind: Annotated[str, QueryParameter(schema_extra={"enum": list(KINDS)})] = "chat",
 ) -> dict[str, Any]:
     """The whole routing decision for a request body, with its trace (nothing is sent to a worker)."""
-    ctx: GatewayContext = state.ctx
-    if kind not in KINDS:
-        raise InvalidRequest("kind must be `chat` or `completion`", param="kind")
-    body = await request.body()
-    active = ctx.policies.active
-    parsed = parse_body(body, ChatFields if kind == "chat" else CompletionFields, active.policy.request_limits)
-    features = classify(parsed.data, kind, request.headers, active.policy.classifier)  # type: ignore[arg-type]
-    caller = principal_of(request).caller  # the admin's own key (tenant, team), never request headers
-    decision, error = None, None
-    policy = active.routing  # the files' policy, or the one derived from the pools when it serves nothing
-    probe = probe_for(policy.predictor, parsed.data, features)
-    try:
-        decision = decide(features, caller, parsed.fields.model, policy, pool_states(active.pools),
-                          ctx.rates.current(), probe)
-    except GatewayError as exc:
-        error = exc
-    return explain_dict(policy, features, caller, parsed.fields.model, decision, error, probe)
+    # as the admin's own key (tenant, team), never request headers
+    return explain_route(state.ctx, await request.body(), kind, request.headers, principal_of(request).caller)
