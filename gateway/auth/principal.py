@@ -11,6 +11,8 @@ from router.decision import Caller
 
 Role = Literal["app", "finance", "admin"]
 ROLES: tuple[Role, ...] = ("app", "finance", "admin")
+Scope = Literal["tenant", "all"]  # a key's reach: its own tenant, or every tenant (gateway/auth/scope.py)
+SCOPES: tuple[Scope, ...] = ("tenant", "all")
 Period = Literal["day", "month", "total"]
 PERIODS: tuple[Period, ...] = ("day", "month", "total")
 
@@ -38,6 +40,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     team: str | None
     key_id: str | None
     role: Role
+    scope: Scope = "tenant"  # a last-known-keys snapshot written before scopes reads as "tenant": the safe side
     key_limits: Limits = NO_LIMITS
     team_limits: Limits = NO_LIMITS
     expires_at: float | None = None  # epoch seconds
@@ -51,8 +54,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
         return self.key_limits.any or self.team_limits.any
 
 
-# Auth off: every call is the default tenant's, as before keys existed, with no limits.
-ANONYMOUS = Principal(tenant="default", team=None, key_id=None, role="admin")
+# Auth off: every call is the default tenant's, as before keys existed, with no limits; nothing is out of scope.
+ANONYMOUS = Principal(tenant="default", team=None, key_id=None, role="admin", scope="all")
 
 
 def principal_of(scope_holder: Any) -> Principal:
