@@ -127,15 +127,14 @@ async def test_operation_reads_chat_for_older_rows_and_folds_into_chat_on_downgr
         await db.upgrade(engine, "0004")
         async with engine.begin() as conn:  # a call recorded before the column existed
             row = to_row(record(1, **same))
-            del row["operation"]
-            await conn.execute(RECORDS.insert().inline(), [row])
-            [rollup] = rollup_rows([{**row, "operation": "chat"}])
-            del rollup["operation"]
-            await conn.execute(DAILY.insert().inline(), [rollup])
+            [rollup] = rollup_rows([row])
+            await conn.execute(RECORDS.insert().inline(), [_without(row, "operation", "routing_saving")])
+            await conn.execute(DAILY.insert().inline(), [_without(rollup, "operation", "route", "refused")])
         await db.upgrade(engine, "0005")
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT operation FROM usage_records"))).scalars().all() == ["chat"]
             assert (await conn.execute(text("SELECT operation FROM usage_daily"))).scalars().all() == ["chat"]
+        await db.upgrade(engine)
         await write_records(engine, [record(2, operation="embeddings", **same), record(4, **same)])
         by_operation = await reports.usage_report(engine, group_by=("operation",))
         assert {r.group["operation"]: r.calls for r in by_operation.rows} == {"chat": 2, "embeddings": 1}
@@ -146,6 +145,11 @@ async def test_operation_reads_chat_for_older_rows_and_folds_into_chat_on_downgr
             assert (await conn.execute(text("SELECT count(*) FROM usage_records"))).scalar_one() == 3
     finally:
         await engine.dispose()
+
+
+def _without(row: dict[str, object], *names: str) -> dict[str, object]:
+    """`row` as an earlier revision's table holds it: without the columns added since."""
+    return {k: v for k, v in row.items() if k not in names}
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

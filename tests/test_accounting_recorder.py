@@ -51,7 +51,7 @@ def python_totals(records: list[Record]) -> dict[str, object]:
         "completion_tokens": sum(r.completion_tokens for r in records),
         "cost": sum((r.cost for r in records), ZERO),
         "reference_cost": sum((r.reference_cost for r in records), ZERO),
-        "routing_savings": sum((r.reference_cost - r.cost for r in records if not r.cache_hit), ZERO),
+        "routing_savings": sum((r.reference_cost - r.cost - r.cache_saving for r in records), ZERO),
         "cache_savings": sum((r.cache_saving for r in records), ZERO),
         "cache_hits": sum(r.cache_hit for r in records),
         "errors": sum(r.status != "ok" for r in records),

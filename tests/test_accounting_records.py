@@ -98,7 +98,11 @@ def test_a_cache_hit_costs_nothing_and_saves_what_it_would_have_cost() -> None:
     small = catalogue().price_at("small", NOW)
     assert small is not None
     assert r.cost == ZERO and r.cache_saving == small.cost(100, 0, 50) > 0
-    assert r.routing_saving == ZERO
+    # Routing chose the small model, the cache served it: both saved, and the parts add up to the reference.
+    big = catalogue().price_at("big", NOW)
+    assert big is not None and r.reference_cost == big.cost(100, 0, 50)
+    assert r.routing_saving == r.reference_cost - r.cache_saving > 0
+    assert r.reference_cost == r.cost + r.routing_saving + r.cache_saving
 
 
 def test_unpriced_models_cost_zero_and_claim_no_savings() -> None:

@@ -245,8 +245,8 @@ def test_routed_calls_are_scored_by_the_judge_as_the_hidden_truth_says(gw: InPro
     (row,) = [row for row in r.json()["rows"] if row["tenant"] == "judged"]
     assert (row["calls"], Decimal(row["cost"])) == (len(ids), calls_cost)  # the tenant's own calls only
     assert (row["shadow_calls"], Decimal(row["shadow_cost"])) == (2 * len(ids), shadow_cost)
-    assert Decimal(row["routing_savings"]) == sum((recorded[r].reference_cost - recorded[r].cost for r in ids),
-                                                  Decimal(0))
+    assert Decimal(row["routing_savings"]) == sum(
+        (recorded[r].reference_cost - recorded[r].cost - recorded[r].cache_saving for r in ids), Decimal(0))
     by_model = {x["model"]: x for x in httpx.get(gw.api + "/reports/usage", params={"group_by": "tenant,model"},
                                                  headers=gw.auth).json()["rows"] if x["tenant"] == "judged"}
     assert (by_model["demo-judge"]["calls"], by_model["demo-judge"]["shadow_calls"]) == (0, len(ids))
@@ -594,7 +594,7 @@ async def test_reports_keep_shadow_spend_apart(any_url: str) -> None:
                 assert line.shadow_cost == sum((r.cost for r in others), Decimal(0))
                 assert line.prompt_tokens == sum(r.prompt_tokens for r in calls)
                 assert line.errors == sum(r.status != "ok" for r in calls)
-                assert line.routing_savings == sum((r.reference_cost - r.cost for r in calls if not r.cache_hit),
+                assert line.routing_savings == sum((r.reference_cost - r.cost - r.cache_saving for r in calls),
                                                    Decimal(0))
         assert (await reports.verify(engine))[1] == []
         table = reports.render(await reports.usage_report(engine, group_by=("tenant",)), "table")

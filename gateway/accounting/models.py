@@ -1,7 +1,7 @@
 """The accounting tables (SQLAlchemy 2.0). migrations/ creates them; a test checks the two agree.
 
 - `usage_records`: one row per call (never prompt or completion text).
-- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool, currency, purpose and operation, kept in
+- `usage_daily`: rollups per UTC day, tenant, team, key, model, pool, currency, purpose, operation and route, kept in
   the same transaction as the records they count.
 - `price_versions`: every price ever loaded from the catalogue; rows are never updated.
 """
@@ -91,6 +91,9 @@ class UsageRecord(Base):
     cost: Mapped[Decimal] = mapped_column(Money())
     reference_model: Mapped[str | None] = mapped_column(String(200))
     reference_cost: Mapped[Decimal] = mapped_column(Money())
+    # reference_cost - the routed model's list cost (cache hits included): reference_cost = cost +
+    # routing_saving + cache_saving, exactly, on every record (`gateway report --verify` checks it).
+    routing_saving: Mapped[Decimal] = mapped_column(Money())
     cache_saving: Mapped[Decimal] = mapped_column(Money())
     currency: Mapped[str] = mapped_column(String(3))
     price_version: Mapped[str | None] = mapped_column(String(255))
@@ -114,22 +117,24 @@ class UsageDaily(Base):
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     purpose: Mapped[str] = mapped_column(String(16), primary_key=True, server_default=text("'call'"))
     operation: Mapped[str] = mapped_column(String(32), primary_key=True, server_default=text("'chat'"))
+    route: Mapped[str] = mapped_column(String(200), primary_key=True, server_default=text("''"))  # policy_rule
     month: Mapped[str] = mapped_column(String(7), index=True)  # YYYY-MM of day
-    calls: Mapped[int] = mapped_column(BigInteger())
+    calls: Mapped[int] = mapped_column(BigInteger())  # billable calls: all but the refused ones
+    refused: Mapped[int] = mapped_column(BigInteger(), server_default=text("0"))  # status rejected
     cache_hits: Mapped[int] = mapped_column(BigInteger())
-    errors: Mapped[int] = mapped_column(BigInteger())  # status other than ok
+    errors: Mapped[int] = mapped_column(BigInteger())  # billable calls whose status is not ok
     prompt_tokens: Mapped[int] = mapped_column(BigInteger())
     cached_tokens: Mapped[int] = mapped_column(BigInteger())
     completion_tokens: Mapped[int] = mapped_column(BigInteger())
     cost: Mapped[Decimal] = mapped_column(Money())
     reference_cost: Mapped[Decimal] = mapped_column(Money())
-    routing_saving: Mapped[Decimal] = mapped_column(Money())  # reference_cost - cost, calls served by a worker
+    routing_saving: Mapped[Decimal] = mapped_column(Money())  # reference_cost - list cost, hits included
     cache_saving: Mapped[Decimal] = mapped_column(Money())
 
 
-ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency", "purpose", "operation")
+ROLLUP_KEY = ("day", "tenant", "team", "key_id", "model", "pool", "currency", "purpose", "operation", "route")
 ROLLUP_SUMS = (
-    "calls", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
+    "calls", "refused", "cache_hits", "errors", "prompt_tokens", "cached_tokens", "completion_tokens",
     "cost", "reference_cost", "routing_saving", "cache_saving",
 )
 MONEY_SUMS = ("cost", "reference_cost", "routing_saving", "cache_saving")

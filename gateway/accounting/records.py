@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.accounting.money import ZERO
+from gateway.accounting.models import MONEY_SUMS, ROLLUP_KEY, ROLLUP_SUMS
+from gateway.accounting.money import ZERO, exact
 from gateway.accounting.prices import PriceCatalogue
 from gateway.outcome import Outcome, call_status, operation_of
 
@@ -48,6 +49,9 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     cost: Decimal = ZERO
     reference_model: str | None = None
     reference_cost: Decimal = ZERO
+    # What routing saved against the reference model (its cost - the routed model's list cost), cache hits
+    # included; a line spooled without it derives it (__post_init__).
+    routing_saving: Decimal = ZERO
     cache_saving: Decimal = ZERO
     currency: str = "USD"
     price_version: str | None = None
@@ -55,9 +59,17 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     purpose: str = "call"  # gateway.accounting.models.PURPOSES
     operation: str = "chat"  # gateway.outcome.operation_of: the API called (a line spooled without it: chat)
 
-    @property
-    def routing_saving(self) -> Decimal:
-        return ZERO if self.cache_hit else self.reference_cost - self.cost
+    def __post_init__(self) -> None:
+        # reference_cost = cost + routing_saving + cache_saving, exactly: a record (or a line spooled or
+        # journaled before routing_saving was stored) without it derives it from the other three.
+        if not self.routing_saving:
+            self.routing_saving = _amount(self.reference_cost) - _amount(self.cost) - _amount(self.cache_saving)
+
+
+def _amount(value: Decimal) -> Decimal:
+    amount = exact(value)  # as stored, so that the identity holds on the stored amounts
+    assert amount is not None
+    return amount
 
 
 encode_record = msgspec.json.Encoder().encode
@@ -141,6 +153,7 @@ def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
         reference_cost = ref_price.cost(prompt, cached, completion)
     else:  # no counterfactual price: claim no savings
         ref_model, reference_cost = None, list_cost
+    # reference_cost = cost + routing_saving + cache_saving: a hit costs 0 and saves the list cost.
     finished = _wall(o, o.finished) or o.received
     return UsageRecord(
         request_id=o.record_id or o.request_id,
@@ -167,6 +180,7 @@ def build_record(o: Outcome, catalogue: PriceCatalogue) -> UsageRecord:
         cost=ZERO if o.cache_hit else list_cost,
         reference_model=ref_model,
         reference_cost=reference_cost,
+        routing_saving=reference_cost - list_cost,
         cache_saving=list_cost if o.cache_hit else ZERO,
         currency=catalogue.currency,
         price_version=price.id if price is not None else None,
@@ -213,6 +227,7 @@ def to_row(r: UsageRecord) -> dict[str, Any]:
         "cost": r.cost,
         "reference_model": r.reference_model,
         "reference_cost": r.reference_cost,
+        "routing_saving": r.routing_saving,
         "cache_saving": r.cache_saving,
         "currency": r.currency,
         "price_version": r.price_version,
@@ -222,36 +237,37 @@ def to_row(r: UsageRecord) -> dict[str, Any]:
     }
 
 
+REFUSED = "rejected"  # the status of a call the gateway refused before a worker (400, 413, 429...)
+
+
+def rollup_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A usage_records row's rollup key, in ROLLUP_KEY's order (absent team / key / model / pool / route: '')."""
+    return (r["day"], r["tenant"], r["team"] or "", r["key_id"] or "", r["routed_model"] or "", r["pool"] or "",
+            r["currency"], r["purpose"], r["operation"], r["policy_rule"] or "")
+
+
 def rollup_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """`usage_daily` increments for `rows` (usage_records rows), one per key, sorted by key.
 
-    Sorted so that concurrent writers lock rollup rows in the same order (no deadlocks).
+    `calls` counts billable calls; a call the gateway refused counts in `refused` only (never in `calls` or
+    `errors`). Sorted so that concurrent writers lock rollup rows in the same order (no deadlocks).
     """
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
-        key = (r["day"], r["tenant"], r["team"] or "", r["key_id"] or "", r["routed_model"] or "",
-               r["pool"] or "", r["currency"], r["purpose"], r["operation"])
+        key = rollup_key(r)
         s = sums.get(key)
         if s is None:
-            s = sums[key] = {
-                "day": key[0], "tenant": key[1], "team": key[2], "key_id": key[3], "model": key[4],
-                "pool": key[5], "currency": key[6], "purpose": key[7], "operation": key[8],
-                "month": key[0].strftime("%Y-%m"),
-                "calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0, "cached_tokens": 0,
-                "completion_tokens": 0, "cost": ZERO, "reference_cost": ZERO, "routing_saving": ZERO,
-                "cache_saving": ZERO,
-            }
-        s["calls"] += 1
-        s["prompt_tokens"] += r["prompt_tokens"]
-        s["cached_tokens"] += r["cached_tokens"]
-        s["completion_tokens"] += r["completion_tokens"]
-        s["cost"] += r["cost"]
-        s["reference_cost"] += r["reference_cost"]
-        s["cache_saving"] += r["cache_saving"]
+            s = sums[key] = dict(zip(ROLLUP_KEY, key, strict=True))
+            s["month"] = key[0].strftime("%Y-%m")
+            s.update((name, ZERO if name in MONEY_SUMS else 0) for name in ROLLUP_SUMS)
+        if r["status"] == REFUSED:
+            s["refused"] += 1
+        else:
+            s["calls"] += 1
+            if r["status"] != "ok":
+                s["errors"] += 1
         if r["cache_hit"]:
             s["cache_hits"] += 1
-        else:
-            s["routing_saving"] += r["reference_cost"] - r["cost"]
-        if r["status"] != "ok":
-            s["errors"] += 1
+        for name in ("prompt_tokens", "cached_tokens", "completion_tokens", *MONEY_SUMS):
+            s[name] += r[name]
     return [sums[k] for k in sorted(sums, key=lambda k: (k[0].isoformat(), *k[1:]))]

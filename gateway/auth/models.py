@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, Integer, String
+from sqlalchemy import DateTime, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.accounting.models import Base
@@ -31,6 +31,8 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     team: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))  # app | finance | admin
+    # tenant: sees and manages its own tenant only; all: every tenant (gateway/auth/scope.py)
+    scope: Mapped[str] = mapped_column(String(8), server_default=text("'tenant'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

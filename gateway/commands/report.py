@@ -17,13 +17,17 @@ from gateway.settings import Settings, SettingsError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("report", help="usage, cost and savings per tenant/team/key/model/pool/day/month/operation")
+    p = sub.add_parser("report",
+                       help="usage, cost and savings per tenant/team/key/model/pool/day/month/operation/route")
     config.add_config(p, "its database_url, prices_file (--budgets: the currency) and budget_soft_pct")
     config.add_database_url(p)
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first UTC day (default: the first call)")
     p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last UTC day, included (default: today)")
     p.add_argument("--group-by", action="append", metavar="KEYS",
-                   help="comma-separated: tenant, team, key, model, pool, day, month, operation (default: model)")
+                   help="comma-separated: tenant, team, key, model, pool, day, month, operation, route "
+                        "(default: model)")
+    for name, what in FILTER_HELP.items():
+        p.add_argument(f"--{name}", metavar=name.upper(), help=f"only the calls {what}")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table; csv and json carry the amounts exactly)")
     p.add_argument("--verify", action="store_true",
@@ -31,6 +35,12 @@ def register(sub: Any) -> None:
     p.add_argument("--budgets", action="store_true",
                    help="team and key budgets: limit, spend recorded in the current period, what remains")
     p.set_defaults(run=run)
+
+
+FILTER_HELP = {  # reports.ReportFilters' fields
+    "tenant": "of this tenant", "team": "of this team", "key": "made with this key id (key_...)",
+    "model": "routed to this model", "route": "routed by this policy rule", "operation": "of this API (chat, ...)",
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +93,8 @@ async def _run(settings: Settings, url: str, args: argparse.Namespace, start: An
             return 0
         if args.budgets:
             return await _budgets(engine, settings, args.format)
-        report = await reports.usage_report(engine, start=start, end=end, group_by=group_by)
+        filters = reports.ReportFilters(**{name: getattr(args, name) for name in FILTER_HELP})
+        report = await reports.usage_report(engine, start=start, end=end, group_by=group_by, filters=filters)
         sys.stdout.write(reports.render(report, args.format))
         return 0
 
