@@ -37,14 +37,16 @@ def test_the_development_key_is_listed_by_its_prefix(tmp_path: Path, monkeypatch
     out = listing(capsys, config)
     assert dev.key not in out and made not in out
     header, _, first, second = out.splitlines()
-    assert header.split() == ["id", "prefix", "tenant", "team", "role", "state", "created", "expires", "limits", "name"]
-    assert first.split()[:6] == ["dev", dev.key[:12] + "...", "default", "dev", "admin", "active"]
+    assert header.split() == ["id", "prefix", "tenant", "team", "role", "scope", "state", "created", "expires",
+                              "limits", "name"]
+    assert first.split()[:7] == ["dev", dev.key[:12] + "...", "default", "dev", "admin", "all", "active"]
     assert first.endswith(f"development key ({state / keys.DEV_KEY_FILE})")
-    assert second.split()[1:6] == [made[:12] + "...", "acme", "red", "app", "active"] and second.endswith(" ci")
+    assert second.split()[1:7] == [made[:12] + "...", "acme", "red", "app", "tenant", "active"]
+    assert second.endswith(" ci")
 
     listed = json.loads(listing(capsys, config, "--format", "json"))
-    assert [(k["id"], k["prefix"], k["development"]) for k in listed] == [
-        ("dev", dev.key[:12], True), (listed[1]["id"], made[:12], False)]
+    assert [(k["id"], k["prefix"], k["scope"], k["development"]) for k in listed] == [
+        ("dev", dev.key[:12], "all", True), (listed[1]["id"], made[:12], "tenant", False)]
     assert dev.key not in json.dumps(listed)
     assert [k["id"] for k in json.loads(listing(capsys, config, "--format", "json", "--tenant", "acme"))] == \
         [listed[1]["id"]]
@@ -58,7 +60,7 @@ def test_a_development_key_from_the_settings(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("GATEWAY_DEV_KEY", "sk-short")
     out = listing(capsys, config)
     row = out.splitlines()[2]
-    assert row.split()[:7] == ["dev", "sk-s...", "default", "dev", "admin", "active", "-"]
+    assert row.split()[:8] == ["dev", "sk-s...", "default", "dev", "admin", "all", "active", "-"]
     assert "sk-short" not in out and row.endswith("development key (setting)")
     monkeypatch.setenv("GATEWAY_DEV_KEY", "")  # no development key
     assert listing(capsys, config).splitlines()[2:] == ["(none)"]

@@ -1,6 +1,7 @@
-"""`GET /v1/reports/budgets[?format=json|csv]`: every team and key budget, its period, what it spent
-(recorded by accounting and, live, in the limits' counters, with what calls in flight reserved) and
-what remains. Role finance or admin (the guard checks it)."""
+"""`GET /v1/reports/budgets[?format=json|csv][&tenant=]`: every team and key budget, its period, what it
+spent (recorded by accounting and, live, in the limits' counters, with what calls in flight reserved) and
+what remains. Role finance or admin; a tenant-scoped key sees its own tenant's budgets only, and any
+other query parameter is a 400 (gateway/api/report_query.py). The CSV is a download, `budgets.csv`."""
 
 from __future__ import annotations
 
@@ -9,28 +10,33 @@ import io
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
 from gateway.api.downloads import csv_response
+from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.api.reports import FORMATS
+from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
 from gateway.limits.budgets import budget_rows
 from gateway.limits.service import from_units
-from router.errors import InvalidRequest
 
 
-@get("/v1/reports/budgets", opt={"produces": tuple(FORMATS.values())})  # the document: gateway/api/openapi.py
+@get("/v1/reports/budgets", guards=[report_guard],
+     opt={"produces": tuple(FORMATS.values())})  # the document: gateway/api/openapi.py
 async def budgets_report(
-    state: State, format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json"
+    request: Request[Any, Any, Any], state: State,
+    format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
+    tenant: Annotated[str | None, QueryParameter(description="only this tenant's budgets")] = None,
 ) -> Response[Any]:
     ctx: GatewayContext = state.ctx
-    if format not in FORMATS:
-        raise InvalidRequest(f"format `{format}` is not json or csv", param="format", code="invalid_report_query")
+    check_format(format, FORMATS)
+    within = report_filters(principal_of(request), tenant=tenant).tenant
     limits = ctx.limits
     assert limits is not None
-    rows = await budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct)
+    rows = await budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct,
+                             tenant=within)
     live = await limits.backend.read([r.counter for r in rows]) if rows else []
     for row, counters in zip(rows, live, strict=True):
         if counters is not None:

@@ -1,37 +1,29 @@
 """`GET /v1/reports/usage`: what finance reads (gateway/accounting/reports.py does the work).
 
 Query: `from`, `to` (UTC days, YYYY-MM-DD, both included; default: everything), `group_by` (a
-comma-separated list of tenant, team, key, model, pool, day, month, operation; default model) and `format`
-(json, the default, or csv).
+comma-separated list of tenant, team, key, model, pool, day, month, operation, route; default model),
+`format` (json, the default, or csv; csv is a download, `usage-FROM-TO.csv`) and the filters `tenant`,
+`team`, `key` (a key id), `model`, `route` (the policy rule), `operation`. A tenant-scoped key reports on
+its own tenant only; any other parameter is a 400 (gateway/api/report_query.py).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Response, get
-from litestar.connection import ASGIConnection
+from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.handlers import BaseRouteHandler
 from litestar.params import QueryParameter
 
 from gateway.accounting import Accounting, reports
 from gateway.accounting.reports import GROUPS, ReportError, parse_day, parse_group_by, to_csv, to_json
 from gateway.api.downloads import csv_response
-from gateway.auth.guard import REPORTS, check_role
+from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.auth.principal import principal_of
 from router.errors import InvalidRequest
 
 FORMATS = {"json": "application/json", "csv": "text/csv"}  # the reports' `format`: the answer's media type
-
-
-def may_read_reports(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Who may read usage reports: keys with the `finance` or `admin` role (403 otherwise).
-
-    The app-wide guard (gateway/auth/guard.py) has authenticated the caller (401 without a valid key)
-    and already checks the same roles for every `/v1/reports/...` path; this states it where reports live.
-    """
-    check_role(principal_of(connection), REPORTS)
+Filter = Annotated[str | None, QueryParameter(description="only the calls with this value")]
 
 
 def usage_filename(start: str | None, end: str | None) -> str:
@@ -43,28 +35,36 @@ def usage_filename(start: str | None, end: str | None) -> str:
     return "usage.csv"
 
 
-@get("/v1/reports/usage", guards=[may_read_reports], opt={"produces": tuple(FORMATS.values())})
+@get("/v1/reports/usage", guards=[report_guard], opt={"produces": tuple(FORMATS.values())})
 async def usage_report(
+    request: Request[Any, Any, Any],
     state: State,
     start: Annotated[str | None, QueryParameter(name="from", description="first UTC day, YYYY-MM-DD")] = None,
     end: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD (included)")] = None,
     group_by: Annotated[list[str] | None, QueryParameter(
         description=f"comma-separated, or repeated: {', '.join(GROUPS)}; empty: no grouping")] = None,
     format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
+    tenant: Filter = None,
+    team: Filter = None,
+    key: Annotated[str | None, QueryParameter(description="only the calls of this key id (key_...)")] = None,
+    model: Filter = None,
+    route: Annotated[str | None, QueryParameter(description="only the calls the policy rule routed")] = None,
+    operation: Filter = None,
 ) -> Response[Any]:
     accounting: Accounting = state.accounting
+    check_format(format, FORMATS)
+    filters = report_filters(principal_of(request), tenant=tenant, team=team, key=key, model=model, route=route,
+                             operation=operation)
     try:
-        if format not in FORMATS:
-            raise ReportError(f"format `{format}` is not json or csv", "format")
         report = await reports.usage_report(
             accounting.engine,
             start=parse_day(start, "from"),
             end=parse_day(end, "to"),
             group_by=parse_group_by(group_by),
+            filters=filters,
         )
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc
     if format == "csv":
         return csv_response(to_csv(report), usage_filename(start, end))
     return Response(to_json(report), media_type="application/json")
-

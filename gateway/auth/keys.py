@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.auth.principal import Role
+from gateway.auth.principal import Role, Scope
 from gateway.durable import create_once
 from gateway.settings import Settings
 
@@ -33,6 +33,7 @@ DEV_KEY_ID = "dev"
 DEV_TENANT = "default"
 DEV_TEAM = "dev"
 DEV_ROLE: Role = "admin"
+DEV_SCOPE: Scope = "all"  # the operator's own key, on a development gateway: every tenant
 
 
 def new_key() -> str:

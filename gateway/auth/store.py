@@ -16,7 +16,7 @@ from gateway.accounting.money import quantize
 from gateway.auth import keys
 from gateway.auth.keys import digest, key_prefix, new_key, new_key_id
 from gateway.auth.models import ApiKey, TeamLimits
-from gateway.auth.principal import PERIODS, ROLES, Limits, Principal
+from gateway.auth.principal import PERIODS, ROLES, SCOPES, Limits, Principal, Scope
 from gateway.settings import Settings
 
 KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
@@ -39,6 +39,7 @@ class KeyInfo:
     tenant: str
     team: str
     role: str
+    scope: str  # tenant | all (gateway/auth/scope.py)
     created_at: datetime | None  # None: not known (a development key given in the settings)
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -56,7 +57,7 @@ class KeyInfo:
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "prefix": self.prefix, "name": self.name, "tenant": self.tenant, "team": self.team,
-            "role": self.role, "state": self.state(), "created_at": _iso(self.created_at),
+            "role": self.role, "scope": self.scope, "state": self.state(), "created_at": _iso(self.created_at),
             "expires_at": _iso(self.expires_at), "revoked_at": _iso(self.revoked_at),
             **limits_dict(self.limits), "development": self.development,
         }
@@ -104,6 +105,7 @@ def _check_names(tenant: str, team: str) -> None:
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(
         id=row.id, prefix=row.prefix, name=row.name, tenant=row.tenant, team=row.team, role=row.role,
+        scope=row.scope,
         created_at=_aware(row.created_at), expires_at=_aware(row.expires_at) if row.expires_at else None,
         revoked_at=_aware(row.revoked_at) if row.revoked_at else None,
         limits=Limits(rpm=row.rpm, tpm=row.tpm, budget=row.budget,
@@ -112,20 +114,22 @@ def _info(row: ApiKey) -> KeyInfo:
 
 
 async def create_key(
-    engine: AsyncEngine, secret: bytes, *, tenant: str, team: str, role: str, name: str | None = None,
-    expires_at: datetime | None = None, limits: Limits | None = None,
+    engine: AsyncEngine, secret: bytes, *, tenant: str, team: str, role: str, scope: str = "tenant",
+    name: str | None = None, expires_at: datetime | None = None, limits: Limits | None = None,
 ) -> tuple[str, KeyInfo]:
     """A new key: (the key, to show once; what is stored about it)."""
     _check_names(tenant, team)
     if role not in ROLES:
         raise KeyProblem(f"role `{role}` is not one of {', '.join(ROLES)}")
+    if scope not in SCOPES:
+        raise KeyProblem(f"scope `{scope}` is not one of {', '.join(SCOPES)}")
     if expires_at is not None and expires_at.tzinfo is None:
         raise KeyProblem("expires_at must carry a time zone")
     limits = limits or Limits()
     key = new_key()
     row = ApiKey(
         id=new_key_id(), prefix=key_prefix(key), key_hash=digest(secret, key).hex(), name=name, tenant=tenant,
-        team=team, role=role, created_at=datetime.now(UTC), expires_at=expires_at, revoked_at=None,
+        team=team, role=role, scope=scope, created_at=datetime.now(UTC), expires_at=expires_at, revoked_at=None,
         rpm=limits.rpm, tpm=limits.tpm, budget=limits.budget,
         budget_period=limits.budget_period if limits.budget is not None else None,
     )
@@ -148,7 +152,8 @@ def dev_key_info(settings: Settings) -> KeyInfo | None:
         with contextlib.suppress(OSError):
             created = datetime.fromtimestamp(Path(dev.source).stat().st_mtime, UTC)
     return KeyInfo(id=keys.DEV_KEY_ID, prefix=keys.shown_prefix(dev.key), name=f"development key ({dev.source})",
-                   tenant=keys.DEV_TENANT, team=keys.DEV_TEAM, role=keys.DEV_ROLE, created_at=created,
+                   tenant=keys.DEV_TENANT, team=keys.DEV_TEAM, role=keys.DEV_ROLE, scope=keys.DEV_SCOPE,
+                   created_at=created,
                    expires_at=None, revoked_at=None, limits=Limits(), development=True)
 
 
@@ -161,12 +166,14 @@ async def list_keys(engine: AsyncEngine, tenant: str | None = None) -> list[KeyI
     return [_info(ApiKey(**row._mapping)) for row in rows]
 
 
-async def _find(engine: AsyncEngine, ident: str) -> KeyInfo:
-    """A key by its id, or by its prefix when that is unambiguous."""
+async def _find(engine: AsyncEngine, ident: str, tenant: str | None = None) -> KeyInfo:
+    """A key by its id, or by its prefix when that is unambiguous; with `tenant`, only that tenant's keys
+    (another tenant's key is not found, as one that does not exist)."""
+    within = select(ApiKey) if tenant is None else select(ApiKey).where(ApiKey.tenant == tenant)
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(ApiKey).where(ApiKey.id == ident))).all()
+        rows = (await conn.execute(within.where(ApiKey.id == ident))).all()
         if not rows and ident.startswith("sk-"):
-            rows = (await conn.execute(select(ApiKey).where(ApiKey.prefix == key_prefix(ident)))).all()
+            rows = (await conn.execute(within.where(ApiKey.prefix == key_prefix(ident)))).all()
     if not rows:
         raise KeyProblem(f"no key `{ident}` (give its id, key_..., from `gateway keys list`)")
     if len(rows) > 1:
@@ -174,8 +181,9 @@ async def _find(engine: AsyncEngine, ident: str) -> KeyInfo:
     return _info(ApiKey(**rows[0]._mapping))
 
 
-async def revoke_key(engine: AsyncEngine, ident: str) -> KeyInfo:
-    info = await _find(engine, ident)
+async def revoke_key(engine: AsyncEngine, ident: str, tenant: str | None = None) -> KeyInfo:
+    """Revoke a key (`tenant`: only one of that tenant's; KeyProblem for any other)."""
+    info = await _find(engine, ident, tenant)
     if info.revoked_at is None:
         async with engine.begin() as conn:
             await conn.execute(update(ApiKey).where(ApiKey.id == info.id, ApiKey.revoked_at.is_(None))
@@ -244,7 +252,7 @@ def _key_rows() -> Any:
     """Keys with their team's limits: what authentication needs of each."""
     k, t = KEYS.c, TEAMS.c
     return (
-        select(k.key_hash, k.id, k.tenant, k.team, k.role, k.expires_at, k.revoked_at, k.rpm, k.tpm, k.budget,
+        select(k.key_hash, k.id, k.tenant, k.team, k.role, k.scope, k.expires_at, k.revoked_at, k.rpm, k.tpm, k.budget,
                k.budget_period, t.rpm.label("t_rpm"), t.tpm.label("t_tpm"), t.budget.label("t_budget"),
                t.budget_period.label("t_budget_period"), t.tenant.label("t_tenant"))
         .select_from(KEYS.outerjoin(TEAMS, (t.tenant == k.tenant) & (t.team == k.team)))
@@ -264,10 +272,15 @@ def resolve(row: Any, now: datetime) -> Found:
     team = Limits(rpm=row.t_rpm, tpm=row.t_tpm, budget=row.t_budget,
                   budget_period=row.t_budget_period or "month") if row.t_tenant is not None else Limits()
     return Found(Principal(
-        tenant=row.tenant, team=row.team, key_id=row.id, role=row.role,
+        tenant=row.tenant, team=row.team, key_id=row.id, role=row.role, scope=_scope(row.scope),
         key_limits=Limits(rpm=row.rpm, tpm=row.tpm, budget=row.budget, budget_period=row.budget_period or "month"),
         team_limits=team, expires_at=expires.timestamp() if expires is not None else None,
     ))
+
+
+def _scope(value: str | None) -> Scope:
+    """A stored scope; anything but `all` reads as `tenant` (the narrower)."""
+    return "all" if value == "all" else "tenant"
 
 
 async def lookup(engine: AsyncEngine, key_hash: str, now: datetime) -> Found:
@@ -283,9 +296,9 @@ async def all_keys(engine: AsyncEngine) -> list[Any]:
         return list((await conn.execute(KEY_ROWS)).all())
 
 
-async def budgets(engine: AsyncEngine) -> tuple[list[KeyInfo], list[TeamInfo]]:
-    """Keys (not revoked) and teams that have a budget."""
-    keys = [k for k in await list_keys(engine) if k.limits.budget is not None and k.revoked_at is None]
-    teams = [t for t in await list_team_limits(engine) if t.limits.budget is not None]
+async def budgets(engine: AsyncEngine, tenant: str | None = None) -> tuple[list[KeyInfo], list[TeamInfo]]:
+    """Keys (not revoked) and teams that have a budget (`tenant`: only that tenant's)."""
+    keys = [k for k in await list_keys(engine, tenant) if k.limits.budget is not None and k.revoked_at is None]
+    teams = [t for t in await list_team_limits(engine, tenant) if t.limits.budget is not None]
     return keys, teams
 

@@ -1,7 +1,7 @@
 """`gateway keys`: API keys and team limits, in the gateway's database.
 
-    gateway keys create --tenant T --team X --role app|finance|admin [--name N] [--expires WHEN]
-                        [--rpm N] [--tpm N] [--budget AMOUNT] [--budget-period day|month|total]
+    gateway keys create --tenant T --team X --role app|finance|admin [--scope tenant|all] [--name N]
+                        [--expires WHEN] [--rpm N] [--tpm N] [--budget AMOUNT] [--budget-period day|month|total]
     gateway keys list [--tenant T] [--format table|json]
     gateway keys revoke KEY_ID
     gateway keys expire KEY_ID [--at WHEN]
@@ -9,6 +9,7 @@
     gateway keys teams [--tenant T] [--format table|json]
 
 `create` prints the key once on stdout (details on stderr); the database keeps only its keyed hash.
+`--scope`: which tenants a finance or admin key sees: its own (`tenant`, the default) or every one (`all`).
 WHEN is a date (2027-01-31, midnight UTC), an ISO 8601 time, or a duration from now (90m, 12h, 30d).
 `revoke` and `expire` also tell running gateways through Redis when `redis_url` is set; otherwise
 they notice within `auth_cache_ttl_s`. Same settings as `gateway serve` (--config, $GATEWAY_CONFIG,
@@ -79,6 +80,8 @@ def register(sub: Any) -> None:
     create.add_argument("--team", required=True, help="the team within the tenant (team limits apply to it)")
     create.add_argument("--role", required=True, choices=("app", "finance", "admin"),
                         help="app: inference and feedback; finance: also the reports; admin: everything")
+    create.add_argument("--scope", choices=("tenant", "all"), default="tenant",
+                        help="the tenants its reports and admin calls reach: its own (default) or all of them")
     create.add_argument("--name", help="a label for lists")
     create.add_argument("--expires", metavar="WHEN", help="a date, an ISO 8601 time or a duration (30d)")
     _limit_args(create)
@@ -139,9 +142,11 @@ async def _act(settings: Any, engine: Any, args: argparse.Namespace) -> int:
         limits = store.check_limits(args.rpm, args.tpm, _amount(args.budget), args.budget_period)
         expires = parse_when(args.expires) if args.expires else None
         key, info = await store.create_key(engine, server_secret(settings), tenant=args.tenant, team=args.team,
-                                           role=args.role, name=args.name, expires_at=expires, limits=limits)
+                                           role=args.role, scope=args.scope, name=args.name, expires_at=expires,
+                                           limits=limits)
         print(key)
         print(f"created {info.id} ({info.prefix}...): tenant {info.tenant}, team {info.team}, role {info.role}, "
+              f"scope {info.scope}, "
               f"expires {info.expires_at.isoformat() if info.expires_at else 'never'}{_limits_text(info.limits)}. "
               "The key is shown this once; the gateway keeps only a keyed hash.", file=sys.stderr)
         return 0
@@ -152,8 +157,9 @@ async def _act(settings: Any, engine: Any, args: argparse.Namespace) -> int:
         if args.format == "json":
             print(json.dumps([k.as_dict() for k in keys], indent=1))
         else:
-            print(_table(["id", "prefix", "tenant", "team", "role", "state", "created", "expires", "limits", "name"],
-                         [[k.id, k.prefix + "...", k.tenant, k.team, k.role, k.state(),
+            print(_table(["id", "prefix", "tenant", "team", "role", "scope", "state", "created", "expires", "limits",
+                          "name"],
+                         [[k.id, k.prefix + "...", k.tenant, k.team, k.role, k.scope, k.state(),
                            _day(k.created_at) if k.created_at else "-", _day(k.expires_at),
                            _limits_text(k.limits).lstrip(", ") or "-", k.name or "-"]
                           for k in keys]))

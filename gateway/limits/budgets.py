@@ -148,12 +148,13 @@ class BudgetRow:
         }
 
 
-async def budget_rows(engine: AsyncEngine, currency: str, soft_pct: int, now: float | None = None) -> list[BudgetRow]:
-    """Every team and key budget (keys not revoked) with its spend recorded in the current period (the
-    period in force at `now`, epoch seconds; default: the present)."""
+async def budget_rows(engine: AsyncEngine, currency: str, soft_pct: int, now: float | None = None,
+                      tenant: str | None = None) -> list[BudgetRow]:
+    """Every team and key budget (keys not revoked; `tenant`: only that tenant's) with its spend recorded in
+    the current period (the period in force at `now`, epoch seconds; default: the present)."""
     now = time.time() if now is None else now
     today = datetime.fromtimestamp(now, UTC).date()
-    keys, teams = await store.budgets(engine)
+    keys, teams = await store.budgets(engine, tenant)
     rows = []
     for t in teams:
         assert t.limits.budget is not None
