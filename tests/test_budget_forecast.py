@@ -40,6 +40,12 @@ def test_a_total_budget_has_no_end_and_counts_from_its_first_day_of_spend() -> N
     assert forecast_run_out(D(1000), D(4), None, None, date(2026, 1, 1)) is None  # no spend day known
 
 
+def test_a_tiny_spend_forecasts_no_day_rather_than_one_beyond_the_calendar() -> None:
+    tiny = Decimal("0.0000000001")
+    assert forecast_run_out(Decimal(10), tiny, date(2026, 12, 1), None, date(2026, 12, 7)) is None
+    assert forecast_run_out(Decimal(10), tiny, date(2026, 12, 1), date(2027, 1, 1), date(2026, 12, 7)) is None
+
+
 def test_a_day_budget_runs_out_today_or_not_at_all() -> None:
     day, end = date(2026, 3, 4), date(2026, 3, 5)
     assert forecast_run_out(D(5), D(1), day, end, day) is None

@@ -75,6 +75,8 @@ def forecast_run_out(limit: Decimal, spent: Decimal, start: date | None, end: da
         return today
     elapsed = (today - start).days + 1
     days = (limit * elapsed / spent).to_integral_value(rounding=ROUND_CEILING)  # exact: Decimal, rounded up
+    if days > (date.max - start).days:  # a tiny spend so far: beyond any calendar
+        return None
     day = start + timedelta(days=int(days) - 1)
     return day if end is None or day < end else None
 
