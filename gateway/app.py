@@ -21,6 +21,9 @@ from gateway.auth.guard import authorize
 from gateway.auth.service import start_auth
 from gateway.cache.service import build_cache
 from gateway.completion import completion_steps
+from gateway.console import session as console_session
+from gateway.console.render import template_config
+from gateway.console.router import console_routers
 from gateway.context import GatewayContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.front import GatewayApp
@@ -115,6 +118,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
                 stack.push_async_callback(redis.aclose)
                 batcher = RedisBatcher(redis)  # the cache's and the limits' commands share pipelines
                 stack.push_async_callback(batcher.aclose)  # its own connections, after the cache and limits
+            console_session.install_store(app, redis)  # the console's sessions: in Redis, else in memory
             cache = build_cache(settings, redis, batcher)
             stack.push_async_callback(cache.aclose)  # pending stores, before the Redis pool closes
             auth = await start_auth(settings, accounting.reads, redis)
@@ -154,8 +158,9 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             gc.unfreeze()
 
     return GatewayApp(
-        route_handlers=HANDLERS,
+        route_handlers=[*HANDLERS, *console_routers(settings)],  # the console: its own middleware (gateway/console)
         guards=[authorize],  # API keys and roles, on every route (gateway/auth/guard.py)
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

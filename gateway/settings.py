@@ -189,6 +189,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     metrics_auth: Literal["none", "admin"] = "none"  # admin: GET /metrics needs a key of role admin
     metrics_port: int | None = None  # serve /metrics on this port (same host) instead of the API's port
     metrics_budget_refresh_s: float = 30.0  # budget gauges are re-read from the database at most this often
+    # The web console (docs/console.md; gateway/console/): a session lasts this long after sign-in; its cookies
+    # are marked Secure (sent over HTTPS only) when console_secure_cookies is true (behind TLS).
+    console_session_ttl_s: int = 1800
+    console_secure_cookies: bool = False
     shadow: ShadowSettings = ShadowSettings()
     pools: tuple[PoolConfig, ...] = ()
 
@@ -249,6 +253,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         for name in ("auth_cache_ttl_s", "budget_template_tokens_per_request", "budget_template_tokens_per_message"):
             if getattr(self, name) < 0:
                 raise msgspec.ValidationError(f"{name} must be >= 0")
+        if self.console_session_ttl_s < 1:
+            raise msgspec.ValidationError("console_session_ttl_s must be >= 1")
         if self.feedback_window_s < 0:
             raise msgspec.ValidationError("feedback_window_s must be >= 0")
         if self.feedback_stash_entries < 1:

@@ -6,7 +6,8 @@ what they need, call the services below them and render the answer.
 - `responses.py`: `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`;
 - `models.py`: `/v1/models`, `/v1/models/{model}`;
 - `feedback.py`: `POST /v1/feedback`;
-- `reports.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/budgets` (finance);
+- `reports.py`, `overview.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/overview`, `/v1/reports/budgets`
+  (finance);
 - `admin.py`: `/admin/policy`, `/admin/route/explain`, `/admin/workers`;
 - `keys.py`: `/admin/keys`, `/admin/teams`;
 - `health.py`: `/healthz`, `/readyz`;
@@ -24,11 +25,12 @@ from gateway.api.keys import KEY_HANDLERS
 from gateway.api.metrics import metrics_endpoint
 from gateway.api.models import list_models, retrieve_model
 from gateway.api.openai import BY_NAME_ROUTES, chat_completions, completions, create_message, create_response
+from gateway.api.overview import overview_report
 from gateway.api.reports import usage_report
 from gateway.api.responses import cancel_response, retrieve_response
 
 HANDLERS = [
     chat_completions, completions, create_response, retrieve_response, cancel_response, create_message, *BY_NAME_ROUTES,
-    list_models, retrieve_model, feedback, usage_report, budgets_report,
+    list_models, retrieve_model, feedback, usage_report, overview_report, budgets_report,
     policy_status, route_explain, workers_status, *KEY_HANDLERS, healthz, readyz, metrics_endpoint,
 ]

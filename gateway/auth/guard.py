@@ -3,6 +3,7 @@
 | path | roles |
 |---|---|
 | `/healthz`, `/readyz`, `/metrics` | open |
+| `/console/...` | the console's own sign-in and sessions (gateway/console/access.py) |
 | `/admin/...` | admin |
 | `/v1/reports/...` | finance, admin |
 | `/v1/feedback` | app, admin (a key rates its own tenant's calls: gateway/learning/feedback.py) |
@@ -39,8 +40,8 @@ _WHAT = {ADMIN: "the admin endpoints", REPORTS: "reports", INFERENCE: "the infer
 
 def roles_for(path: str) -> frozenset[Role] | None:
     """The roles that may use `path` (a route's declared path); None: open to everyone."""
-    if path in OPEN_PATHS:
-        return None
+    if path in OPEN_PATHS or path == "/console" or path.startswith("/console/"):
+        return None  # the console checks its own sessions (gateway/console/access.py)
     if path == "/admin" or path.startswith("/admin/"):
         return ADMIN
     if path.startswith("/v1/reports"):

@@ -33,7 +33,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.reads import BoundedReads, as_bounded, describe
 from gateway.auth import snapshot, store
-from gateway.auth.keys import DEV_KEY_ID, DEV_ROLE, DEV_TEAM, DEV_TENANT, DevKey, dev_key, digest, server_secret
+from gateway.auth.keys import (
+    DEV_KEY_ID,
+    DEV_ROLE,
+    DEV_SCOPE,
+    DEV_TEAM,
+    DEV_TENANT,
+    DevKey,
+    dev_key,
+    digest,
+    server_secret,
+)
 from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.auth.snapshot import Known, entry_id, snapshot_key
 from gateway.settings import Settings
@@ -115,7 +125,8 @@ class Auth:
         self._dev: tuple[bytes, Principal] | None = None
         if dev is not None:
             self._dev = (digest(secret, dev.key),
-                         Principal(tenant=DEV_TENANT, team=DEV_TEAM, key_id=DEV_KEY_ID, role=DEV_ROLE))
+                         Principal(tenant=DEV_TENANT, team=DEV_TEAM, key_id=DEV_KEY_ID, role=DEV_ROLE,
+                                   scope=DEV_SCOPE))
         self._listener: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
         self.lookups = 0  # database queries made (tests, metrics)
@@ -161,7 +172,15 @@ class Auth:
         key = presented_key(headers)
         if key is None:
             raise unauthenticated("malformed" if raw else None)
-        h = digest(self.secret, key)
+        return await self.identify(self.key_hash(key))
+
+    def key_hash(self, key: str) -> bytes:
+        """The key's keyed hash: what the database and a console session keep instead of the key."""
+        return digest(self.secret, key)
+
+    async def identify(self, h: bytes) -> Principal:
+        """The principal of the key whose keyed hash is `h` (the same checks, cache and outage rules as
+        `authenticate`); raises 401 for a key unknown, revoked or expired."""
         if self._dev is not None and hmac.compare_digest(h, self._dev[0]):
             return self._dev[1]
         entry = self._cache.get(h)

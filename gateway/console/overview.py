@@ -1,0 +1,31 @@
+"""The Overview page (`/console/`): the figures of `GET /v1/reports/overview`, from the same function, over
+the last 30 days; a tenant-scoped user sees their tenant's, a platform user may pick a tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get
+from litestar.response import Template
+
+from gateway.accounting.overview import overview
+from gateway.api.report_query import check_query, report_filters
+from gateway.auth.principal import principal_of
+from gateway.console.pages import OVERVIEW
+from gateway.console.render import page, plain
+from gateway.context import GatewayContext
+
+
+@get("/", opt=OVERVIEW.opt, guards=[check_query], include_in_schema=False)
+async def overview_page(request: Request[Any, Any, Any], tenant: str | None = None) -> Template:
+    ctx: GatewayContext = request.app.state.ctx
+    principal = principal_of(request)
+    filters = report_filters(principal, tenant=tenant)
+    figures = await overview(ctx.accounting.engine, ctx.accounting.catalogue.currency, filters=filters)
+    chart = {"labels": [d.day.isoformat() for d in figures.trend], "series": [
+        {"label": f"spend ({figures.currency})", "values": [format(d.cost, "f") for d in figures.trend]}]}
+    return page(request, OVERVIEW, "overview.html", o=figures, data=plain(figures.as_dict()), chart=chart,
+                tenant=tenant or "")
+
+
+HANDLERS = [overview_page]

@@ -1,0 +1,24 @@
+"""The console's routes, as mounted on the app: the pages under `/console` with their own middleware
+(sessions, CSRF), guard and HTML errors, and the static files (stylesheet, script, the vendored Chart.js)."""
+
+from __future__ import annotations
+
+from litestar import Router
+from litestar.static_files import create_static_files_router
+
+from gateway.console import overview, signin
+from gateway.console.access import console_guard
+from gateway.console.render import EXCEPTIONS, STATIC
+from gateway.console.session import PATH, console_middleware
+from gateway.settings import Settings
+
+
+def console_routers(settings: Settings) -> list[Router]:
+    pages = Router(
+        path=PATH, route_handlers=[*signin.HANDLERS, *overview.HANDLERS],
+        guards=[console_guard], middleware=console_middleware(settings), exception_handlers=EXCEPTIONS,
+        include_in_schema=False,
+    )
+    static = create_static_files_router(path=f"{PATH}/static", directories=[STATIC], include_in_schema=False,
+                                        name="console-static")
+    return [pages, static]
