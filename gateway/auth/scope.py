@@ -39,6 +39,14 @@ def check_tenant(p: Principal, tenant: str) -> None:
                         param="tenant", code="tenant_out_of_scope")
 
 
+def check_platform(p: Principal, what: str) -> None:
+    """403 `platform_scope_required` unless `p` sees every tenant: for what changes the whole fleet (its
+    workers, its routing policy), which no single tenant's key may do. `what`: the action, for the message."""
+    if p.scope != "all":
+        raise Forbidden(f"Only a key of scope `all` may {what}: it changes the gateway for every tenant.",
+                        code="platform_scope_required")
+
+
 def scoped(p: Principal, filters: F) -> F:
     """`filters` (a frozen msgspec Struct with a `tenant` field, e.g. `ReportFilters`) as `p` may apply them:
     a tenant-scoped caller's tenant forced to its own (403 when it asked for another one)."""
