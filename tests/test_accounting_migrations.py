@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
 from gateway.accounting import db, reports, start_accounting, stop_accounting
-from gateway.accounting.models import Base
+from gateway.accounting.models import Base, UsageRecord
+from gateway.accounting.money import ZERO
 from gateway.accounting.records import rollup_rows, to_row
 from gateway.accounting.store import DAILY, RECORDS, write_records
 from gateway.auth import models as _key_models  # noqa: F401 (the key tables join the metadata)
@@ -143,6 +146,53 @@ async def test_operation_reads_chat_for_older_rows_and_folds_into_chat_on_downgr
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT calls FROM usage_daily"))).scalars().all() == [3]
             assert (await conn.execute(text("SELECT count(*) FROM usage_records"))).scalar_one() == 3
+    finally:
+        await engine.dispose()
+
+
+async def test_0006_stores_routing_savings_rebuilds_rollups_by_route_and_scopes_admin_keys(any_url: str) -> None:
+    """From 0005 with data (a cache hit, routed calls, a refused call; admin and finance keys) to 0006 and back."""
+    same = {"team": "red", "routed_model": "small", "pool": "p-small", "reference_cost": Decimal("0.0000500000")}
+    calls = [record(1, cache_hit=True, cost=ZERO, cache_saving=Decimal("0.0000020000"), policy_rule="cheap", **same),
+             record(2, cache_hit=False, cost=Decimal("0.0000030000"), policy_rule="cheap", **same),
+             record(3, cache_hit=False, cost=Decimal("0.0000040000"), policy_rule="quality", **same),
+             record(4, cache_hit=False, cost=ZERO, reference_cost=ZERO, team="red", routed_model="small",
+                    pool="p-small", status="rejected", http_status=429, prompt_tokens=0, completion_tokens=0)]
+    rows = [to_row(r) for r in calls]
+    # The rollup as 0005 counted: a refused call among calls and errors, no routing saving on a cache hit.
+    old = {**_without(rollup_rows([{**r, "policy_rule": None} for r in rows])[0], "route", "refused"),
+           "calls": 4, "errors": 1, "routing_saving": sum((r["reference_cost"] - r["cost"] for r in rows
+                                                          if not r["cache_hit"]), ZERO)}
+    engine = db.create_engine(any_url)
+    try:
+        await db.upgrade(engine, "0005")
+        async with engine.begin() as conn:
+            await conn.execute(RECORDS.insert().inline(), [_without(r, "routing_saving") for r in rows])
+            await conn.execute(DAILY.insert().inline(), [old])
+            for key_id, role in (("key_admin0000000", "admin"), ("key_finance00000", "finance")):
+                await conn.execute(text(
+                    "INSERT INTO api_keys (id, prefix, key_hash, tenant, team, role, created_at) "
+                    "VALUES (:id, 'gw-', :id, 'acme', 'ops', :role, :now)"),
+                    {"id": key_id, "role": role, "now": datetime(2026, 1, 1, tzinfo=UTC)})
+        await db.upgrade(engine, "0006")
+        async with engine.connect() as conn:
+            saved = dict((await conn.execute(select(UsageRecord.request_id, UsageRecord.routing_saving))).all())
+            scopes: dict[str, str] = dict((await conn.execute(text("SELECT role, scope FROM api_keys"))).all())
+        assert saved == {c.request_id: c.reference_cost - c.cost - c.cache_saving for c in calls}
+        assert saved["req-00000001"] == Decimal("0.0000480000")  # the cache hit's routing saving, derived
+        assert scopes == {"admin": "all", "finance": "tenant"}
+        by_route = await reports.usage_report(engine, group_by=("route",))
+        assert {r.group["route"]: (r.calls, r.refused, r.errors, r.routing_savings) for r in by_route.rows} == {
+            None: (0, 1, 0, ZERO), "cheap": (2, 0, 0, Decimal("0.0000950000")),
+            "quality": (1, 0, 0, Decimal("0.0000460000"))}
+        (total,) = (await reports.usage_report(engine, group_by=())).rows
+        assert total.reference_cost == total.cost + total.routing_savings + total.cache_savings
+        assert (await reports.verify(engine))[1] == []
+        await db.downgrade(engine, "0005")
+        async with engine.connect() as conn:
+            back = [dict(r) for r in (await conn.execute(select(*(DAILY.c[k] for k in old)))).mappings()]
+            columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("api_keys"))}
+        assert back == [old] and "scope" not in columns
     finally:
         await engine.dispose()
 

@@ -272,7 +272,7 @@ async def _key_names(conn: AsyncConnection, ids: set[str]) -> dict[str, str | No
     if not ids:
         return {}
     rows = await conn.execute(select(_API_KEYS.c.id, _API_KEYS.c.name).where(_API_KEYS.c.id.in_(sorted(ids))))
-    return {key_id: name for key_id, name in rows.tuples()}
+    return {key_id: name for key_id, name in rows}
 
 
 SHOWN = 20  # records or rollups named, at most, per broken identity
