@@ -13,7 +13,7 @@ import csv
 import io
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,7 @@ class ReportEndpoint:
     formats: tuple[str, ...] = ("json", "csv")
     names_tenant: bool = True  # the answer names the tenant(s) it covers
     spans_tenants: bool = True  # without `tenant`, a key of scope all gets every tenant's figures
+    calls_of: Callable[[Any], int] | None = None  # the calls its JSON answer counts, if it counts them
 
 
 REPORT_ENDPOINTS = [
@@ -46,6 +47,8 @@ REPORT_ENDPOINTS = [
     ReportEndpoint("/v1/reports/usage", {"group_by": "tenant,team,key,model,route,operation"}),
     ReportEndpoint("/v1/reports/usage", {"group_by": "key", "from": "2020-01-01", "to": "2099-12-31"}),
     ReportEndpoint("/v1/reports/budgets"),
+    ReportEndpoint("/v1/reports/overview", {"days": "2"}, formats=("json",), spans_tenants=False,
+                   calls_of=lambda body: int(body["calls"])),
 ]
 
 
@@ -54,6 +57,8 @@ class World:
     gw: GatewayProcess
     keys: dict[str, str]  # who -> key
     ids: dict[str, str]  # who -> key id
+    tenant_of: dict[str, str | None] = field(default_factory=lambda: {
+        "acme_finance": "acme", "acme_admin": "acme", "platform_finance": None, "platform_admin": None})
 
     def get(self, who: str, path: str, params: dict[str, str] | None = None) -> httpx.Response:
         return httpx.get(self.gw.base_url + path, params=params, headers=bearer(self.keys[who]), timeout=30)
@@ -125,8 +130,12 @@ def _tenants_named(w: World, text: str) -> set[str]:
 
 
 def _fetch(w: World, who: str, ep: ReportEndpoint, fmt: str, **extra: str) -> str:
-    r = w.get(who, ep.path, {**ep.params, "format": fmt, **extra})
+    params = {**ep.params, **({"format": fmt} if len(ep.formats) > 1 else {}), **extra}
+    r = w.get(who, ep.path, params)
     assert r.status_code == 200, (ep, fmt, r.text)
+    if fmt == "json" and ep.calls_of is not None:
+        tenant = extra.get("tenant") or w.tenant_of[who]
+        assert ep.calls_of(r.json()) == (CALLS[tenant] if tenant else sum(CALLS.values())), (who, params)
     if fmt == "csv":
         assert r.headers["content-type"] == "text/csv; charset=utf-8"
         disposition = r.headers["content-disposition"]
@@ -144,11 +153,11 @@ def test_a_tenant_finance_key_sees_only_its_tenant(world: World, ep: ReportEndpo
         for extra in ({}, {"tenant": "acme"}):
             text = _fetch(world, "acme_finance", ep, fmt, **extra)
             assert _tenants_named(world, text) == ({"acme"} if ep.names_tenant else set()), (fmt, extra, text)
-        r = world.get("acme_finance", ep.path, {**ep.params, "format": fmt, "tenant": "globex"})
-        assert r.status_code == 403, (fmt, r.text)
-        err = _error(r)
-        assert (err["type"], err["code"], err["param"]) == ("permission_error", "tenant_out_of_scope", "tenant")
-        assert "globex" in err["message"]
+    r = world.get("acme_finance", ep.path, {**ep.params, "tenant": "globex"})
+    assert r.status_code == 403, r.text
+    err = _error(r)
+    assert (err["type"], err["code"], err["param"]) == ("permission_error", "tenant_out_of_scope", "tenant")
+    assert "globex" in err["message"]
 
 
 @pytest.mark.parametrize("ep", REPORT_ENDPOINTS, ids=ENDPOINT_IDS)
