@@ -69,6 +69,12 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def missing_sqlite(url: str) -> str | None:
+    """The file of a SQLite `url` when it does not exist yet (a command that reads it has nothing to read)."""
+    path = make_url(url).database if is_sqlite(url) else None
+    return path if path and path != ":memory:" and not Path(path).exists() else None
+
+
 def create_engine(url: str, connect_timeout_s: float = 5.0, command_timeout_s: float = 60.0,
                   pool_timeout_s: float = 30.0, **kwargs: Any) -> AsyncEngine:
     """An engine for `url`. PostgreSQL: `connect_timeout_s` bounds opening a connection,

@@ -8,6 +8,7 @@ what they need, call the services below them and render the answer.
 - `feedback.py`: `POST /v1/feedback`;
 - `reports.py`, `overview.py`, `budgets.py`: `/v1/reports/usage`, `/v1/reports/overview`, `/v1/reports/budgets`
   (finance);
+- `invoices.py`: `/v1/reports/invoice`, monthly statements (finance);
 - `admin.py`: `/admin/policy`, `/admin/route/explain`, `/admin/workers`;
 - `keys.py`: `/admin/keys`, `/admin/teams`;
 - `health.py`: `/healthz`, `/readyz`;
@@ -21,6 +22,7 @@ from gateway.api.admin import policy_status, route_explain, workers_status
 from gateway.api.budgets import budgets_report
 from gateway.api.feedback import feedback
 from gateway.api.health import healthz, readyz
+from gateway.api.invoices import invoice_report
 from gateway.api.keys import KEY_HANDLERS
 from gateway.api.metrics import metrics_endpoint
 from gateway.api.models import list_models, retrieve_model
@@ -31,6 +33,6 @@ from gateway.api.responses import cancel_response, retrieve_response
 
 HANDLERS = [
     chat_completions, completions, create_response, retrieve_response, cancel_response, create_message, *BY_NAME_ROUTES,
-    list_models, retrieve_model, feedback, usage_report, overview_report, budgets_report,
+    list_models, retrieve_model, feedback, usage_report, overview_report, budgets_report, invoice_report,
     policy_status, route_explain, workers_status, *KEY_HANDLERS, healthz, readyz, metrics_endpoint,
 ]

@@ -3,6 +3,7 @@
 With no configuration it reads the embedded database that `gateway serve` (`make run`) writes in
 `.gateway/gateway.db`. The HTTP API (`GET /v1/reports/usage`) runs the same query. `--budgets` lists the
 team and key budgets with the spend recorded in their current period (`GET /v1/reports/budgets`).
+`gateway report invoice` writes a monthly statement (gateway/commands/invoice.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway.commands import config
+from gateway.commands import config, invoice
 from gateway.settings import Settings, SettingsError
 
 
@@ -35,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--budgets", action="store_true",
                    help="team and key budgets: limit, spend recorded in the current period, what remains")
     p.set_defaults(run=run)
+    invoice.register(p.add_subparsers(title="statements", metavar="invoice", help="a monthly statement"))
 
 
 FILTER_HELP = {  # reports.ReportFilters' fields
@@ -64,14 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _missing_sqlite(url: str) -> str | None:
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
     from gateway.accounting import db
 
-    path = make_url(url).database if db.is_sqlite(url) else None
-    return path if path and path != ":memory:" and not Path(path).exists() else None
+    return db.missing_sqlite(url)
 
 
 async def _run(settings: Settings, url: str, args: argparse.Namespace, start: Any, end: Any,
