@@ -10,7 +10,9 @@
 | anything else (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, new endpoints) | app, admin |
 
 A new endpoint is therefore closed by default. The principal is kept in the request's scope
-(`principal_of(request)`), where the handlers find it.
+(`principal_of(request)`), where the handlers find it. Within the endpoints its role opens, a key's scope
+(tenant or all) says whose data it reaches: the handlers check it (gateway/auth/scope.py), and every
+report endpoint declares `gateway.api.report_query.report_guard`.
 """
 
 from __future__ import annotations
