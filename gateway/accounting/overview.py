@@ -24,6 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from gateway.accounting.models import UsageRecord
 from gateway.accounting.money import ZERO
 from gateway.accounting.reports import EVERY_CALL, ReportError, ReportFilters, usage_report
+from router.pricing import format_money
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -153,3 +154,31 @@ async def overview(engine: AsyncEngine, currency: str, *, end: date | None = Non
         cache_hit_rate=_rate(totals["cache_hits"], totals["calls"]),
         ttft_p50_ms=p50, ttft_p95_ms=p95,
     )
+
+
+def to_table(o: Overview) -> str:
+    """The overview for a terminal: amounts as format_money prints them (the JSON carries them exactly)."""
+    def pct(rate: float | None) -> str:
+        return "-" if rate is None else f"{rate * 100:.2f}%"
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g} ms"
+
+    given = ", ".join(f"{k}={v}" for k, v in o.filters.items())
+    lines = [
+        f"overview {o.start} .. {o.end} (UTC days, inclusive){f'; {given}' if given else ''}; {o.currency}",
+        f"spend today ({o.end})        {format_money(o.spend_today)}",
+        f"spend this month             {format_money(o.spend_month)}",
+        f"cost                         {format_money(o.cost)}",
+        f"routing savings              {format_money(o.routing_savings)}",
+        f"cache savings                {format_money(o.cache_savings)}",
+        f"calls                        {o.calls}",
+        f"refused                      {o.refused}",
+        f"error rate                   {pct(o.error_rate)}",
+        f"cache hit rate               {pct(o.cache_hit_rate)}",
+        f"time to first token p50      {ms(o.ttft_p50_ms)}",
+        f"time to first token p95      {ms(o.ttft_p95_ms)}",
+        "day         spend",
+        *(f"{d.day}  {format_money(d.cost)}" for d in o.trend),
+    ]
+    return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 With no configuration it reads the embedded database that `gateway serve` (`make run`) writes in
 `.gateway/gateway.db`. The HTTP API (`GET /v1/reports/usage`) runs the same query. `--budgets` lists the
 team and key budgets with the spend recorded in their current period (`GET /v1/reports/budgets`).
-`gateway report invoice` writes a monthly statement (gateway/commands/invoice.py).
+`gateway report invoice` writes a monthly statement (gateway/commands/invoice.py), `gateway report overview`
+prints the overview (gateway/commands/overview.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway.commands import config, invoice
+from gateway.commands import config, invoice, overview
 from gateway.settings import Settings, SettingsError
 
 
@@ -36,7 +37,10 @@ def register(sub: Any) -> None:
     p.add_argument("--budgets", action="store_true",
                    help="team and key budgets: limit, spend recorded in the current period, what remains")
     p.set_defaults(run=run)
-    invoice.register(p.add_subparsers(title="statements", metavar="invoice", help="a monthly statement"))
+    more = p.add_subparsers(title="statements and overviews", metavar="{invoice,overview}",
+                            help="a monthly statement (invoice); the overview of spend and service (overview)")
+    invoice.register(more)
+    overview.register(more, FILTER_HELP)
 
 
 FILTER_HELP = {  # reports.ReportFilters' fields

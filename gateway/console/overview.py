@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
+from litestar.params import FromQuery
 from litestar.response import Template
 
 from gateway.accounting.overview import overview
@@ -17,7 +18,7 @@ from gateway.context import GatewayContext
 
 
 @get("/", opt=OVERVIEW.opt, guards=[check_query], include_in_schema=False)
-async def overview_page(request: Request[Any, Any, Any], tenant: str | None = None) -> Template:
+async def overview_page(request: Request[Any, Any, Any], tenant: FromQuery[str | None] = None) -> Template:
     ctx: GatewayContext = request.app.state.ctx
     principal = principal_of(request)
     filters = report_filters(principal, tenant=tenant)

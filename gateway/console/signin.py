@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.console.pages import OVERVIEW, PUBLIC_OPT
@@ -28,10 +29,12 @@ class SignInForm(msgspec.Struct, kw_only=True):
 
 
 def _back_to(target: str | None) -> str:
-    """Where to go after sign-in: a console page the form came from, else the overview."""
-    if target and (target == PATH or target.startswith(f"{PATH}/")) and not target.startswith(LOGIN) \
-            and "\\" not in target:
-        return target
+    """Where to go after sign-in: the console page the form came from (a path of this site), else the overview."""
+    parts = urlsplit(target or "")
+    if parts.scheme or parts.netloc or "\\" in (target or "") or parts.path.startswith(LOGIN):
+        return OVERVIEW.path
+    if parts.path == PATH or parts.path.startswith(f"{PATH}/"):
+        return target or OVERVIEW.path
     return OVERVIEW.path
 
 
@@ -41,7 +44,7 @@ def _form(request: Request[Any, Any, Any], status: int, target: str, problem: st
 
 
 @get("/login", opt={PUBLIC_OPT: True}, include_in_schema=False)
-async def login_form(request: Request[Any, Any, Any], next: str | None = None) -> Response[Any]:
+async def login_form(request: Request[Any, Any, Any], next: FromQuery[str | None] = None) -> Response[Any]:
     ctx: GatewayContext = request.app.state.ctx
     if ctx.auth is not None and not ctx.auth.required:  # auth off: nobody signs in
         return Redirect(_back_to(next), status_code=303)
