@@ -206,7 +206,7 @@ def test_the_session_lives_in_redis_and_holds_the_keys_hash_never_the_key(consol
     client = signed_in(console, "acme_finance")
     sid = client.cookies[SESSION_COOKIE]
     held = redis.Redis.from_url(redis_url()).get(f"gateway:console:session:{sid}")
-    assert held is not None
+    assert isinstance(held, bytes)
     data = json.loads(held)
     assert set(data) == {"key_hash", "ends_at"}
     assert console.keys["acme_finance"].secret not in held.decode()
