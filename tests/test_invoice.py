@@ -23,7 +23,7 @@ import pytest
 
 from gateway.accounting import store
 from gateway.accounting.invoice import Month, build_invoice, parse_month
-from gateway.accounting.invoice_html import amount_text, to_html
+from gateway.accounting.invoice_html import amount_text, places_for, to_html
 from gateway.accounting.invoice_render import to_csv, to_dict
 from gateway.accounting.records import UsageRecord
 from gateway.accounting.reports import ReportError, ReportFilters, usage_report
@@ -118,11 +118,13 @@ def test_a_month_is_yyyy_mm_and_required() -> None:
         assert info.value.param == "month"
 
 
-def test_amounts_read_exactly() -> None:
+def test_amounts_read_exactly_with_as_many_places_as_the_statement_needs() -> None:
     assert amount_text(Decimal("1234.5000000000")) == "1,234.50"
-    assert amount_text(Decimal("0.0000073500")) == "0.00000735"
-    assert amount_text(Decimal("0")) == "0.00"
-    assert amount_text(Decimal("-2.1")) == "-2.10"
+    assert amount_text(Decimal("0.0000073500")) == "0.00000735"  # never rounded
+    assert amount_text(Decimal("0"), 4) == "0.0000"
+    assert amount_text(Decimal("-2.1"), 3) == "-2.100"
+    assert places_for([Decimal("1.5"), Decimal("0.0000073500"), Decimal(0)]) == 8
+    assert places_for([Decimal(100), Decimal("0.1")]) == 2 and places_for([]) == 2
 
 
 # --- the statement, built on both databases ---------------------------------------------------------------------

@@ -1,19 +1,20 @@
 """A monthly statement as a standalone printable page: one HTML file, inline CSS, no external asset, laid out
 for A4 (`@page`), whose lines table breaks between rows and repeats its header on each printed page.
 
-Every value is escaped. Amounts are shown exactly (trailing zeros past the cents dropped, thousands
-grouped), each cell's `title` holding the amount to the 10 decimal places the accounting keeps: the totals
-shown are the sums of the lines shown.
+Every value is escaped. Amounts are shown exactly, thousands grouped, all with the same number of decimal
+places: the fewest (at least 2) that show every amount of the statement exactly, so that a column's decimal
+points line up and the totals shown are the sums of the lines shown. Each amount's `title` holds it to the
+10 decimal places the accounting keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from html import escape
 
 from gateway.accounting.invoice import Invoice
-from gateway.accounting.money import quantize
+from gateway.accounting.money import SCALE, quantize
 from gateway.accounting.reports import ReportRow
 from gateway.limits.budgets import BudgetRow
 
@@ -52,17 +53,38 @@ footer { margin-top: 8mm; font-size: 8pt; color: #666; border-top: 1px solid #cc
 """
 
 
-def amount_text(value: Decimal) -> str:
-    """An amount exactly, for reading: thousands grouped, trailing zeros past the cents dropped."""
-    text = format(quantize(value), ",f")
-    whole, _, frac = text.partition(".")
-    frac = frac.rstrip("0").ljust(2, "0")
-    return f"{whole}.{frac}"
+def _decimals(value: Decimal) -> int:
+    """The decimal places `value` needs to be shown exactly."""
+    exponent = quantize(value).normalize().as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
-def _money(value: Decimal, currency: str | None = None) -> str:
-    shown = amount_text(value) + (f" {currency}" if currency else "")
-    return f'<span title="{escape(format(quantize(value), "f"))}">{escape(shown)}</span>'
+def amount_text(value: Decimal, places: int = 2) -> str:
+    """An amount for reading: thousands grouped, `places` decimal places (more if it needs them: never rounded)."""
+    return format(quantize(value).quantize(Decimal(1).scaleb(-max(places, _decimals(value)))), ",f")
+
+
+def places_for(amounts: Iterable[Decimal]) -> int:
+    """The fewest decimal places (2 to the accounting's 10) that show each of `amounts` exactly."""
+    return min(max([2, *(_decimals(a) for a in amounts)]), SCALE)
+
+
+Money = Callable[..., str]  # (amount, currency=None) -> the cell's HTML
+
+
+def money_cells(places: int) -> Money:
+    def cell(value: Decimal, currency: str | None = None) -> str:
+        shown = amount_text(value, places) + (f" {currency}" if currency else "")
+        return f'<span title="{escape(format(quantize(value), "f"))}">{escape(shown)}</span>'
+
+    return cell
+
+
+def _amounts(inv: Invoice) -> Iterable[Decimal]:
+    for row in [*inv.lines, *inv.totals]:
+        yield from (row.cost, row.reference_cost, row.routing_savings, row.cache_savings, row.shadow_cost)
+    for b in inv.budgets:
+        yield from (b.limit, b.spent, b.remaining)
 
 
 def _count(value: int) -> str:
@@ -87,10 +109,10 @@ LINE_HEAD = (("", "Team"), ("", "Model"), ("", "Key"), ("num", "Calls"), ("num",
              ("num", "Prompt tokens"), ("num", "Cached"), ("num", "Completion tokens"), ("num", "Cost"))
 
 
-def _line_cells(row: ReportRow, several: bool) -> list[tuple[str, str]]:
+def _line_cells(row: ReportRow, several: bool, money: Money) -> list[tuple[str, str]]:
     return [("num", _count(row.calls)), ("num", _count(row.refused)), ("num", _count(row.prompt_tokens)),
             ("num", _count(row.cached_tokens)), ("num", _count(row.completion_tokens)),
-            ("num", _money(row.cost, row.currency if several else None))]
+            ("num", money(row.cost, row.currency if several else None))]
 
 
 def _key(row: ReportRow) -> str:
@@ -101,26 +123,26 @@ def _key(row: ReportRow) -> str:
     return f"{escape(key)}{name}"
 
 
-def _lines(inv: Invoice) -> str:
+def _lines(inv: Invoice, money: Money) -> str:
     several = len(inv.totals) > 1  # lines of more than one currency: each amount names its own
     body = [_row([("", _text(r.group.get("team"))), ("", _text(r.group.get("model"))), ("key", _key(r)),
-                  *_line_cells(r, several)]) for r in inv.lines]
+                  *_line_cells(r, several, money)]) for r in inv.lines]
     if not inv.lines:
         body.append(f'<tr><td colspan="{len(LINE_HEAD)}" class="muted">No calls this month.</td></tr>')
     for t in inv.totals:
         label = f"Total ({escape(t.currency)})" if several else "Total"
-        body.append(_row([("", label), ("", ""), ("", ""), *_line_cells(t, several)], "total"))
+        body.append(_row([("", label), ("", ""), ("", ""), *_line_cells(t, several, money)], "total"))
     return (f'<section class="lines"><h2>Calls</h2><table>{_head(LINE_HEAD)}<tbody>{"".join(body)}</tbody></table>'
             '<p class="note">Calls: billable calls (every call a worker or the cache answered, or that failed there). '
             "Refused: calls the gateway refused before a worker (a bad request, a limit, the policy); they cost "
             "nothing. Prompt tokens include the cached ones.</p></section>")
 
 
-def _savings(inv: Invoice) -> str:
+def _savings(inv: Invoice, money: Money) -> str:
     head = (("", "Currency"), ("num", "Reference cost"), ("num", "Routing savings"), ("num", "Cache savings"),
             ("num", "Cost"), ("num", "Cache hits"))
-    rows = [_row([("", escape(t.currency)), ("num", _money(t.reference_cost)), ("num", _money(t.routing_savings)),
-                  ("num", _money(t.cache_savings)), ("num", _money(t.cost)), ("num", _count(t.cache_hits))])
+    rows = [_row([("", escape(t.currency)), ("num", money(t.reference_cost)), ("num", money(t.routing_savings)),
+                  ("num", money(t.cache_savings)), ("num", money(t.cost)), ("num", _count(t.cache_hits))])
             for t in inv.totals]
     return ("<section><h2>Savings</h2>"
             f"<table>{_head(head)}<tbody>{''.join(rows)}</tbody></table>"
@@ -128,8 +150,8 @@ def _savings(inv: Invoice) -> str:
             "cost on the reference model, without routing or the cache.</p></section>")
 
 
-def _shadow(inv: Invoice) -> str:
-    parts = [f"{_count(t.shadow_calls)} call(s), {_money(t.shadow_cost, t.currency)}" for t in inv.totals]
+def _shadow(inv: Invoice, money: Money) -> str:
+    parts = [f"{_count(t.shadow_calls)} call(s), {money(t.shadow_cost, t.currency)}" for t in inv.totals]
     figures = "; ".join(parts) if parts else "none"
     return ('<section><h2>Shadow evaluation (not billed)</h2>'
             f'<p>The platform\'s own evaluation of routed calls on the reference model: {figures}. '
@@ -153,14 +175,14 @@ def _period(b: BudgetRow) -> str:
     return f"{escape(b.period)} from {b.period_start.isoformat()}"
 
 
-def _budgets(inv: Invoice) -> str:
+def _budgets(inv: Invoice, money: Money) -> str:
     if not inv.budgets:
         return '<section><h2>Budgets</h2><p class="muted">No budget is set.</p></section>'
     rows = []
     for b in inv.budgets:
         forecast = b.forecast_run_out
-        rows.append(_row([("", _budget_label(b)), ("", _period(b)), ("num", _money(b.limit)),
-                          ("num", _money(b.spent)), ("num", _money(b.remaining)),
+        rows.append(_row([("", _budget_label(b)), ("", _period(b)), ("num", money(b.limit)),
+                          ("num", money(b.spent)), ("num", money(b.remaining)),
                           ("num", f"{escape(format(b.used_pct, 'f'))} %"),
                           ("", forecast.isoformat() if forecast else _text(None))]))
     return (f"<section><h2>Budgets</h2><table>{_head(BUDGET_HEAD)}<tbody>{''.join(rows)}</tbody></table>"
@@ -170,9 +192,10 @@ def _budgets(inv: Invoice) -> str:
 
 
 def to_html(inv: Invoice) -> str:
+    money = money_cells(places_for(_amounts(inv)))
     title = f"Statement {inv.tenant}{' / ' + inv.team if inv.team else ''} {inv.month.name}"
-    due = "".join(f'<div class="value">{_money(t.cost, t.currency)}</div>' for t in inv.totals) \
-        or f'<div class="value">{_money(Decimal(0), inv.currency)}</div>'
+    due = "".join(f'<div class="value">{money(t.cost, t.currency)}</div>' for t in inv.totals) \
+        or f'<div class="value">{money(Decimal(0), inv.currency)}</div>'
     month = inv.month
     facts = [("Tenant", escape(inv.tenant)), *([("Team", escape(inv.team))] if inv.team else []),
              ("Month", f"{escape(month.name)} ({month.first.isoformat()} to {month.last.isoformat()}, UTC)"),
@@ -187,7 +210,7 @@ def to_html(inv: Invoice) -> str:
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f"<header><div><h1>Statement</h1><dl>{dl}</dl></div>"
         f'<div class="due"><div class="label">Cost of the month</div>{due}</div></header>'
-        f"{_lines(inv)}{_savings(inv)}{_shadow(inv)}{_budgets(inv)}"
-        f"<footer>{escape(inv.filename_stem)} · amounts exact (hover for the 10 decimal places kept) · "
+        f"{_lines(inv, money)}{_savings(inv, money)}{_shadow(inv, money)}{_budgets(inv, money)}"
+        f"<footer>{escape(inv.filename_stem)} · amounts exact · "
         "days are UTC</footer></body></html>\n"
     )
