@@ -49,6 +49,7 @@ REPORT_ENDPOINTS = [
     ReportEndpoint("/v1/reports/budgets"),
     ReportEndpoint("/v1/reports/overview", {"days": "2"}, formats=("json",), spans_tenants=False,
                    calls_of=lambda body: int(body["calls"])),
+    ReportEndpoint("/v1/reports/invoice", {"month": THIS_MONTH}, formats=("json", "csv", "html"), spans_tenants=False),
 ]
 
 
@@ -85,13 +86,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                          "auth_cache_ttl_s": 1.0})
         made = {
             "acme_app": new_key(gw, "acme", "red", "app", "--budget", "5"),
-            "globex_app": new_key(gw, "globex", "blue", "app", "--budget", "5"),
+            "globex_app": new_key(gw, "globex", "gxteam", "app", "--budget", "5"),
             "acme_finance": new_key(gw, "acme", "money", "finance"),
             "acme_admin": new_key(gw, "acme", "ops", "admin"),
             "platform_finance": new_key(gw, "platform", "money", "finance", "--scope", "all"),
             "platform_admin": new_key(gw, "platform", "ops", "admin", "--scope", "all"),
         }
-        for tenant, team in (("acme", "red"), ("globex", "blue")):
+        for tenant, team in (("acme", "red"), ("globex", "gxteam")):
             out = cli(gw, "keys", "team", "--tenant", tenant, "--team", team, "--budget", "10")
             assert out.returncode == 0, out.stderr
         w = World(gw, {k: v[0] for k, v in made.items()}, {k: v[1] for k, v in made.items()})
@@ -125,7 +126,7 @@ def _error(r: httpx.Response) -> dict[str, Any]:
 
 def _tenants_named(w: World, text: str) -> set[str]:
     """Which of the two tenants an answer names, by their names, their teams or their keys."""
-    marks = {"acme": ("acme", w.ids["acme_app"]), "globex": ("globex", "blue", w.ids["globex_app"])}
+    marks = {"acme": ("acme", w.ids["acme_app"]), "globex": ("globex", "gxteam", w.ids["globex_app"])}
     return {tenant for tenant, words in marks.items() if any(word in text for word in words)}
 
 
@@ -136,7 +137,7 @@ def _fetch(w: World, who: str, ep: ReportEndpoint, fmt: str, **extra: str) -> st
     if fmt == "json" and ep.calls_of is not None:
         tenant = extra.get("tenant") or w.tenant_of[who]
         assert ep.calls_of(r.json()) == (CALLS[tenant] if tenant else sum(CALLS.values())), (who, params)
-    if fmt == "csv":
+    if fmt == "csv":  # every CSV a named download (gateway/api/downloads.py)
         assert r.headers["content-type"] == "text/csv; charset=utf-8"
         disposition = r.headers["content-disposition"]
         assert disposition.startswith('attachment; filename="') and disposition.endswith('.csv"'), disposition
@@ -187,7 +188,7 @@ def test_every_report_endpoint_refuses_unknown_parameters(world: World) -> None:
     paths = [p for p in document["paths"] if p.startswith("/v1/reports/")]
     assert {"/v1/reports/usage", "/v1/reports/budgets"} <= set(paths)
     for path in paths:
-        r = world.get("acme_finance", path, {"colour": "blue"})
+        r = world.get("acme_finance", path, {"colour": "red"})
         assert r.status_code == 400, (path, r.text)
         assert _error(r)["code"] == "unknown_parameter" and _error(r)["param"] == "colour"
 
@@ -196,7 +197,7 @@ def test_usage_filters_stay_within_the_callers_tenant(world: World) -> None:
     assert _calls_by_tenant(world, "acme_finance") == {"acme": CALLS["acme"]}
     assert _calls_by_tenant(world, "platform_finance", tenant="globex") == {"globex": CALLS["globex"]}
     # Another tenant's key or team, asked by a tenant-scoped key, matches nothing of its own tenant.
-    for params in ({"key": world.ids["globex_app"]}, {"team": "blue"}):
+    for params in ({"key": world.ids["globex_app"]}, {"team": "gxteam"}):
         r = world.get("acme_finance", "/v1/reports/usage", {"group_by": "key", **params})
         assert r.status_code == 200 and r.json()["rows"] == [], r.text
         assert r.json()["filters"] == {"tenant": "acme", **params}
@@ -235,10 +236,10 @@ def test_a_tenant_admin_manages_only_its_tenants_keys(world: World) -> None:
 
     for method, path, body in (
         ("GET", "/admin/keys?tenant=globex", None),
-        ("POST", "/admin/keys", {"tenant": "globex", "team": "blue", "role": "admin"}),
+        ("POST", "/admin/keys", {"tenant": "globex", "team": "gxteam", "role": "admin"}),
         ("POST", "/admin/keys", {"tenant": "acme", "team": "red", "role": "finance", "scope": "all"}),
         ("GET", "/admin/teams?tenant=globex", None),
-        ("PUT", "/admin/teams/globex/blue", {"rpm": 1}),
+        ("PUT", "/admin/teams/globex/gxteam", {"rpm": 1}),
     ):
         r = world.send("acme_admin", method, path, body)
         assert r.status_code == 403, (method, path, r.text)
@@ -260,12 +261,12 @@ def test_a_tenant_admin_manages_only_its_tenants_keys(world: World) -> None:
 
     teams = world.get("acme_admin", "/admin/teams").json()["teams"]
     assert [(t["tenant"], t["team"]) for t in teams] == [("acme", "red")]
-    blue = [t for t in world.get("platform_admin", "/admin/teams").json()["teams"] if t["tenant"] == "globex"]
-    assert [(t["team"], t["rpm"], t["budget"]) for t in blue] == [("blue", None, "10.0000000000")]  # unchanged
+    theirs = [t for t in world.get("platform_admin", "/admin/teams").json()["teams"] if t["tenant"] == "globex"]
+    assert [(t["team"], t["rpm"], t["budget"]) for t in theirs] == [("gxteam", None, "10.0000000000")]  # unchanged
 
     # The platform's admin reaches every tenant, and may make keys of scope all.
     r = world.send("platform_admin", "POST", "/admin/keys",
-                   {"tenant": "globex", "team": "blue", "role": "finance", "scope": "all"})
+                   {"tenant": "globex", "team": "gxteam", "role": "finance", "scope": "all"})
     assert r.status_code == 201 and r.json()["scope"] == "all", r.text
     assert world.send("platform_admin", "POST", "/admin/keys",
                       {"tenant": "acme", "team": "red", "role": "app", "scope": "every"}).status_code == 400
