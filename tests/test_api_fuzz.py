@@ -179,7 +179,7 @@ def test_the_document_describes_the_real_api(fuzzed: Fuzzed) -> None:
         ("/v2/rerank", "post"), ("/v1/models", "get"),
         ("/v1/models/{model}", "get"),
         ("/v1/feedback", "post"), ("/v1/reports/usage", "get"), ("/v1/reports/budgets", "get"),
-        ("/v1/reports/invoice", "get"),
+        ("/v1/reports/invoice", "get"), ("/v1/reports/overview", "get"),
         ("/admin/keys", "get"), ("/admin/keys", "post"), ("/admin/keys/{key_id}/revoke", "post"),
         ("/admin/teams", "get"), ("/admin/teams/{tenant}/{team}", "put"), ("/admin/workers", "get"),
         ("/admin/policy", "get"), ("/admin/route/explain", "post"), ("/healthz", "get"), ("/readyz", "get"),
