@@ -82,6 +82,14 @@ async def list_keys(ctx: GatewayContext, p: Principal, tenant: str | None = None
     return await store.list_keys(ctx.accounting.engine, tenant_filter(p, tenant))
 
 
+async def get_key(ctx: GatewayContext, p: Principal, key_id: str) -> store.KeyInfo:
+    """One key by its id, if `p` may see it (404 otherwise, as `revoke_key` answers)."""
+    for info in await store.list_keys(ctx.accounting.engine, tenant_scope(p)):
+        if info.id == key_id:
+            return info
+    raise RouteNotFound(f"no key `{key_id}`", code="key_not_found")
+
+
 async def list_teams(ctx: GatewayContext, p: Principal, tenant: str | None = None) -> list[store.TeamInfo]:
     return await store.list_team_limits(ctx.accounting.engine, tenant_filter(p, tenant))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.auth.guard import REPORTS
+from gateway.auth.guard import ADMIN, REPORTS
 from gateway.auth.principal import Role
 
 PAGE_OPT = "console_page"  # a handler's opt key: the Page it serves (its roles are checked before it runs)
@@ -30,8 +30,11 @@ OVERVIEW = Page(path="/console/", title="Overview", name="overview")
 SPEND = Page(path="/console/spend", title="Spend", name="spend")
 BUDGETS = Page(path="/console/budgets", title="Budgets", name="budgets")
 INVOICES = Page(path="/console/invoices", title="Invoices", name="invoices")
+ROUTING = Page(path="/console/routing", title="Routing", name="routing", roles=ADMIN)
+WORKERS = Page(path="/console/workers", title="Workers", name="workers", roles=ADMIN)
+KEYS = Page(path="/console/keys", title="Keys", name="keys", roles=ADMIN)
 
-NAV: tuple[Page, ...] = (OVERVIEW, SPEND, BUDGETS, INVOICES)  # in the navigation's order
+NAV: tuple[Page, ...] = (OVERVIEW, SPEND, BUDGETS, INVOICES, ROUTING, WORKERS, KEYS)  # in the navigation's order
 
 
 def visible(role: Role) -> list[Page]:
