@@ -138,8 +138,10 @@ def ledger() -> list[Any]:
             status="rejected" if n % 7 == 0 else ("ok" if n % 13 else "upstream_error"),
             operation="embeddings" if n % 4 == 0 else "chat",
         ))
-    shadow = record(100, tenant="acme", purpose="shadow", routed_model="big", pool="p-big", policy_rule="cheap")
-    return [*out, shadow]
+    shadow = [record(n, tenant="acme", purpose=purpose, routed_model="big", pool="p-big", policy_rule="cheap",
+                     status=status)
+              for n, purpose, status in ((100, "shadow", "ok"), (101, "judge", "rejected"))]
+    return [*out, *shadow]
 
 
 async def add_keys(engine: AsyncEngine) -> None:
@@ -189,7 +191,7 @@ async def test_filters_route_groups_refused_and_key_names(any_url: str, source: 
         total = await one()
         assert measures(total) == expected(records) and total.refused > 0 and total.routing_savings > 0
         assert total.reference_cost == total.cost + total.routing_savings + total.cache_savings
-        assert total.shadow_calls == 1
+        assert total.shadow_calls == 2  # a refused one included: in no other measure
         assert measures(await one(tenant="acme")) == expected(records, tenant="acme")
         assert measures(await one(route="cheap")) == expected(records, policy_rule="cheap")
         assert measures(await one(route="")) == expected(records, policy_rule=None)
@@ -278,5 +280,10 @@ def test_a_400_and_a_429_are_refused_calls_apart_from_calls_and_errors(gw: Gatew
         assert Decimal(row["reference_cost"]) == (Decimal(row["cost"]) + Decimal(row["routing_savings"])
                                                   + Decimal(row["cache_savings"]))
     assert Decimal(total["cost"]) > 0 and Decimal(total["routing_savings"]) > 0
+    routed = next(r for r in doc["rows"] if r["route"] is not None)
+    one_route = report(gw, "--key", key_id, "--route", routed["route"], "--operation", "chat",
+                       "--group-by", "key,route")
+    assert one_route["rows"] == [routed]
+    assert report(gw, "--key", key_id, "--operation", "embeddings")["rows"] == []
     verify = cli(gw, "report", "--verify")
     assert verify.returncode == 0 and "rollups match the records" in verify.stdout, verify.stdout

@@ -178,7 +178,7 @@ def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any],
             reference_cost=_money_sum(case((call, d.reference_cost), else_=money_zero)),
             routing_savings=_money_sum(case((call, d.routing_saving), else_=money_zero)),
             cache_savings=_money_sum(case((call, d.cache_saving), else_=money_zero)),
-            shadow_calls=func.coalesce(func.sum(case((call, zero), else_=d.calls)), 0),
+            shadow_calls=func.coalesce(func.sum(case((call, zero), else_=d.calls + d.refused)), 0),
             shadow_cost=_money_sum(case((call, money_zero), else_=d.cost)),
         )
         return groups, measures, (d.day, d.currency)
