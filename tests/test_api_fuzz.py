@@ -201,7 +201,7 @@ def test_the_document_describes_the_real_api(fuzzed: Fuzzed) -> None:
                     assert answer["content"] == {"application/json": {"schema": schema}}, (path, status)
             assert operation["security"] == ([] if path in ("/healthz", "/readyz", "/metrics") else [{"apiKey": []}])
     usage = {p["name"] for p in doc["paths"]["/v1/reports/usage"]["get"]["parameters"]}
-    assert usage == {"from", "to", "group_by", "format"}
+    assert usage == {"from", "to", "group_by", "format", "tenant", "team", "key", "model", "route", "operation"}
     assert doc["components"]["schemas"]["KeyRequest"]["required"] == ["tenant", "team", "role"]
 
 
