@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,188 @@ def test_the_overview_shows_the_numbers_of_the_overview_api(console: Console, br
         assert trend["labels"] == [d["day"] for d in api["trend"]]
         assert trend["series"][0]["values"] == [d["cost"] for d in api["trend"]]
         assert table_rows(page, "trend-table") == [[d["day"], d["cost"]] for d in api["trend"]]
+
+
+
+def show(page: Page, groups: tuple[str, ...], **fields: str) -> dict[str, str]:
+    """Fill in the Spend explorer's form (these groups, these filters) and show it; the query it asked for."""
+    for box in page.locator("#spend-groups input[type=checkbox]").all():
+        box.set_checked(box.get_attribute("value") in groups)
+    for name, value in fields.items():
+        page.fill(f"#spend-filters input[name={name}]", value)
+    with page.expect_navigation():
+        page.click("#spend-apply")
+    query = {"from": page.input_value("#spend-filters input[name=from]"),
+             "to": page.input_value("#spend-filters input[name=to]"), "group_by": ",".join(groups), **fields}
+    assert query["from"] and query["to"]
+    return query
+
+
+def spend_cells(row: dict[str, Any], groups: tuple[str, ...]) -> list[str]:
+    """A report row as the Spend explorer's table shows it."""
+    return [*("" if row[g] is None else row[g] for g in groups), row["currency"],
+            *(str(row[m]) for m in ("calls", "refused", "errors", "cache_hits", "cost", "reference_cost",
+                                     "routing_savings", "cache_savings"))]
+
+
+def test_the_spend_explorer_shows_the_numbers_of_the_usage_api(console: Console, browser: Browser) -> None:
+    key = console.keys.platform_finance
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/spend")  # by day and model: cost per day, a series per model, stacked
+        start = page.input_value("#spend-filters input[name=from]")
+        end = page.input_value("#spend-filters input[name=to]")
+        api = console.api(key, "/v1/reports/usage", **{"from": start, "to": end, "group_by": "day,model"}).json()
+        assert api["totals"][0]["calls"] == 7 and api["totals"][0]["refused"] == 1
+        assert json_block(page, "spend-data") == {"rows": api["rows"], "totals": api["totals"]}
+        chart = json_block(page, "spend-chart-data")
+        assert chart["stacked"] and chart["labels"][-1] == end and len(chart["labels"]) == 30
+        per_model = {s["label"]: sum(map(Decimal, s["values"])) for s in chart["series"]}
+        assert per_model == {r["model"] or "-": Decimal(r["cost"]) for r in api["rows"]}  # one day of calls
+        assert [r[1:] for r in table_rows(page, "spend-chart-table")] == [
+            [s["values"][i] for s in chart["series"]] for i in range(len(chart["labels"]))]
+
+        query = show(page, ("tenant", "route"))  # bars: a cost per tenant and route
+        api = console.api(key, "/v1/reports/usage", **query).json()
+        assert {r["tenant"] for r in api["rows"]} == {"acme", "globex"}
+        assert json_block(page, "spend-data") == {"rows": api["rows"], "totals": api["totals"]}
+        assert table_rows(page, "spend-table") == [spend_cells(r, ("tenant", "route")) for r in api["rows"]]
+        chart = json_block(page, "spend-chart-data")
+        assert not chart["stacked"]
+        assert table_rows(page, "spend-chart-table") == [
+            [f"{r['tenant']} / {r['route'] or '-'}", r["cost"]] for r in api["rows"]]
+
+        query = show(page, ("model",), tenant="globex")  # a platform key may pick a tenant
+        api = console.api(key, "/v1/reports/usage", **query).json()
+        assert api["filters"] == {"tenant": "globex"} and api["totals"][0]["calls"] == 2
+        assert json_block(page, "spend-data") == {"rows": api["rows"], "totals": api["totals"]}
+
+
+@pytest.mark.parametrize("who", ["platform_finance", "acme_finance"])
+def test_the_spend_explorers_csv_is_the_usage_apis_byte_for_byte(
+    console: Console, browser: Browser, tmp_path: Path, who: str,
+) -> None:
+    key: Key = getattr(console.keys, who)
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/spend")
+        query = show(page, ("team", "key"), model="demo-small")
+        with page.expect_download() as download_info:
+            page.get_by_test_id("spend-csv").click()
+        download = download_info.value
+        saved = tmp_path / download.suggested_filename
+        download.save_as(saved)
+    api = console.api(key, "/v1/reports/usage", **query, format="csv")
+    assert saved.read_bytes() == api.content
+    assert f'filename="{download.suggested_filename}"' in api.headers["content-disposition"]
+    text = api.text
+    assert text.splitlines()[0].startswith("team,key,key_name,currency,calls,refused,")
+    assert "acme app" in text and ("globex app" in text) == (who == "platform_finance")
+
+
+# -- every page --------------------------------------------------------------------------------------------------
+
+
+def pages_of(page: Page) -> dict[str, str]:
+    """The pages the signed-in key's navigation links to: name -> path."""
+    links: list[list[str]] = page.locator("#nav a").evaluate_all(
+        "links => links.map(a => [a.dataset.testid.replace(/^nav-/, ''), a.getAttribute('href')])")
+    return dict((name, path) for name, path in links)
+
+
+def test_every_page_renders_for_a_platform_admin_and_is_screenshotted(
+    console: Console, browser: Browser, shots: Path,
+) -> None:
+    with session(browser, console.url, console.keys.platform_admin.secret) as page:
+        pages = pages_of(page)
+        assert list(pages)[:len(FINANCE_PAGES)] == list(FINANCE_PAGES)
+        for name, path in pages.items():
+            expect_ok(page, path)
+            assert page.locator(f"[data-testid=nav-{name}]").get_attribute("aria-current") == "page"
+            assert not page.get_by_test_id("error").count()
+            screenshot(page, name, shots)
+
+
+def test_a_tenant_finance_key_sees_no_other_tenants_data_on_any_page(console: Console, browser: Browser) -> None:
+    with session(browser, console.url, console.keys.acme_finance.secret) as page:
+        pages = pages_of(page)
+        assert list(pages) == list(FINANCE_PAGES)
+        for path in pages.values():
+            expect_ok(page, path)
+            html = page.content()
+            assert "acme" in html and "globex" not in html.lower(), path
+            response = page.goto(f"{path}?tenant=globex")
+            assert response is not None and response.status == 403, path
+            assert page.get_by_test_id("error").get_attribute("data-status") == "403"
+            assert "globex app" not in page.content()
+
+
+@pytest.mark.parametrize("who", ["platform_finance", "acme_finance"])
+def test_a_finance_key_has_no_link_to_the_admin_pages_and_gets_a_403_page_there(
+    console: Console, browser: Browser, who: str,
+) -> None:
+    with session(browser, console.url, console.keys.platform_admin.secret) as page:
+        admin_only = {name: path for name, path in pages_of(page).items() if name not in FINANCE_PAGES}
+    assert {"routing", "workers", "keys"} <= admin_only.keys()
+    key: Key = getattr(console.keys, who)
+    with session(browser, console.url, key.secret) as page:
+        assert not admin_only.keys() & pages_of(page).keys()
+        for path in admin_only.values():
+            response = page.goto(path)
+            assert response is not None and response.status == 403, path
+            assert page.get_by_test_id("error").get_attribute("data-status") == "403"
+            assert "finance" in page.get_by_test_id("error-message").inner_text()
+
+
+# -- keys --------------------------------------------------------------------------------------------------------
+
+
+def key_state(page: Page, key_id: str) -> str:
+    return page.locator(f"[data-testid=key-row][data-key-id={key_id}]").get_attribute("data-state") or ""
+
+
+def models_status(console: Console, secret: str) -> int:
+    return httpx.get(console.gw.api + "/models", headers=bearer(secret), timeout=10).status_code
+
+
+def test_an_admin_creates_a_key_seen_once_and_revokes_it(console: Console, browser: Browser, shots: Path) -> None:
+    with session(browser, console.url, console.keys.platform_admin.secret) as page:
+        expect_ok(page, "/console/keys")
+        page.fill("#new-key-tenant", "acme")
+        page.fill("#new-key-team", "green")
+        page.select_option("#new-key-role", "app")
+        page.fill("#new-key-name", "made in the browser")
+        page.fill("#new-key-rpm", "600")
+        with page.expect_navigation():
+            page.get_by_test_id("create-key").click()
+        secret = page.get_by_test_id("new-key-secret").inner_text().strip()
+        key_id = page.get_by_test_id("new-key").get_attribute("data-key-id") or ""
+        assert secret.startswith("sk-gw-") and key_id.startswith("key_")
+        screenshot(page, "key-created", shots)
+        assert models_status(console, secret) == 200  # the key works at once
+
+        expect_ok(page, "/console/keys")
+        assert secret not in page.content()  # shown once, never again
+        assert key_state(page, key_id) == "active"
+        row = page.locator(f"[data-testid=key-row][data-key-id={key_id}]").inner_text()
+        assert "made in the browser" in row and "acme" in row and "green" in row and "600" in row
+
+        with page.expect_navigation():
+            page.get_by_test_id(f"revoke-{key_id}").click()
+        assert page.get_by_test_id("revoke-key").get_attribute("data-key-id") == key_id
+        with page.expect_navigation():
+            page.get_by_test_id("confirm-revoke").click()
+        expect_ok(page, "/console/keys")
+        assert key_state(page, key_id) == "revoked"
+        assert not page.get_by_test_id(f"revoke-{key_id}").count()
+    deadline = time.monotonic() + 10
+    while models_status(console, secret) != 401:
+        assert time.monotonic() < deadline, "a revoked key still works"
+        time.sleep(0.2)
+
+
+def test_a_tenant_admin_sees_and_makes_keys_of_its_tenant_only(console: Console, browser: Browser) -> None:
+    with session(browser, console.url, console.keys.acme_admin.secret) as page:
+        expect_ok(page, "/console/keys")
+        tenants = page.locator("[data-testid=key-row] td:nth-child(4)").all_inner_texts()
+        assert tenants and set(tenants) == {"acme"}
+        assert "globex" not in page.content().lower()
+        assert not page.locator("#new-key-tenant").count() and not page.locator("#new-key-scope").count()
