@@ -438,3 +438,96 @@ def test_percentiles_interpolate_as_postgresql_does() -> None:
     assert interpolated([10, 20, 30, 40], 0.5) == 25.0  # percentile_cont(0.5) of 10..40
     assert interpolated([10, 20, 30, 40], 0.95) == pytest.approx(38.5)
     assert interpolated(list(range(1, 101)), 0.95) == pytest.approx(95.05)
+
+
+# --- Spend, Budgets, Invoices ----------------------------------------------------------------------
+
+
+def test_the_spend_page_shows_the_usage_report_and_its_csv_link_serves_the_apis_bytes(console: Console) -> None:
+    client = signed_in(console, "platform_finance")
+    r = client.get("/console/spend")
+    assert r.status_code == 200, r.text
+    hrefs = re.findall(r'<a href="(/console/spend\.csv\?[^"]+)" id="spend-csv"', r.text)
+    assert len(hrefs) == 1
+    query = httpx.QueryParams(hrefs[0].split("?", 1)[1].replace("&amp;", "&"))
+    assert query["group_by"] == "day,model" and query["from"] < query["to"]
+    api = console.api("/v1/reports/usage", "platform_finance", **dict(query), format="json").json()
+    assert json_block(r.text, "spend-data") == {"rows": api["rows"], "totals": api["totals"]}
+    csv_page = client.get(hrefs[0].replace("&amp;", "&"))
+    csv_api = console.api("/v1/reports/usage", "platform_finance", **dict(query), format="csv")
+    assert csv_page.status_code == 200 and csv_page.content == csv_api.content
+    assert csv_page.headers["content-type"] == csv_api.headers["content-type"] == "text/csv; charset=utf-8"
+    assert csv_page.headers["content-disposition"] == csv_api.headers["content-disposition"]
+    chart = json_block(r.text, "spend-chart-data")
+    assert chart["stacked"] and {s["label"] for s in chart["series"]} == {"demo-small", "demo-large", "(none)"}
+
+
+@pytest.mark.parametrize("params", [{}, {"group_by": "tenant,key"}, {"group_by": "route", "tenant": "acme"},
+                                    {"group_by": "team,day", "model": "demo-small", "from": "2020-01-01"}])
+def test_the_consoles_csv_is_the_apis_csv(console: Console, params: dict[str, str]) -> None:
+    for key in ("platform_finance", "acme_finance"):
+        ours = signed_in(console, key).get("/console/spend.csv", params=params)
+        theirs = console.api("/v1/reports/usage", key, **params, format="csv")
+        assert ours.status_code == theirs.status_code == 200
+        assert ours.content == theirs.content and ours.content.count(b"\n") >= 1
+
+
+def test_the_spend_page_keeps_to_the_tenant_and_checks_its_query(console: Console) -> None:
+    acme = signed_in(console, "acme_finance")
+    html = acme.get("/console/spend", params={"group_by": "tenant"}).text
+    assert [r["tenant"] for r in json_block(html, "spend-data")["rows"]] == ["acme"]
+    assert 'name="tenant"' not in html
+    for path in ("/console/spend", "/console/spend.csv"):
+        r = acme.get(path, params={"tenant": "globex"})
+        assert r.status_code == 403 and "tenant_out_of_scope" in r.text
+    for params, says in (({"group_by": "colour"}, "cannot group by colour"), ({"from": "May"}, "`from` must be a date"),
+                         ({"format": "csv"}, "Unknown query parameter `format`")):
+        r = acme.get("/console/spend", params=params)
+        assert r.status_code == 400 and says in r.text and r.headers["content-type"].startswith("text/html")
+
+
+def test_the_budgets_page_shows_the_apis_rows_with_a_burn_down(console: Console) -> None:
+    r = httpx.post(console.gw.base_url + "/admin/keys", headers=console.gw.auth, timeout=30,
+                   json={"tenant": "acme", "team": "red", "role": "app", "name": "budgeted", "budget": "5",
+                         "budget_period": "month"})
+    assert r.status_code == 201, r.text
+    budgeted = Key(r.json()["key"], r.json()["id"])
+    assert chat(console.gw, budgeted, model="demo-large").status_code == 200
+    console.gw.flush()
+    for key, tenants in (("platform_finance", None), ("acme_finance", {"acme"})):
+        html = signed_in(console, key).get("/console/budgets").text
+        rows = json_block(html, "budgets-data")
+        assert rows == console.api("/v1/reports/budgets", key).json()["budgets"]
+        assert tenants is None or {r["tenant"] for r in rows} == tenants
+        mine = next(i for i, r in enumerate(rows) if r["key_id"] == budgeted.id)
+        chart = json_block(html, f"burn-{mine + 1}-data")
+        remaining = [v for v in chart["series"][0]["values"] if v is not None]
+        from decimal import Decimal
+
+        assert Decimal(remaining[-1]) == Decimal(rows[mine]["limit"]) - Decimal(rows[mine]["recorded"])
+        assert chart["series"][1]["label"] == "even pace" and Decimal(chart["series"][1]["values"][-1]) == 0
+        assert f'<td data-testid="forecast_run_out">{rows[mine]["forecast_run_out"] or "—"}</td>' in html
+
+
+def test_the_invoices_page_links_to_the_apis_statements(console: Console) -> None:
+    month = overview_api(console, "platform_finance")["end"][:7]
+    platform = signed_in(console, "platform_finance")
+    page_html = platform.get("/console/invoices").text
+    assert 'id="invoice-html"' not in page_html and "acme, globex" in page_html
+    page_html = platform.get("/console/invoices", params={"tenant": "acme", "month": month}).text
+    links = dict(re.findall(r'<a href="(/console/invoices/statement\?[^"]+)" id="invoice-(html|csv)"', page_html))
+    assert len(links) == 2
+    for href, fmt in links.items():
+        ours = platform.get(href.replace("&amp;", "&"))
+        theirs = console.api("/v1/reports/invoice", "platform_finance", month=month, tenant="acme", format=fmt)
+        assert ours.status_code == theirs.status_code == 200
+        assert ours.headers["content-type"] == theirs.headers["content-type"]
+        if fmt == "csv":
+            assert ours.content == theirs.content
+        else:  # the statement's time of making differs
+            assert re.sub(rb"\d{4}-\d\d-\d\dT[\d:.]+Z?", b"", ours.content) == re.sub(
+                rb"\d{4}-\d\d-\d\dT[\d:.]+Z?", b"", theirs.content)
+    acme = signed_in(console, "acme_finance")
+    assert 'id="invoice-csv"' in acme.get("/console/invoices").text  # its own tenant, without asking
+    r = acme.get("/console/invoices/statement", params={"month": month, "tenant": "globex"})
+    assert r.status_code == 403

@@ -19,7 +19,7 @@ from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.api.reports import FORMATS
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
-from gateway.limits.budgets import budget_rows
+from gateway.limits.budgets import BudgetRow, budget_rows
 from gateway.limits.service import from_units
 
 
@@ -30,8 +30,21 @@ async def budgets_report(
     format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
     tenant: Annotated[str | None, QueryParameter(description="only this tenant's budgets")] = None,
 ) -> Response[Any]:
-    ctx: GatewayContext = state.ctx
     check_format(format, FORMATS)
+    out = [r.as_dict() for r in await budgets_of(request, state.ctx, tenant)]
+    if format == "csv":
+        buf = io.StringIO()
+        if out:
+            writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
+        return csv_response(buf.getvalue(), "budgets.csv")
+    return Response(msgspec.json.encode({"budgets": out}), media_type="application/json")
+
+
+async def budgets_of(request: Request[Any, Any, Any], ctx: GatewayContext, tenant: str | None) -> list[BudgetRow]:
+    """The budgets the caller may see (its own tenant's when tenant-scoped; 403 for another), with the live
+    counters: the endpoint's rows and the console's Budgets page's."""
     within = report_filters(principal_of(request), tenant=tenant).tenant
     limits = ctx.limits
     assert limits is not None
@@ -42,12 +55,4 @@ async def budgets_report(
         if counters is not None:
             spent, committed = counters
             row.live_spent, row.live_reserved = from_units(spent), from_units(max(committed - spent, 0))
-    out = [r.as_dict() for r in rows]
-    if format == "csv":
-        buf = io.StringIO()
-        if out:
-            writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
-        return csv_response(buf.getvalue(), "budgets.csv")
-    return Response(msgspec.json.encode({"budgets": out}), media_type="application/json")
+    return rows

@@ -35,8 +35,13 @@ async def invoice_report(
     team: Annotated[str | None, QueryParameter(description="only this team of the tenant")] = None,
     format: Annotated[str, QueryParameter(schema_extra={"enum": list(FORMATS)})] = "json",
 ) -> Response[Any]:
-    ctx: GatewayContext = state.ctx
     check_format(format, FORMATS)
+    return respond(await invoice_of(request, state.ctx, month, tenant, team), format)
+
+
+async def invoice_of(request: Request[Any, Any, Any], ctx: GatewayContext, month: str | None, tenant: str | None,
+                     team: str | None) -> Invoice:
+    """The statement a query asks for, within the caller's scope: the endpoint's and the console's."""
     try:
         when = parse_month(month)
     except ReportError as exc:
@@ -45,11 +50,10 @@ async def invoice_report(
     if filters.tenant is None:
         raise InvalidRequest("`tenant` is required: this key sees every tenant; name the one billed",
                              param="tenant", code="invalid_report_query")
-    invoice = await build_invoice(
+    return await build_invoice(
         ctx.accounting.engine, tenant=filters.tenant, team=filters.team, month=when,
         currency=ctx.accounting.catalogue.currency, soft_pct=ctx.settings.budget_soft_pct,
         policy_hash=ctx.policies.active.policy.hash)
-    return respond(invoice, format)
 
 
 def respond(invoice: Invoice, fmt: str) -> Response[Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.static_files import create_static_files_router
 
-from gateway.console import overview, signin
+from gateway.console import budgets, invoices, keys_page, overview, routing_page, signin, spend, workers_page
 from gateway.console.access import console_guard
 from gateway.console.render import EXCEPTIONS, STATIC
 from gateway.console.session import PATH, console_middleware
@@ -15,7 +15,9 @@ from gateway.settings import Settings
 
 def console_routers(settings: Settings) -> list[Router]:
     pages = Router(
-        path=PATH, route_handlers=[*signin.HANDLERS, *overview.HANDLERS],
+        path=PATH, route_handlers=[*signin.HANDLERS, *overview.HANDLERS, *spend.HANDLERS, *budgets.HANDLERS,
+                                   *invoices.HANDLERS, *routing_page.HANDLERS, *workers_page.HANDLERS,
+                                   *keys_page.HANDLERS],
         guards=[console_guard], middleware=console_middleware(settings), exception_handlers=EXCEPTIONS,
         include_in_schema=False,
     )
