@@ -11,6 +11,7 @@ answers that conform to the document (status, media type, body).
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
 def _document() -> dict[str, Any]:
     """The document as the app builds it (no lifespan, nothing started): schemathesis makes one test per
     operation when this module is collected; test_the_served_document_is_the_one_fuzzed checks the served one."""
-    app = create_app(load_settings(env={}, overrides={"state_dir": "unused", "pools": POOLS}))
-    return complete(app, app.openapi_schema.to_schema())
+    with tempfile.TemporaryDirectory() as state_dir:  # building the app writes the server secret there
+        app = create_app(load_settings(env={}, overrides={"state_dir": state_dir, "pools": POOLS}))
+        return complete(app, app.openapi_schema.to_schema())
 
 
 # The keys the fuzz calls with, known when schemathesis builds its tests at collection: the development
