@@ -108,7 +108,9 @@ def test_a_month_is_yyyy_mm_and_required() -> None:
     assert parse_month("2024-02").last == date(2024, 2, 29)
     assert parse_month("2026-12").last == date(2026, 12, 31)
     assert parse_month("2026-12").end_ts == datetime(2027, 1, 1, tzinfo=UTC).timestamp()
-    for bad in ("2026-13", "2026-00", "2026-1", "26-11", "2026-11-01", "november", "0000-01", " 2026-11"):
+    assert parse_month("9998-12").last == date(9998, 12, 31) and parse_month("1970-01").first == date(1970, 1, 1)
+    for bad in ("2026-13", "2026-00", "2026-1", "26-11", "2026-11-01", "november", "0000-01", "1969-12", "9999-12",
+                " 2026-11", "\uff12\uff10\uff12\uff16-11"):  # fullwidth digits
         with pytest.raises(ReportError) as info:
             parse_month(bad)
         assert info.value.param == "month" and "YYYY-MM" in str(info.value), bad

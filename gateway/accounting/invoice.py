@@ -28,7 +28,8 @@ from gateway.limits.budgets import BudgetRow, budget_rows
 LINE_GROUPS = ("team", "model", "key")
 LINE_LABELS = ("team", "model", "key", "key_name")
 LINE_MEASURES = tuple(m for m in MEASURES if m not in SHADOW)  # what a line bills: shadow evaluation is apart
-_MONTH = re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})")
+_MONTH = re.compile(r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})")  # ASCII digits only
+FIRST_YEAR, LAST_YEAR = 1970, 9998  # calls are timed in epoch seconds; a month's end stays a date
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ def parse_month(value: str | None) -> Month:
     if value is None or value == "":
         raise ReportError("`month` is required: the statement's month, YYYY-MM", "month")
     m = _MONTH.fullmatch(value)
-    if m is None or not 1 <= int(m["month"]) <= 12 or int(m["year"]) < 1:
-        raise ReportError(f"`month` must be a month, YYYY-MM (got `{value}`)", "month")
+    if m is None or not 1 <= int(m["month"]) <= 12 or not FIRST_YEAR <= int(m["year"]) <= LAST_YEAR:
+        raise ReportError(f"`month` must be a month, YYYY-MM, from {FIRST_YEAR}-01 to {LAST_YEAR}-12 "
+                          f"(got `{value}`)", "month")
     first = date(int(m["year"]), int(m["month"]), 1)
     after = date(first.year + 1, 1, 1) if first.month == 12 else date(first.year, first.month + 1, 1)
     return Month(value, first, after - timedelta(days=1))
