@@ -16,20 +16,19 @@ from gateway.accounting.reports import ReportRow
 FORMATS = {"json": "application/json", "csv": "text/csv", "html": "text/html"}  # format -> media type
 
 
-def line_dict(row: ReportRow) -> dict[str, Any]:
-    """A line as JSON and CSV carry it: its labels, currency and billed measures (amounts exact, as text)."""
-    full = row.as_dict()
-    return {name: full[name] for name in (*LINE_LABELS, "currency", *LINE_MEASURES)}
+LINE_FIELDS = (*LINE_LABELS, "currency", *LINE_MEASURES)  # a line as JSON and CSV carry it
+TOTAL_FIELDS = ("currency", *LINE_MEASURES)
 
 
-def totals_dict(row: ReportRow) -> dict[str, Any]:
+def pick(row: ReportRow, names: tuple[str, ...]) -> dict[str, Any]:
+    """`names` of the row as reports render it (amounts exact, as text)."""
     full = row.as_dict()
-    return {name: full[name] for name in ("currency", *LINE_MEASURES)}
+    return {name: full[name] for name in names}
 
 
 def shadow_dict(row: ReportRow) -> dict[str, Any]:
-    full = row.as_dict()
-    return {"currency": row.currency, "calls": full["shadow_calls"], "cost": full["shadow_cost"], "billed": False}
+    shadow = pick(row, ("shadow_calls", "shadow_cost"))
+    return {"currency": row.currency, "calls": shadow["shadow_calls"], "cost": shadow["shadow_cost"], "billed": False}
 
 
 def to_dict(inv: Invoice) -> dict[str, Any]:
@@ -39,8 +38,8 @@ def to_dict(inv: Invoice) -> dict[str, Any]:
             "from": inv.month.first.isoformat(), "to": inv.month.last.isoformat(), "currency": inv.currency,
             "generated_at": inv.generated_at.isoformat().replace("+00:00", "Z"), "policy_hash": inv.policy_hash,
         },
-        "lines": [line_dict(r) for r in inv.lines],
-        "totals": [totals_dict(r) for r in inv.totals],
+        "lines": [pick(r, LINE_FIELDS) for r in inv.lines],
+        "totals": [pick(r, TOTAL_FIELDS) for r in inv.totals],
         "shadow_evaluation": [shadow_dict(r) for r in inv.totals],
         "budgets": [b.as_dict() for b in inv.budgets],
     }
@@ -50,7 +49,7 @@ def to_json(inv: Invoice) -> bytes:
     return msgspec.json.encode(to_dict(inv))
 
 
-CSV_COLUMNS = ("row", "tenant", "month", *LINE_LABELS, "currency", *LINE_MEASURES, "shadow_calls", "shadow_cost")
+CSV_COLUMNS = ("row", "tenant", "month", *LINE_FIELDS, "shadow_calls", "shadow_cost")
 
 
 def to_csv(inv: Invoice) -> str:
@@ -61,11 +60,10 @@ def to_csv(inv: Invoice) -> str:
     writer.writerow(CSV_COLUMNS)
     head = {"tenant": inv.tenant, "month": inv.month.name}
     for row in inv.lines:
-        writer.writerow(_cells({"row": "line", **head, **line_dict(row)}))
+        writer.writerow(_cells({"row": "line", **head, **pick(row, LINE_FIELDS)}))
     for total in inv.totals:
-        full = total.as_dict()
-        writer.writerow(_cells({"row": "total", **head, "team": inv.team, **totals_dict(total),
-                                "shadow_calls": full["shadow_calls"], "shadow_cost": full["shadow_cost"]}))
+        writer.writerow(_cells({"row": "total", **head, "team": inv.team,
+                                **pick(total, (*TOTAL_FIELDS, "shadow_calls", "shadow_cost"))}))
     return out.getvalue()
 
 
