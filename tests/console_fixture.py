@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.auth_support import GATEWAY, bearer, new_key
+from tests.auth_support import GATEWAY, bearer, cli, new_key
 from tests.gateway_process import GatewayProcess, start_gateway
 from tests.services import redis_url
 
@@ -57,17 +57,21 @@ def cli_in(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_keys(gw: GatewayProcess) -> Keys:
-    def key(tenant: str, team: str, role: str, scope: str, name: str) -> Key:
-        secret, key_id = new_key(gw, tenant, team, role, "--scope", scope, "--name", name)
+    """A key of each kind; budgets on acme's team `red` (its app key's) and on globex's app key."""
+    def key(tenant: str, team: str, role: str, scope: str, name: str, *extra: str) -> Key:
+        secret, key_id = new_key(gw, tenant, team, role, "--scope", scope, "--name", name, *extra)
         return Key(secret, key_id)
 
+    team_budget = cli(gw, "keys", "team", "--tenant", "acme", "--team", "red", "--budget", "0.05",
+                      "--budget-period", "month")
+    assert team_budget.returncode == 0, team_budget.stderr
     return Keys(
         platform_admin=key("ops", "platform", "admin", "all", "platform admin"),
         platform_finance=key("ops", "finance", "finance", "all", "platform finance"),
         acme_admin=key("acme", "it", "admin", "tenant", "acme admin"),
         acme_finance=key("acme", "finance", "finance", "tenant", "acme finance"),
         acme_app=key("acme", "red", "app", "tenant", "acme app"),
-        globex_app=key("globex", "blue", "app", "tenant", "globex app"),
+        globex_app=key("globex", "blue", "app", "tenant", "globex app", "--budget", "0.01"),
     )
 
 

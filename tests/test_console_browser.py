@@ -39,8 +39,9 @@ class Console:
     def url(self) -> str:
         return self.gw.base_url
 
-    def api(self, key: Key, path: str, **params: str) -> httpx.Response:
-        r = httpx.get(self.url + path, params=params, headers=bearer(key.secret), timeout=30)
+    def api(self, caller: Key, path: str, /, **params: str) -> httpx.Response:
+        """GET `path` of the API with `caller`'s key (200 expected)."""
+        r = httpx.get(self.url + path, params=params, headers=bearer(caller.secret), timeout=30)
         assert r.status_code == 200, r.text
         return r
 
@@ -240,6 +241,63 @@ def test_the_spend_explorers_csv_is_the_usage_apis_byte_for_byte(
     text = api.text
     assert text.splitlines()[0].startswith("team,key,key_name,currency,calls,refused,")
     assert "acme app" in text and ("globex app" in text) == (who == "platform_finance")
+
+
+
+@pytest.mark.parametrize("who", ["platform_finance", "acme_finance"])
+def test_the_budgets_page_shows_the_budgets_api_and_burns_down_by_the_usage_api(
+    console: Console, browser: Browser, who: str,
+) -> None:
+    key: Key = getattr(console.keys, who)
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/budgets")
+        api = console.api(key, "/v1/reports/budgets").json()["budgets"]
+        assert json_block(page, "budgets-data") == api
+        assert {(b["tenant"], b["scope"]) for b in api} == (
+            {("acme", "team"), ("globex", "key")} if who == "platform_finance" else {("acme", "team")})
+        assert [row[:2] for row in table_rows(page, "budgets-table")] == [[b["scope"], b["tenant"]] for b in api]
+        for n, budget in enumerate(api, start=1):  # the charts come in the table's order
+            assert Decimal(budget["spent"]) > 0
+            chart = json_block(page, f"burn-{n}-data")
+            filters = {"team": budget["team"]} if budget["scope"] == "team" else {"key": budget["key_id"]}
+            usage = console.api(key, "/v1/reports/usage", **{"from": budget["period_start"], "to": chart["labels"][-1]},
+                                group_by="day", tenant=budget["tenant"], **filters).json()
+            spent = sum((Decimal(r["cost"]) for r in usage["rows"]), Decimal(0))
+            remaining = [v for v in chart["series"][0]["values"] if v is not None]
+            assert spent > 0 and Decimal(remaining[-1]) == Decimal(budget["limit"]) - spent
+            assert chart["labels"][0] == budget["period_start"]
+            assert [r[1] for r in table_rows(page, f"burn-{n}-table")] == [
+                v or "" for v in chart["series"][0]["values"]]
+
+
+@pytest.mark.parametrize("who", ["platform_finance", "acme_finance"])
+def test_the_invoices_page_links_to_the_invoice_apis_statement(
+    console: Console, browser: Browser, tmp_path: Path, who: str,
+) -> None:
+    key: Key = getattr(console.keys, who)
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/invoices")
+        month = page.input_value("#invoice-picker input[name=month]")
+        if who == "platform_finance":
+            page.fill("#invoice-picker input[name=tenant]", "acme")
+        page.fill("#invoice-picker input[name=team]", "red")
+        with page.expect_navigation():
+            page.click("#invoice-show")
+        query = {"month": month, "tenant": "acme", "team": "red"}
+        with page.expect_download() as download_info:
+            page.get_by_test_id("invoice-csv").click()
+        saved = tmp_path / "statement.csv"
+        download_info.value.save_as(saved)
+        assert saved.read_bytes() == console.api(key, "/v1/reports/invoice", **query, format="csv").content
+        link = page.get_by_test_id("invoice-html").get_attribute("href") or ""
+        with page.context.expect_page() as opened:
+            page.get_by_test_id("invoice-html").click()  # a printable page of its own
+        statement = opened.value
+        statement.wait_for_load_state()
+        assert statement.title() == f"Statement acme / red {month}"
+        html = console.api(key, "/v1/reports/invoice", **query, format="html").content
+        assert page.context.request.get(link).body() == html  # what the page opened, byte for byte
+        assert b"acme" in html and b"globex" not in html
 
 
 # -- every page --------------------------------------------------------------------------------------------------
