@@ -28,6 +28,7 @@ from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.pg_support import create_pg_database, drop_pg_database
 
 FINANCE_PAGES = ("overview", "spend", "budgets", "invoices")
+NO_VALUE = "(none)"  # how charts and tables name a group without a value (a refused call's model)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def test_the_spend_explorer_shows_the_numbers_of_the_usage_api(console: Console,
         chart = json_block(page, "spend-chart-data")
         assert chart["stacked"] and chart["labels"][-1] == end and len(chart["labels"]) == 30
         per_model = {s["label"]: sum(map(Decimal, s["values"])) for s in chart["series"]}
-        assert per_model == {r["model"] or "-": Decimal(r["cost"]) for r in api["rows"]}  # one day of calls
+        assert per_model == {r["model"] or NO_VALUE: Decimal(r["cost"]) for r in api["rows"]}  # one day of calls
         assert [r[1:] for r in table_rows(page, "spend-chart-table")] == [
             [s["values"][i] for s in chart["series"]] for i in range(len(chart["labels"]))]
 
@@ -214,7 +215,7 @@ def test_the_spend_explorer_shows_the_numbers_of_the_usage_api(console: Console,
         chart = json_block(page, "spend-chart-data")
         assert not chart["stacked"]
         assert table_rows(page, "spend-chart-table") == [
-            [f"{r['tenant']} / {r['route'] or '-'}", r["cost"]] for r in api["rows"]]
+            [f"{r['tenant']} / {r['route'] or NO_VALUE}", r["cost"]] for r in api["rows"]]
 
         query = show(page, ("model",), tenant="globex")  # a platform key may pick a tenant
         api = console.api(key, "/v1/reports/usage", **query).json()
@@ -352,6 +353,65 @@ def test_a_finance_key_has_no_link_to_the_admin_pages_and_gets_a_403_page_there(
             assert response is not None and response.status == 403, path
             assert page.get_by_test_id("error").get_attribute("data-status") == "403"
             assert "finance" in page.get_by_test_id("error-message").inner_text()
+
+
+
+# -- the admin pages ---------------------------------------------------------------------------------------------
+
+
+def shown_routes(page: Page) -> list[str]:
+    return [row[0] for row in table_rows(page, "route-totals")]
+
+
+def test_the_routing_page_shows_the_usage_api_by_route_and_explains_as_the_api(
+    console: Console, browser: Browser,
+) -> None:
+    key = console.keys.platform_admin
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/routing")
+        query = {"from": page.input_value("#routing-filters input[name=from]"),
+                 "to": page.input_value("#routing-filters input[name=to]")}
+        for group in ("route", "model"):
+            api = console.api(key, "/v1/reports/usage", **query, group_by=group).json()
+            shown = {row[0]: row[1:5] for row in table_rows(page, f"{group}-totals")}
+            assert shown == {r[group] or NO_VALUE: [str(r["calls"]), str(r["refused"]), str(r["errors"]), r["cost"]]
+                             for r in api["rows"]}
+            calls = json_block(page, f"{group}-calls-chart-data")
+            assert {s["label"]: sum(map(int, s["values"])) for s in calls["series"]} == {
+                r[group] or NO_VALUE: r["calls"] for r in api["rows"]}
+        assert {"honour-requested", "learned"} <= set(shown_routes(page))
+
+        body = {"model": "auto", "messages": [{"role": "user", "content": "Summarise this quarter's invoices."}]}
+        page.select_option("#explain-kind", "chat")
+        page.fill("#explain-body", json.dumps(body))
+        with page.expect_navigation():
+            page.get_by_test_id("explain-submit").click()
+        api = httpx.post(console.gw.base_url + "/admin/route/explain", json=body, headers=bearer(key.secret),
+                         timeout=30).json()
+        assert json_block(page, "explain-data") == api
+        assert page.get_by_test_id("explain-model").inner_text() == api["decision"]["model"]
+        assert page.get_by_test_id("explain-rule").inner_text() == api["decision"]["rule"]
+
+        page.fill("#explain-body", "{not json")
+        with page.expect_navigation():
+            page.get_by_test_id("explain-submit").click()
+        assert page.get_by_test_id("explain-problem").is_visible()  # a 400 shown on the page, not a 500
+
+
+def test_the_workers_page_draws_and_redraws_the_workers_api(console: Console, browser: Browser) -> None:
+    key = console.keys.platform_admin
+    api = console.api(key, "/admin/workers").json()["pools"]
+    with session(browser, console.url, key.secret) as page:
+        expect_ok(page, "/console/workers")
+        assert json_block(page, "workers-data") == {"pools": api}
+        replicas = page.locator("[data-testid=replica-row]")
+        assert sorted(replicas.evaluate_all("rows => rows.map(r => r.dataset.url)")) == sorted(
+            r["url"] for pool in api.values() for r in pool["replicas"])
+        assert set(replicas.locator("[data-field=health]").all_inner_texts()) == {"healthy"}
+        status = page.get_by_test_id("workers-status")
+        page.wait_for_function("() => document.getElementById('workers-status').textContent.startsWith('as of ')")
+        assert "problem" not in (status.get_attribute("class") or "")
+        assert replicas.count() == sum(len(pool["replicas"]) for pool in api.values())
 
 
 # -- keys --------------------------------------------------------------------------------------------------------
