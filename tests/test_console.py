@@ -340,7 +340,10 @@ def test_the_overview_endpoint_checks_its_query_and_the_role(console: Console) -
         r = console.api("/v1/reports/overview", "platform_finance", **params)
         assert r.status_code == 400, r.text
         assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code)
-    assert console.api("/v1/reports/overview", "platform_finance", days=0).status_code == 400
+    for days in (0, 367):
+        r = console.api("/v1/reports/overview", "platform_finance", days=days)
+        assert r.status_code == 400 and (r.json()["error"]["param"], r.json()["error"]["code"]) == (
+            "days", "invalid_report_query")
     assert console.api("/v1/reports/overview", "acme_app").status_code == 403
 
 

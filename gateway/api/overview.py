@@ -21,14 +21,14 @@ from gateway.context import GatewayContext
 from router.errors import InvalidRequest
 
 Filter = Annotated[str | None, QueryParameter(description="only the calls with this value")]
+LastDay = Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD (default: today)")]
 
 
 @get("/v1/reports/overview", guards=[report_guard])
 async def overview_report(
     request: Request[Any, Any, Any],
-    end: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD (default: today)")]
-    = None,
-    days: Annotated[int, QueryParameter(ge=1, le=figures.MAX_DAYS, description="days in the window")] = 30,
+    end: LastDay = None,
+    days: Annotated[int, QueryParameter(description=f"days in the window, 1 to {figures.MAX_DAYS}")] = 30,
     tenant: Filter = None, team: Filter = None, key: Filter = None, model: Filter = None, route: Filter = None,
     operation: Filter = None,
 ) -> Response[Any]:
