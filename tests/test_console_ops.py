@@ -356,3 +356,47 @@ def test_no_secret_in_the_gateways_log(console: Console, caplog: pytest.LogCaptu
         console.gw.flush()
     assert "created for tenant acme, team audit" in caplog.text
     assert secret.group(1) not in caplog.text
+
+
+# --- the pages' own pieces ----------------------------------------------------------------------------
+
+
+@pytest.mark.pure
+def test_the_routing_range_defaults_to_the_last_30_days_and_refuses_a_bad_one() -> None:
+    from datetime import date
+
+    from gateway.accounting.reports import ReportError
+    from gateway.console.routing_page import window
+
+    today = date(2026, 12, 7)
+    assert (window(None, None, today).start, window(None, None, today).end) == (date(2026, 11, 8), today)
+    week = window("2026-12-01", None, today).days
+    assert week[0] == date(2026, 12, 1) and len(week) == 7
+    assert window(None, "2026-01-31", today).start == date(2026, 1, 2)
+    for start, end, param in (("2026-12-08", "2026-12-01", "to"), ("2025-01-01", "2026-12-01", "from"),
+                              ("yesterday", None, "from")):
+        with pytest.raises(ReportError) as info:
+            window(start, end, today)
+        assert info.value.param == param
+
+
+@pytest.mark.pure
+def test_a_key_form_is_read_as_the_api_reads_its_body() -> None:
+    from gateway.auth.principal import Principal
+    from gateway.console.keys_page import key_request, team_request
+    from router.errors import InvalidRequest
+
+    tenant_admin = Principal(tenant="acme", team="it", key_id="key_1", role="admin")
+    b = key_request(tenant_admin, {"_csrf_token": "t", "team": " ops ", "role": "app", "rpm": "60", "budget": "1.5",
+                                   "budget_period": "day", "expires_at": "2027-01-31T12:00", "name": ""})
+    assert (b.tenant, b.team, b.role, b.scope, b.name, b.rpm, b.budget, b.budget_period, b.expires_at) == (
+        "acme", "ops", "app", "tenant", None, 60, "1.5", "day", "2027-01-31T12:00:00+00:00")
+    assert key_request(tenant_admin, {"team": "x", "role": "app", "expires_at": "2027-01-31T12:00+02:00"}
+                       ).expires_at == "2027-01-31T12:00:00+02:00"
+    for form in ({"team": "x", "role": "app", "rpm": "many"}, {"team": "x", "role": "app", "colour": "red"},
+                 {"team": "x", "role": "app", "expires_at": "soon"}):
+        with pytest.raises(InvalidRequest):
+            key_request(tenant_admin, form)
+    assert team_request(tenant_admin, {"team": "red", "tpm": "100"})[:2] == ("acme", "red")
+    with pytest.raises(InvalidRequest):
+        team_request(tenant_admin, {"rpm": "1"})
