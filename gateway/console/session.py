@@ -104,7 +104,7 @@ def _store(connection: ASGIConnection[Any, Any, Any, Any]) -> Store:
     return connection.app.stores.get(SESSION_STORE)
 
 
-async def start(connection: ASGIConnection[Any, Any, Any, Any], auth: Auth, key_hash: bytes, ttl_s: int) -> None:
+async def start(connection: ASGIConnection[Any, Any, Any, Any], key_hash: bytes, ttl_s: int) -> None:
     """A new session for the key whose hash is `key_hash`, under a fresh id (the old one's data deleted)."""
     old = connection.cookies.get(SESSION_COOKIE)
     if old:

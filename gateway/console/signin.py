@@ -73,7 +73,7 @@ async def login(
     if principal.role not in CONSOLE_ROLES:
         return _form(request, 403, target, f"A key with the role `{principal.role}` cannot sign in to the console: "
                                            "sign in with a finance or admin key.")
-    await start(request, auth, key_hash, ctx.settings.console_session_ttl_s)
+    await start(request, key_hash, ctx.settings.console_session_ttl_s)
     log.info("console: %s key %s signed in", principal.role, principal.key_id or "-")
     return Redirect(target, status_code=303)
 
