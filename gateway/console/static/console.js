@@ -4,6 +4,8 @@
 (function () {
   "use strict";
   if (typeof Chart === "undefined") { return; }
+  // Axis labels as decimals (0.0001), never in exponent notation (1E-4).
+  function plain(value) { return Number(value).toLocaleString("en-US", { maximumFractionDigits: 10 }); }
   var colours = ["#2457c5", "#e07b39", "#2f9e6a", "#b23a7a", "#7a5cc7", "#c9a227", "#3aa3b2", "#8a8f99"];
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     var block = document.getElementById(canvas.dataset.chart);
@@ -25,7 +27,10 @@
       options: {
         responsive: true, maintainAspectRatio: false, animation: false,
         interaction: { mode: "index", intersect: false },
-        scales: { x: { stacked: !!data.stacked }, y: { stacked: !!data.stacked, beginAtZero: true } },
+        scales: {
+          x: { stacked: !!data.stacked },
+          y: { stacked: !!data.stacked, beginAtZero: true, ticks: { callback: plain } }
+        },
         plugins: { legend: { display: datasets.length > 1 || kind !== "line" } }
       }
     });
