@@ -6,8 +6,10 @@ so the tests fail loudly (they never skip); `make chromium` installs it. Playwri
 browser is: nothing downloads one.
 
 Screenshots go to the test run's own folder. With `CONSOLE_SCREENSHOTS=DIR` set (e.g. `docs/images`) each is
-also written there as `console-<page>.png`, 1280 pixels wide (optimised when `optipng` is installed), so a
-run of the tests refreshes the documentation's pictures only when asked to.
+also written there as `console-<page>.png`, 1280 pixels wide, in 256 colours (and through `optipng` when it
+is installed), so a run of the tests refreshes the documentation's pictures only when asked to:
+
+    CONSOLE_SCREENSHOTS=docs/images .venv/bin/pytest tests/test_console_browser.py
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
+from PIL import Image
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, ViewportSize, sync_playwright
 
 CHROMIUM = Path(os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}  # the width of the documentation's screenshots
@@ -67,14 +70,22 @@ def sign_in(page: Page, key: str) -> None:
         page.click("button[type=submit]")
 
 
-def screenshot(page: Page, name: str, out_dir: Path) -> Path:
-    """A full-page screenshot as `<out_dir>/console-<name>.png`, also to $CONSOLE_SCREENSHOTS when set."""
+def screenshot(page: Page, name: str, out_dir: Path, mask: Sequence[Locator] = ()) -> Path:
+    """A full-page screenshot as `<out_dir>/console-<name>.png`, also to $CONSOLE_SCREENSHOTS when set; `mask`:
+    elements painted over (a secret)."""
     path = out_dir / f"console-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=True, mask=list(mask))
     if docs_dir := os.environ.get(SCREENSHOTS_ENV):
         target = Path(docs_dir) / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        if optipng := shutil.which("optipng"):
-            subprocess.run([optipng, "-quiet", "-o2", str(target)], check=True, timeout=120)
+        small_png(path, target)
     return path
+
+
+def small_png(source: Path, target: Path) -> None:
+    """`source` as a PNG of 256 colours (a page's flat colours lose nothing a reader sees), then `optipng`'s
+    when it is installed: a third of the bytes, or less."""
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    if optipng := shutil.which("optipng"):
+        subprocess.run([optipng, "-quiet", "-o2", str(target)], check=True, timeout=120)

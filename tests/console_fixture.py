@@ -57,12 +57,13 @@ def cli_in(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_keys(gw: GatewayProcess) -> Keys:
-    """A key of each kind; budgets on acme's team `red` (its app key's) and on globex's app key."""
+    """A key of each kind; budgets on acme's team `red` (its app key's: small, so that the seeded traffic spends
+    a good share of it and the Budgets page forecasts the day it runs out) and on globex's app key."""
     def key(tenant: str, team: str, role: str, scope: str, name: str, *extra: str) -> Key:
         secret, key_id = new_key(gw, tenant, team, role, "--scope", scope, "--name", name, *extra)
         return Key(secret, key_id)
 
-    team_budget = cli(gw, "keys", "team", "--tenant", "acme", "--team", "red", "--budget", "0.05",
+    team_budget = cli(gw, "keys", "team", "--tenant", "acme", "--team", "red", "--budget", "0.00015",
                       "--budget-period", "month")
     assert team_budget.returncode == 0, team_budget.stderr
     return Keys(

@@ -438,7 +438,7 @@ def test_an_admin_creates_a_key_seen_once_and_revokes_it(console: Console, brows
         secret = page.get_by_test_id("new-key-secret").inner_text().strip()
         key_id = page.get_by_test_id("new-key").get_attribute("data-key-id") or ""
         assert secret.startswith("sk-gw-") and key_id.startswith("key_")
-        screenshot(page, "key-created", shots)
+        screenshot(page, "key-created", shots, mask=[page.get_by_test_id("new-key-secret")])
         assert models_status(console, secret) == 200  # the key works at once
 
         expect_ok(page, "/console/keys")
