@@ -19,11 +19,10 @@ from typing import Any
 import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.accounting.models import UsageRecord
 from gateway.accounting.money import ZERO
-from gateway.accounting.reports import EVERY_CALL, ReportError, ReportFilters, usage_report
+from gateway.accounting.reports import EVERY_CALL, ReportError, ReportFilters, filter_clauses, usage_report
 from router.pricing import format_money
 
 DEFAULT_DAYS = 30
@@ -88,13 +87,6 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
-def _record_filters(filters: ReportFilters) -> list[ColumnElement[bool]]:
-    r = UsageRecord
-    columns: dict[str, Any] = {"tenant": r.tenant, "team": r.team, "key": r.key_id, "model": r.routed_model,
-                               "route": r.policy_rule, "operation": r.operation}
-    return [columns[name] == value for name, value in filters.given().items()]
-
-
 def interpolated(values: list[int], q: float) -> float | None:
     """The `q` quantile of sorted `values`, interpolated as PostgreSQL's percentile_cont does."""
     if not values:
@@ -109,7 +101,8 @@ async def ttft_percentiles(engine: AsyncEngine, start: date, end: date,
                            filters: ReportFilters = EVERY_CALL) -> tuple[float | None, ...]:
     """The PERCENTILES of the time to first token (ms) of the calls from `start` to `end` that had one."""
     r = UsageRecord
-    where = [r.day >= start, r.day <= end, r.purpose == "call", r.ttft_ms.is_not(None), *_record_filters(filters)]
+    where = [r.day >= start, r.day <= end, r.purpose == "call", r.ttft_ms.is_not(None),
+             *filter_clauses(filters, "records", engine.dialect.name)]
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             cols = [func.percentile_cont(q).within_group(r.ttft_ms) for q in PERCENTILES]

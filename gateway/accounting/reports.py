@@ -162,14 +162,30 @@ def _money_sum(expr: Any) -> ColumnElement[Decimal]:
     return type_coerce(func.coalesce(func.sum(type_coerce(expr, Money())), 0), Money())
 
 
+def _groups(source: str, dialect: str) -> dict[str, Any]:
+    """The column each group (and filter) reads in `source` (absent values as '')."""
+    if source == "rollups":
+        d = UsageDaily
+        return {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model, "pool": d.pool,
+                "day": d.day, "month": d.month, "operation": d.operation, "route": d.route}
+    r = UsageRecord
+    return {"tenant": r.tenant, "team": func.coalesce(r.team, ""), "key": func.coalesce(r.key_id, ""),
+            "model": func.coalesce(r.routed_model, ""), "pool": func.coalesce(r.pool, ""), "day": r.day,
+            "month": _month(dialect, r.day), "operation": r.operation, "route": func.coalesce(r.policy_rule, "")}
+
+
+def filter_clauses(filters: ReportFilters, source: str, dialect: str) -> list[ColumnElement[bool]]:
+    """`filters` as WHERE clauses on `source`: one reading of them for every query over usage."""
+    groups = _groups(source, dialect)
+    return [groups[name] == value for name, value in filters.given().items()]
+
+
 def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
     one, zero = literal(1), literal(0)
     money_zero = type_coerce(zero, Money())
+    groups = _groups(source, dialect)
     if source == "rollups":
         d = UsageDaily
-        groups: dict[str, Any] = {"tenant": d.tenant, "team": d.team, "key": d.key_id, "model": d.model,
-                                  "pool": d.pool, "day": d.day, "month": d.month, "operation": d.operation,
-                                  "route": d.route}
         call = d.purpose == "call"
         measures: dict[str, Any] = {name: func.coalesce(func.sum(case((call, getattr(d, name)), else_=zero)), 0)
                                     for name in COUNTS if name != "shadow_calls"}
@@ -183,10 +199,6 @@ def _columns(source: str, dialect: str) -> tuple[dict[str, Any], dict[str, Any],
         )
         return groups, measures, (d.day, d.currency)
     r = UsageRecord
-    groups = {"tenant": r.tenant, "team": func.coalesce(r.team, ""), "key": func.coalesce(r.key_id, ""),
-              "model": func.coalesce(r.routed_model, ""), "pool": func.coalesce(r.pool, ""), "day": r.day,
-              "month": _month(dialect, r.day), "operation": r.operation,
-              "route": func.coalesce(r.policy_rule, "")}
     call = r.purpose == "call"
     refused = r.status == REFUSED
 
@@ -223,8 +235,7 @@ def _query(source: str, dialect: str, start: date | None, end: date | None,
         stmt = stmt.where(day >= start)
     if end is not None:
         stmt = stmt.where(day <= end)
-    for name, value in filters.given().items():
-        stmt = stmt.where(groups[name] == value)
+    stmt = stmt.where(*filter_clauses(filters, source, dialect))
     group_cols = [groups[g] for g in group_by] + [currency]
     return stmt.group_by(*group_cols).order_by(*group_cols)
 
