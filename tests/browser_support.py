@@ -65,9 +65,9 @@ def session(browser: Browser, base_url: str, key: str | None = None) -> Iterator
 def sign_in(page: Page, key: str) -> None:
     """Fill in the console's sign-in form with `key` and submit it (the page that answers stays open)."""
     page.goto("/console/login")
-    page.fill("input[name=api_key]", key)
+    page.fill("#api_key", key)
     with page.expect_navigation():
-        page.click("button[type=submit]")
+        page.get_by_test_id("sign-in").click()
 
 
 def screenshot(page: Page, name: str, out_dir: Path, mask: Sequence[Locator] = ()) -> Path:
