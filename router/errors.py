@@ -151,6 +151,14 @@ class AuthUnavailable(GatewayError):
     code = "auth_unavailable"
 
 
+class SessionsUnavailable(GatewayError):
+    """The console's session store (Redis) cannot be reached now."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "sessions_unavailable"
+
+
 # --- rate limits and budgets (gateway/limits/)
 
 

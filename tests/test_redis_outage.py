@@ -126,3 +126,22 @@ def test_redis_timeout_is_a_setting(tmp_path: Path) -> None:
     assert load_settings(env={"GATEWAY_REDIS_TIMEOUT_S": "0.25"}, overrides={}).redis_timeout_s == 0.25
     with pytest.raises(SettingsError, match="redis_timeout_s"):
         load_settings(env={}, overrides={"redis_timeout_s": 0})
+
+
+def test_the_console_answers_503_while_its_sessions_store_is_away(gw: InProcessGateway, proxy: FaultProxy) -> None:
+    """Console sessions live in Redis: with Redis away a page is a 503 page (never a 500), and the same
+    session works again once Redis is back."""
+    from tests.test_console import sign_in
+
+    proxy.set_mode("pass")
+    client = httpx.Client(base_url=gw.base_url, follow_redirects=False, timeout=30)
+    assert sign_in(client, gw.key).status_code == 303
+    assert client.get("/console/").status_code == 200
+    proxy.set_mode("refuse")
+    try:
+        r = client.get("/console/")
+        assert r.status_code == 503 and "sessions_unavailable" in r.text, r.text
+        assert r.headers["retry-after"] == "5"
+    finally:
+        proxy.set_mode("pass")
+    assert client.get("/console/").status_code == 200

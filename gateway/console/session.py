@@ -28,12 +28,13 @@ from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 from litestar.types import Empty, Message, ScopeSession
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.auth.keys import server_secret
 from gateway.auth.principal import ANONYMOUS, Principal, Role
 from gateway.auth.service import Auth
 from gateway.settings import Settings
-from router.errors import Unauthenticated
+from router.errors import SessionsUnavailable, Unauthenticated
 
 SESSION_STORE = "console-sessions"  # the name of the store in the app's store registry
 SESSION_COOKIE = "gw_console"
@@ -56,9 +57,20 @@ class SignInNeeded(Exception):
     """No session, or one that ended (its time is up, its key revoked or expired): sign in again."""
 
 
+def _unavailable() -> SessionsUnavailable:
+    return SessionsUnavailable("The console's sessions cannot be read now (their store, Redis, does not answer); "
+                               "try again shortly.", headers={"retry-after": "5"})
+
+
 class _Backend(ServerSideSessionBackend):
     """Litestar's server-side sessions, with a fresh id on sign-in: an id chosen before sign-in (by whoever
-    set the cookie) never becomes a signed-in session's."""
+    set the cookie) never becomes a signed-in session's. A store that fails is a 503, not a 500."""
+
+    async def load_from_connection(self, connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]:
+        try:
+            return await super().load_from_connection(connection)
+        except RedisError:
+            raise _unavailable() from None
 
     def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         fresh = (connection.scope.get("state") or {}).get(_FRESH_ID)
@@ -70,7 +82,10 @@ class _Backend(ServerSideSessionBackend):
             if not connection.cookies.get(self.config.key):
                 return
             scope_session = Empty
-        await super().store_in_message(scope_session, message, connection)
+        try:
+            await super().store_in_message(scope_session, message, connection)
+        except RedisError:
+            raise _unavailable() from None
 
 
 def _session_config(settings: Settings) -> ServerSideSessionConfig:
@@ -108,7 +123,7 @@ async def start(connection: ASGIConnection[Any, Any, Any, Any], key_hash: bytes,
     """A new session for the key whose hash is `key_hash`, under a fresh id (the old one's data deleted)."""
     old = connection.cookies.get(SESSION_COOKIE)
     if old:
-        await _store(connection).delete(old)
+        await _delete(connection, old)
     connection.scope.setdefault("state", {})[_FRESH_ID] = secrets.token_hex(32)
     connection.set_session(msgspec.to_builtins(SignedIn(key_hash.hex(), time.time() + ttl_s)))
 
@@ -117,7 +132,14 @@ async def end(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     """Forget the caller's session now (its store entry; the cookie goes with the answer)."""
     sid = connection.cookies.get(SESSION_COOKIE)
     if sid:
+        await _delete(connection, sid)
+
+
+async def _delete(connection: ASGIConnection[Any, Any, Any, Any], sid: str) -> None:
+    try:
         await _store(connection).delete(sid)
+    except RedisError:
+        raise _unavailable() from None
 
 
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], auth: Auth) -> Principal:
