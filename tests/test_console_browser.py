@@ -170,7 +170,6 @@ def test_the_overview_shows_the_numbers_of_the_overview_api(console: Console, br
         assert table_rows(page, "trend-table") == [[d["day"], d["cost"]] for d in api["trend"]]
 
 
-
 def show(page: Page, groups: tuple[str, ...], **fields: str) -> dict[str, str]:
     """Fill in the Spend explorer's form (these groups, these filters) and show it; the query it asked for."""
     for box in page.locator("#spend-groups input[type=checkbox]").all():
@@ -245,7 +244,6 @@ def test_the_spend_explorers_csv_is_the_usage_apis_byte_for_byte(
     assert "acme app" in text and ("globex app" in text) == (who == "platform_finance")
 
 
-
 @pytest.mark.parametrize("who", ["platform_finance", "acme_finance"])
 def test_the_budgets_page_shows_the_budgets_api_and_burns_down_by_the_usage_api(
     console: Console, browser: Browser, who: str,
@@ -310,7 +308,7 @@ def test_every_page_renders_for_a_platform_admin_and_is_screenshotted(
 ) -> None:
     with session(browser, console.url, console.keys.platform_admin.secret) as page:
         pages = pages_of(page)
-        assert list(pages)[:len(FINANCE_PAGES)] == list(FINANCE_PAGES)
+        assert list(pages) == [*FINANCE_PAGES, *ADMIN_PAGES]
         for name, path in pages.items():
             expect_ok(page, path)
             assert page.locator(f"[data-testid=nav-{name}]").get_attribute("aria-current") == "page"
@@ -354,12 +352,7 @@ def test_a_finance_key_has_no_link_to_the_admin_pages_and_gets_a_403_page_there(
             assert "finance" in page.get_by_test_id("error-message").inner_text()
 
 
-
 # -- the admin pages ---------------------------------------------------------------------------------------------
-
-
-def shown_routes(page: Page) -> list[str]:
-    return [row[0] for row in table_rows(page, "route-totals")]
 
 
 def test_the_routing_page_shows_the_usage_api_by_route_and_explains_as_the_api(
@@ -378,7 +371,7 @@ def test_the_routing_page_shows_the_usage_api_by_route_and_explains_as_the_api(
             calls = json_block(page, f"{group}-calls-chart-data")
             assert {s["label"]: sum(map(int, s["values"])) for s in calls["series"]} == {
                 r[group] or NO_VALUE: r["calls"] for r in api["rows"]}
-        assert {"honour-requested", "learned"} <= set(shown_routes(page))
+        assert {"honour-requested", "learned"} <= {row[0] for row in table_rows(page, "route-totals")}
 
         body = {"model": "auto", "messages": [{"role": "user", "content": "Summarise this quarter's invoices."}]}
         page.select_option("#explain-kind", "chat")
