@@ -11,8 +11,16 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from sqlalchemy.exc import DBAPIError
 
+from gateway.accounting.db import is_unreachable
 from gateway.request_id import request_id
-from router.errors import GatewayError, InvalidRequest, MethodNotAllowed, RequestTooLarge, RouteNotFound
+from router.errors import (
+    DatabaseUnreachable,
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    RequestTooLarge,
+    RouteNotFound,
+)
 
 log = logging.getLogger("gateway.errors")
 
@@ -60,6 +68,8 @@ DATA_EXCEPTION = "22"  # the SQLSTATE class of a value the database cannot take 
 def on_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
     # A value the client sent (a NUL character, a number past its column's range) in a filter or a path that
     # the handler's own checks let through, refused by the database: the client's to change, not a failure.
+    if is_unreachable(exc):
+        return _database_away(request, exc)
     if not str(getattr(exc.orig, "sqlstate", None) or "").startswith(DATA_EXCEPTION):
         return on_unexpected(request, exc)
     log.info("request %s: the database refused a value of it (%s)", request_id(request), type(exc.orig).__name__)
@@ -68,7 +78,16 @@ def on_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Respo
         code="invalid_value"))
 
 
+def _database_away(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The database away, or past `report_timeout_s`: a 503 the client may try again after."""
+    log.warning("request %s: the database cannot be read now (%s)", request_id(request), type(exc).__name__)
+    return error_response(request, DatabaseUnreachable("The database cannot be read now; try again shortly.",
+                                                       headers={"retry-after": "5"}))
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, ConnectionError):  # a connection refused or reset, or a report's read past its bound
+        return _database_away(request, exc)
     log.exception("request %s failed unexpectedly", request_id(request))
     return error_response(request, GatewayError("The gateway failed to handle this request.", code="internal_error"))
 

@@ -155,6 +155,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # a budget counter's first read waits at most this long; then the last known keys answer (or a 503).
     database_request_timeout_s: float = 0.5
     database_retry_s: float = 1.0  # after a failed read, the request path leaves the database alone this long
+    report_timeout_s: float = 30.0  # a report (API or console) waits at most this long on the database, then 503
     # The keys are re-read whole this often (the last known keys while the database is away) and kept in
     # <state_dir>/key-snapshot (HMAC-keyed, never the keys) for a restart while it is away; false: no file.
     key_reload_interval_s: float = 60.0
@@ -241,7 +242,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 raise msgspec.ValidationError(f"{name} must be > 0")
         if self.client_max_connections_per_address < 0:
             raise msgspec.ValidationError("client_max_connections_per_address must be >= 0 (0: no cap)")
-        for name in ("database_request_timeout_s", "database_retry_s", "key_reload_interval_s"):
+        for name in ("database_request_timeout_s", "database_retry_s", "key_reload_interval_s", "report_timeout_s"):
             if getattr(self, name) <= 0:
                 raise msgspec.ValidationError(f"{name} must be > 0")
         if self.upstream_attempts < 1:

@@ -151,6 +151,14 @@ class AuthUnavailable(GatewayError):
     code = "auth_unavailable"
 
 
+class DatabaseUnreachable(GatewayError):
+    """The database did not answer in time, or cannot be reached (a report, an admin read)."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "database_unavailable"
+
+
 class SessionsUnavailable(GatewayError):
     """The console's session store (Redis) cannot be reached now."""
 

@@ -282,3 +282,41 @@ async def test_the_snapshot_keeps_expiries_and_revocations_and_is_off_when_asked
                 assert off.readiness() == "unavailable"
             finally:
                 await off.close()
+
+
+REPORTS = ("/v1/reports/usage?group_by=tenant,model", "/v1/reports/overview", "/v1/reports/budgets",
+           "/v1/reports/invoice?month=2026-11&tenant=acme")
+
+
+async def _finance_key(url: str) -> str:
+    async with migrated_engine(url) as engine:
+        key, _ = await store.create_key(engine, SECRET.encode(), tenant="ops", team="money", role="finance",
+                                        scope="all")
+    return key
+
+
+@pytest.mark.parametrize("fault", ["hang", "refuse"])
+def test_reports_answer_503_within_their_bound_while_the_database_is_away(
+    fault: str, pg_database: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A report never hangs on the database nor fails with a 500: past `report_timeout_s`, or at once when the
+    database refuses, a 503 `database_unavailable` with Retry-After; the same reports answer once it is back."""
+    key = asyncio.run(_finance_key(pg_database))
+    gw = InProcessGateway(tmp_path, config(proxy.through(pg_database), dev_key="", report_timeout_s=1.0))
+    gw.start()
+    try:
+        for path in REPORTS:
+            assert httpx.get(gw.base_url + path, headers=bearer(key), timeout=30).status_code == 200, path
+        proxy.set_mode(fault)  # type: ignore[arg-type]
+        for path in REPORTS:
+            started = time.monotonic()
+            r = httpx.get(gw.base_url + path, headers=bearer(key), timeout=30)
+            took = time.monotonic() - started
+            assert (r.status_code, r.json()["error"]["code"]) == (503, "database_unavailable"), (path, r.text)
+            assert r.headers["retry-after"] == "5" and took <= 1.0 + CALL_SLACK_S, (path, took)
+        proxy.set_mode("pass")
+        until(lambda: all(httpx.get(gw.base_url + p, headers=bearer(key), timeout=30).status_code == 200
+                          for p in REPORTS), what="every report answering again")
+    finally:
+        proxy.set_mode("pass")
+        gw.stop()

@@ -121,6 +121,16 @@ async def _ping(engine: AsyncEngine) -> None:
         await db.ping(conn)
 
 
+async def within(read: Awaitable[T], timeout_s: float) -> T:
+    """A report's reads as a whole, bounded by `timeout_s` (`report_timeout_s`): past it, DatabaseUnavailable
+    (the API's 503 `database_unavailable`, as for a database that cannot be reached)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        raise DatabaseUnavailable(f"no answer within {timeout_s:g} s") from None
+
+
 def _abandon(task: asyncio.Future[T]) -> None:
     """Cancel a read nobody waits for; its outcome is retrieved so that it is never logged as lost."""
     task.cancel()

@@ -14,6 +14,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
+from gateway.accounting.reads import within
 from gateway.api.downloads import csv_response
 from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.api.reports import FORMATS
@@ -45,11 +46,11 @@ async def budgets_report(
 async def budgets_of(request: Request[Any, Any, Any], ctx: GatewayContext, tenant: str | None) -> list[BudgetRow]:
     """The budgets the caller may see (its own tenant's when tenant-scoped; 403 for another), with the live
     counters: the endpoint's rows and the console's Budgets page's."""
-    within = report_filters(principal_of(request), tenant=tenant).tenant
+    scope = report_filters(principal_of(request), tenant=tenant).tenant
     limits = ctx.limits
     assert limits is not None
-    rows = await budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct,
-                             tenant=within)
+    rows = await within(budget_rows(ctx.accounting.engine, ctx.accounting.catalogue.currency, limits.soft_pct,
+                                    tenant=scope), ctx.settings.report_timeout_s)
     live = await limits.backend.read([r.counter for r in rows]) if rows else []
     for row, counters in zip(rows, live, strict=True):
         if counters is not None:

@@ -17,6 +17,7 @@ from litestar.params import QueryParameter
 
 from gateway.accounting.invoice import Invoice, build_invoice, parse_month
 from gateway.accounting.invoice_render import FORMATS, render, to_json
+from gateway.accounting.reads import within
 from gateway.accounting.reports import ReportError
 from gateway.api.downloads import csv_response
 from gateway.api.report_query import check_format, report_filters, report_guard
@@ -50,10 +51,10 @@ async def invoice_of(request: Request[Any, Any, Any], ctx: GatewayContext, month
     if filters.tenant is None:
         raise InvalidRequest("`tenant` is required: this key sees every tenant; name the one billed",
                              param="tenant", code="invalid_report_query")
-    return await build_invoice(
+    return await within(build_invoice(
         ctx.accounting.engine, tenant=filters.tenant, team=filters.team, month=when,
         currency=ctx.accounting.catalogue.currency, soft_pct=ctx.settings.budget_soft_pct,
-        policy_hash=ctx.policies.active.policy.hash)
+        policy_hash=ctx.policies.active.policy.hash), ctx.settings.report_timeout_s)
 
 
 def respond(invoice: Invoice, fmt: str) -> Response[Any]:

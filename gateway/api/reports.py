@@ -17,10 +17,12 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting import Accounting, reports
+from gateway.accounting.reads import within
 from gateway.accounting.reports import GROUPS, ReportError, parse_day, parse_group_by, to_csv, to_json
 from gateway.api.downloads import csv_response
 from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.auth.principal import principal_of
+from gateway.context import GatewayContext
 from router.errors import InvalidRequest
 
 FORMATS = {"json": "application/json", "csv": "text/csv"}  # the reports' `format`: the answer's media type
@@ -67,10 +69,16 @@ async def usage_of(request: Request[Any, Any, Any], engine: AsyncEngine, start: 
     of scope): the endpoint's, and the console's Spend page's and its CSV's."""
     scoped = report_filters(principal_of(request), **filters)
     try:
-        return await reports.usage_report(engine, start=parse_day(start, "from"), end=parse_day(end, "to"),
-                                          group_by=parse_group_by(group_by), filters=scoped)
+        read = reports.usage_report(engine, start=parse_day(start, "from"), end=parse_day(end, "to"),
+                                    group_by=parse_group_by(group_by), filters=scoped)
+        return await within(read, request.app.state.ctx.settings.report_timeout_s)
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc
+
+
+async def bounded_usage(ctx: GatewayContext, **query: Any) -> reports.Report:
+    """`usage_report(**query)` (filters already scoped) bounded by `report_timeout_s`: the console's reads."""
+    return await within(reports.usage_report(ctx.accounting.engine, **query), ctx.settings.report_timeout_s)
 
 
 def usage_csv(report: reports.Report, start: str | None, end: str | None) -> Response[Any]:

@@ -16,9 +16,10 @@ from litestar.response import Template
 
 from gateway.accounting.money import ZERO
 from gateway.accounting.overview import today
-from gateway.accounting.reports import ReportFilters, usage_report
+from gateway.accounting.reports import ReportFilters
 from gateway.api.budgets import budgets_of
 from gateway.api.report_query import check_query
+from gateway.api.reports import bounded_usage
 from gateway.console.charts import cumulative, days
 from gateway.console.pages import BUDGETS
 from gateway.console.render import page, plain
@@ -43,7 +44,7 @@ async def burn_down(ctx: GatewayContext, row: BudgetRow, last: date) -> dict[str
     end = min(last, row.period_end - timedelta(days=1)) if row.period_end is not None else last
     filters = ReportFilters(tenant=row.tenant, team=row.team) if row.scope == "team" else \
         ReportFilters(tenant=row.tenant, key=row.key_id)
-    report = await usage_report(ctx.accounting.engine, start=start, end=end, group_by=("day",), filters=filters)
+    report = await bounded_usage(ctx, start=start, end=end, group_by=("day",), filters=filters)
     spent = {r.group["day"]: r.cost for r in report.rows if r.currency == row.currency}
     span = days(start, (row.period_end - timedelta(days=1)) if row.period_end is not None else end)
     used = cumulative([spent.get(d.isoformat(), ZERO) for d in span])

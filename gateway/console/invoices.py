@@ -15,9 +15,10 @@ from litestar.response import Template
 from gateway.accounting.invoice import parse_month
 from gateway.accounting.invoice_render import FORMATS
 from gateway.accounting.overview import today
-from gateway.accounting.reports import ReportError, ReportFilters, usage_report
+from gateway.accounting.reports import ReportError, ReportFilters
 from gateway.api.invoices import invoice_of, respond
 from gateway.api.report_query import check_format, check_query, report_filters
+from gateway.api.reports import bounded_usage
 from gateway.auth.principal import principal_of
 from gateway.console.pages import INVOICES
 from gateway.console.render import page
@@ -37,8 +38,8 @@ async def invoices_page(request: Request[Any, Any, Any], month: Filter = None, t
     except ReportError as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="invalid_report_query") from exc
     filters = report_filters(principal_of(request), tenant=tenant, team=team)
-    seen = await usage_report(ctx.accounting.engine, start=when.first, end=when.last, group_by=("tenant", "team"),
-                              filters=ReportFilters(tenant=filters.tenant))
+    seen = await bounded_usage(ctx, start=when.first, end=when.last, group_by=("tenant", "team"),
+                               filters=ReportFilters(tenant=filters.tenant))
     tenants = sorted({r.group["tenant"] or "" for r in seen.rows} - {""})
     teams = sorted({r.group["team"] or "" for r in seen.rows} - {""})
     links = {}

@@ -9,20 +9,16 @@ from litestar import Request, get
 from litestar.params import FromQuery
 from litestar.response import Template
 
-from gateway.accounting.overview import overview
-from gateway.api.report_query import check_query, report_filters
-from gateway.auth.principal import principal_of
+from gateway.accounting.overview import DEFAULT_DAYS
+from gateway.api.overview import overview_of
+from gateway.api.report_query import check_query
 from gateway.console.pages import OVERVIEW
 from gateway.console.render import page, plain
-from gateway.context import GatewayContext
 
 
 @get("/", opt=OVERVIEW.opt, guards=[check_query], include_in_schema=False)
 async def overview_page(request: Request[Any, Any, Any], tenant: FromQuery[str | None] = None) -> Template:
-    ctx: GatewayContext = request.app.state.ctx
-    principal = principal_of(request)
-    filters = report_filters(principal, tenant=tenant)
-    figures = await overview(ctx.accounting.engine, ctx.accounting.catalogue.currency, filters=filters)
+    figures = await overview_of(request, None, DEFAULT_DAYS, tenant=tenant)
     chart = {"labels": [d.day.isoformat() for d in figures.trend], "series": [
         {"label": f"spend ({figures.currency})", "values": [format(d.cost, "f") for d in figures.trend]}]}
     return page(request, OVERVIEW, "overview.html", o=figures, data=plain(figures.as_dict()), chart=chart,

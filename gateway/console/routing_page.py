@@ -22,8 +22,9 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromQuery, QueryParameter
 from litestar.response import Template
 
-from gateway.accounting.reports import Report, ReportError, ReportRow, parse_day, usage_report
+from gateway.accounting.reports import Report, ReportError, ReportRow, parse_day
 from gateway.api.report_query import check_query, report_filters
+from gateway.api.reports import bounded_usage
 from gateway.auth.principal import principal_of
 from gateway.console.pages import ROUTING
 from gateway.console.render import page
@@ -104,8 +105,7 @@ async def _routing_page(request: Request[Any, Any, Any], query: dict[str, str | 
     filters = report_filters(p, **{k: query.get(k) for k in ("tenant", "team", "model", "route")})
     views = {}
     for group in ("route", "model"):
-        report = await usage_report(ctx.accounting.engine, start=span.start, end=span.end, group_by=(group, "day"),
-                                    filters=filters)
+        report = await bounded_usage(ctx, start=span.start, end=span.end, group_by=(group, "day"), filters=filters)
         views[group] = {"cost": by_day(report, group, span.days, "cost"),
                         "calls": by_day(report, group, span.days, "calls"), "totals": totals(report, group)}
     answer = page(request, ROUTING, "routing.html", span=span, query={k: v or "" for k, v in query.items()},
