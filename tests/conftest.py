@@ -120,3 +120,11 @@ async def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     url = await create_pg_database()
     yield url
     await drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def pg_module_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a module's tests (dropped afterwards)."""
+    url = asyncio.run(create_pg_database())
+    yield url
+    asyncio.run(drop_pg_database(url))

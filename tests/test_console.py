@@ -12,7 +12,6 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,22 @@ from gateway.console.access import console_guard
 from gateway.console.pages import Page
 from gateway.console.render import EXCEPTIONS, page
 from gateway.console.session import CSRF_COOKIE, SESSION_COOKIE, console_middleware
-from tests.auth_support import GATEWAY, bearer
+from tests.auth_support import GATEWAY
+from tests.console_support import (
+    HELLO,
+    Console,
+    Key,
+    chat,
+    console_gateway,
+    create_key,
+    csrf_of,
+    json_block,
+    sign_in,
+    signed_in,
+)
 from tests.inprocess_gateway import InProcessGateway
-from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.services import redis_url
 
-HELLO = [{"role": "user", "content": "Say hello to the accountants."}]
 ADMIN_PAGE = Page(path="/console/test-admin-only", title="Admin only", name="admin-only", roles=ADMIN)
 
 
@@ -41,76 +50,12 @@ async def admin_only_page(request: Request[Any, Any, Any]) -> Template:
     return page(request, ADMIN_PAGE, "error.html", status=200, error={"message": "admin only", "code": "ok"})
 
 
-@dataclass(frozen=True)
-class Key:
-    secret: str
-    id: str
-
-
-@dataclass
-class Console:
-    gw: InProcessGateway
-    keys: dict[str, Key]
-    database_url: str
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.gw.base_url, follow_redirects=False, timeout=30)
-
-    def api(self, path: str, key: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.gw.base_url + path, params=params, headers=bearer(self.keys[key].secret), timeout=30)
-
-
-def csrf_of(client: httpx.Client) -> str:
-    """The CSRF token of the sign-in form (GET /console/login sets its cookie)."""
-    form = client.get("/console/login")
-    found = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
-    assert found is not None, form.text
-    return found.group(1)
-
-
-def sign_in(client: httpx.Client, secret: str, next_page: str = "") -> httpx.Response:
-    return client.post("/console/login", data={"api_key": secret, "next": next_page, "_csrf_token": csrf_of(client)})
-
-
-def signed_in(c: Console, key: str) -> httpx.Client:
-    client = c.client()
-    r = sign_in(client, c.keys[key].secret)
-    assert r.status_code == 303 and r.headers["location"] == "/console/", r.text
-    return client
-
-
-def json_block(html: str, block_id: str) -> Any:
-    found = re.search(rf'<script type="application/json" id="{block_id}">(.*?)</script>', html, re.S)
-    assert found is not None, html
-    return json.loads(found.group(1))
-
-
-def create_key(gw: InProcessGateway, tenant: str, team: str, role: str, scope: str = "tenant") -> Key:
-    r = httpx.post(gw.base_url + "/admin/keys", headers=gw.auth, timeout=30,
-                   json={"tenant": tenant, "team": team, "role": role, "scope": scope, "name": f"{tenant} {role}"})
-    assert r.status_code == 201, r.text
-    body = r.json()
-    return Key(body["key"], body["id"])
-
-
-def chat(gw: InProcessGateway, key: Key, **body: Any) -> httpx.Response:
-    return httpx.post(gw.api + "/chat/completions", json={"messages": HELLO, "max_tokens": 8, **body},
-                      headers=bearer(key.secret), timeout=30)
-
-
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory, pg_module_database: str) -> Iterator[Console]:
-    require_redis()
-    prefix = unique_prefix()
-    config = {"database_url": pg_module_database, "auto_migrate": True, "redis_url": redis_url(),
-              "recorder_flush_interval_s": 0.05, "limits_key_prefix": prefix + "limits:",
-              "cache_key_prefix": prefix + "cache:", "feedback_key_prefix": prefix + "feedback:",
-              "responses_key_prefix": prefix + "responses:"}
-    gw = InProcessGateway(tmp_path_factory.mktemp("console"), config)
-    gw.app.register(Router(path="/console", route_handlers=[admin_only_page], guards=[console_guard],
-                           middleware=console_middleware(gw.settings), exception_handlers=EXCEPTIONS))
-    gw.start()
-    try:
+    with console_gateway(tmp_path_factory.mktemp("console"), pg_module_database) as gw:
+        gw.app.register(Router(path="/console", route_handlers=[admin_only_page], guards=[console_guard],
+                               middleware=console_middleware(gw.settings), exception_handlers=EXCEPTIONS))
+        gw.start()
         keys = {
             "platform_finance": create_key(gw, "ops", "money", "finance", "all"),
             "acme_finance": create_key(gw, "acme", "money", "finance"),
@@ -124,20 +69,6 @@ def console(tmp_path_factory: pytest.TempPathFactory, pg_module_database: str) -
         assert chat(gw, keys["globex_app"], model="demo-small", max_tokens=10**9).status_code == 400
         gw.flush()
         yield Console(gw, keys, pg_module_database)
-    finally:
-        gw.stop()
-        delete_prefix(prefix)
-
-
-@pytest.fixture(scope="module")
-def pg_module_database() -> Iterator[str]:
-    import asyncio
-
-    from tests.pg_support import create_pg_database, drop_pg_database
-
-    url = asyncio.run(create_pg_database())
-    yield url
-    asyncio.run(drop_pg_database(url))
 
 
 # --- sign-in ---------------------------------------------------------------------------------------

@@ -16,10 +16,7 @@ import httpx
 import pytest
 
 from tests.auth_support import bearer
-from tests.inprocess_gateway import InProcessGateway
-from tests.limits_support import delete_prefix, require_redis, unique_prefix
-from tests.services import redis_url
-from tests.test_console import Console, chat, create_key, json_block, signed_in
+from tests.console_support import Console, chat, console_gateway, create_key, json_block, signed_in
 
 PAGES = ("/console/routing", "/console/workers", "/console/keys")
 ASK = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku about the sea."}], "max_tokens": 40}
@@ -27,14 +24,8 @@ ASK = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku 
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory, pg_module_database: str) -> Iterator[Console]:
-    require_redis()
-    prefix = unique_prefix()
-    config = {"database_url": pg_module_database, "auto_migrate": True, "redis_url": redis_url(),
-              "recorder_flush_interval_s": 0.05, "auth_cache_ttl_s": 1.0, "limits_key_prefix": prefix + "limits:",
-              "cache_key_prefix": prefix + "cache:", "feedback_key_prefix": prefix + "feedback:",
-              "responses_key_prefix": prefix + "responses:"}
-    gw = InProcessGateway(tmp_path_factory.mktemp("console-ops"), config).start()
-    try:
+    with console_gateway(tmp_path_factory.mktemp("console-ops"), pg_module_database, auth_cache_ttl_s=1.0) as gw:
+        gw.start()
         keys = {
             "platform_admin": create_key(gw, "ops", "platform", "admin", "all"),
             "acme_admin": create_key(gw, "acme", "it", "admin"),
@@ -44,23 +35,10 @@ def console(tmp_path_factory: pytest.TempPathFactory, pg_module_database: str) -
         }
         for key, model in (("acme_app", "demo-small"), ("acme_app", "auto"), ("globex_app", "demo-large")):
             assert chat(gw, keys[key], model=model).status_code == 200
-        assert chat(gw, keys["globex_app"], model="demo-small", max_tokens=-1).status_code == 400  # refused
+        # refused by the gateway before a worker: past the policy's request limits
+        assert chat(gw, keys["globex_app"], model="demo-small", max_tokens=10**9).status_code == 400
         gw.flush()
         yield Console(gw, keys, pg_module_database)
-    finally:
-        gw.stop()
-        delete_prefix(prefix)
-
-
-@pytest.fixture(scope="module")
-def pg_module_database() -> Iterator[str]:
-    import asyncio
-
-    from tests.pg_support import create_pg_database, drop_pg_database
-
-    url = asyncio.run(create_pg_database())
-    yield url
-    asyncio.run(drop_pg_database(url))
 
 
 def token_of(html: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.console_support import sign_in
 from tests.fault_proxy import FaultProxy
 from tests.inprocess_gateway import InProcessGateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
@@ -131,8 +132,6 @@ def test_redis_timeout_is_a_setting(tmp_path: Path) -> None:
 def test_the_console_answers_503_while_its_sessions_store_is_away(gw: InProcessGateway, proxy: FaultProxy) -> None:
     """Console sessions live in Redis: with Redis away a page is a 503 page (never a 500), and the same
     session works again once Redis is back."""
-    from tests.test_console import sign_in
-
     proxy.set_mode("pass")
     client = httpx.Client(base_url=gw.base_url, follow_redirects=False, timeout=30)
     assert sign_in(client, gw.key).status_code == 303
