@@ -465,3 +465,13 @@ def test_the_invoices_page_links_to_the_apis_statements(console: Console) -> Non
     assert 'id="invoice-csv"' in acme.get("/console/invoices").text  # its own tenant, without asking
     r = acme.get("/console/invoices/statement", params={"month": month, "tenant": "globex"})
     assert r.status_code == 403
+
+
+def test_an_unknown_console_path_is_a_404_page(console: Console) -> None:
+    client = signed_in(console, "platform_finance")
+    r = client.get("/console/nope/deeper")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "There is no console page at /console/nope/deeper." in r.text
+    assert client.get("/console/spend").status_code == 200  # the pages and static files are still found
+    assert client.get("/console/static/console.css").status_code == 200
+    assert console.client().get("/console/nope").status_code == 303  # no session: sign in first
