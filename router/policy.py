@@ -25,6 +25,7 @@ from router.errors import PolicyError
 from router.predictor import PREDICTOR_FILE, Predictor, parse_predictor
 from router.request_limits import DEFAULT_LIMITS, RequestLimits, compile_limits
 from router.rules import RequestKind, Rule, load_rules
+from router.shipped import policies_dir
 from router.yamlsrc import Problems, Source, read_yaml
 
 __all__ = [
@@ -42,8 +43,8 @@ POLICY_FILES = ("models.yaml", "classify.yaml", "routing.yaml")
 
 
 def default_policy_dir() -> Path:
-    """The repository's `policies/` directory (resolved from this package, so any cwd works)."""
-    return Path(__file__).resolve().parent.parent / "policies"
+    """The shipped policies (the repository's `policies/`, installed as `gateway_policies`), from any cwd."""
+    return policies_dir()
 
 
 @dataclass(frozen=True, eq=False)

@@ -52,17 +52,17 @@ class GatewayProcess:
 
 def start_gateway(
     workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True,
-    dev_key: str | None = DEV_KEY, port: int | None = None,
+    dev_key: str | None = DEV_KEY, port: int | None = None, gateway_bin: Path = GATEWAY_BIN,
 ) -> GatewayProcess:
     """Run `gateway serve` in `workdir` and wait until it serves (and, with `ready`, until /readyz is 200).
 
     The gateway accepts `dev_key` (as GATEWAY_DEV_KEY, unless `env` sets that); `GatewayProcess.key` and
     `.auth` send it. `dev_key=None` starts it as `make run` does (it makes and keeps its own key). `port`: the
-    port to serve on (a restart on the same port), else a free one.
+    port to serve on (a restart on the same port), else a free one. `gateway_bin`: another installation's command.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [str(GATEWAY_BIN), "serve", "--port", str(port)]
+    args = [str(gateway_bin), "serve", "--port", str(port)]
     if config is not None:
         cfg = workdir / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(config))

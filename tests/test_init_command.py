@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from router.policy import load_policy_set
+from gateway.settings import load_settings
+from router.policy import default_policy_dir, load_policy_set
 from vllm_sim import SimConfig, SimServer
 
 
@@ -140,3 +141,50 @@ def test_the_pools_api_key_is_sent(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert load_policy_set(tmp_path / "with" / "policies").models["tiny"].context_window == 777
+
+
+# `gateway init DIR`: a copy of the shipped policies and a commented settings file.
+
+
+def test_init_dir_writes_the_shipped_policies_and_a_settings_file_using_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "deploy"
+    assert main(["init", str(target)]) == 0
+    assert f"wrote {target / 'policies'}/" in capsys.readouterr().out
+    shipped = default_policy_dir()
+    for name in ("models.yaml", "classify.yaml", "routing.yaml", "prices.yaml", "predictor/predictor.json",
+                 "judge/grading-prompt.md", "tests/demo.yaml"):
+        assert (target / "policies" / name).read_bytes() == (shipped / name).read_bytes(), name
+    assert not (target / "policies" / "__init__.py").exists()
+    config = (target / "gateway.yaml").read_text()
+    assert config.count("\n# ") > 10  # commented: every optional setting explained, off
+    settings = load_settings(target / "gateway.yaml", env={})
+    assert settings.policies_dir == str((target / "policies").resolve())
+    assert settings.prices_file == str((target / "policies" / "prices.yaml").resolve())
+    assert [p.name for p in settings.pools] == ["small", "large"]  # the embedded simulated pools
+    # The copy is the shipped policy: the same hash, and its policy tests pass against it.
+    assert load_policy_set(settings.policies_dir).hash == load_policy_set(shipped).hash
+    assert main(["policies", "test", "--config", str(target / "gateway.yaml")]) == 0
+
+
+def test_init_dir_replaces_nothing_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path)]) == 0
+    edited = tmp_path / "policies" / "routing.yaml"
+    edited.write_text("# mine\n")
+    (tmp_path / "gateway.yaml").unlink()
+    capsys.readouterr()
+    assert main(["init", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{edited} already exist" not in err and str(edited) in err and "--force replaces them" in err
+    assert edited.read_text() == "# mine\n" and not (tmp_path / "gateway.yaml").exists()  # nothing written
+    assert main(["init", str(tmp_path), "--force"]) == 0
+    assert edited.read_bytes() == (default_policy_dir() / "routing.yaml").read_bytes()
+    assert (tmp_path / "gateway.yaml").is_file()
+
+
+@pytest.mark.parametrize("args", [[], ["DIR", "--from-pools"]], ids=["neither", "both"])
+def test_init_wants_dir_or_from_pools(
+        tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", *(str(tmp_path / a) if a == "DIR" else a for a in args)]) == 2
+    assert "give one of DIR" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

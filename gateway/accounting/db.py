@@ -22,12 +22,14 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from router.shipped import migrations_dir
+
 if TYPE_CHECKING:  # alembic loads only when migrations run: not on every start of a migrated database
     from alembic.config import Config
 
 log = logging.getLogger("gateway.accounting")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = migrations_dir()
 # Serialises migrations of one PostgreSQL database between gateway processes starting together.
 _PG_MIGRATION_LOCK = 0x6761_7465_7761_79  # "gateway"
 

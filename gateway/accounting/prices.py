@@ -31,9 +31,10 @@ import yaml
 
 from gateway.accounting.money import ZERO, quantize
 from router.pricing import TokenRates
+from router.shipped import policies_dir
 
 # The shipped catalogue, found relative to the package (works from any working directory).
-DEFAULT_PRICES_FILE = Path(__file__).resolve().parents[2] / "policies" / "prices.yaml"
+DEFAULT_PRICES_FILE = policies_dir() / "prices.yaml"
 
 MILLION = Decimal(1_000_000)
 SECONDS_PER_HOUR = 3600

@@ -1,9 +1,10 @@
-"""`gateway init --from-pools`: a starting policy directory for the configured pools.
+"""`gateway init DIR | --from-pools`: a starting policy directory.
 
-Each pool's workers are asked for their /v1/models (the model's `max_model_len` becomes its context window);
-a pool whose replicas the gateway launches, and which are not running, is read from its launch spec
-(`--max-model-len`). The result is checked as `gateway serve` would load it before anything is written, and
-no existing file is replaced without `--force`.
+`gateway init DIR` copies the shipped policies and writes a commented settings file (gateway/commands/starter.py).
+With `--from-pools`, the policy is made for the configured pools: each pool's workers are asked for their
+/v1/models (the model's `max_model_len` becomes its context window); a pool whose replicas the gateway
+launches, and which are not running, is read from its launch spec (`--max-model-len`). The result is checked
+as `gateway serve` would load it before anything is written, and no existing file is replaced without `--force`.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ class Found:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("init", help="write a starting policy directory (models.yaml, routing.yaml, classify.yaml)",
-                       description="Write a starting routing policy for the configured pools. With --from-pools "
-                       "(the one source so far), each pool's workers are asked for /v1/models.")
-    p.add_argument("--from-pools", action="store_true", required=True,
+    p = sub.add_parser("init", help="write a starting policy directory (DIR: the shipped one; or --from-pools)",
+                       description="Write a starting routing policy. `gateway init DIR` copies the shipped "
+                       "policies into DIR/policies and writes a commented DIR/gateway.yaml using them; with "
+                       "--from-pools, a policy for the configured pools is made, each pool's workers asked for "
+                       "/v1/models.")
+    p.add_argument("directory", metavar="DIR", nargs="?", type=Path,
+                   help="where the copy of the shipped policies (DIR/policies) and DIR/gateway.yaml go")
+    p.add_argument("--from-pools", action="store_true",
                    help="one catalogue entry per configured pool, its context window from the workers' /v1/models")
     config.add_config(p, "its pools, and policies_dir (where to write)")
     p.add_argument("--policies", metavar="DIR", type=Path,
@@ -81,6 +86,15 @@ def register(sub: Any) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    if (args.directory is None) == (not args.from_pools):
+        print("gateway init: give one of DIR (a copy of the shipped policies) and --from-pools (a policy for "
+              "the configured pools)", file=sys.stderr)
+        return 2
+    if args.directory is not None:
+        from gateway.commands import starter
+        from router.policy import default_policy_dir
+
+        return starter.write(args.directory, default_policy_dir(), args.force)
     settings = config.settings_or_none(args, "gateway init")
     if settings is None:
         return 2
