@@ -5,8 +5,6 @@ other query parameter is a 400 (gateway/api/report_query.py). The CSV is a downl
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 import msgspec
@@ -20,7 +18,7 @@ from gateway.api.report_query import check_format, report_filters, report_guard
 from gateway.api.reports import FORMATS
 from gateway.auth.principal import principal_of
 from gateway.context import GatewayContext
-from gateway.limits.budgets import BudgetRow, budget_rows
+from gateway.limits.budgets import BudgetRow, budget_rows, to_csv
 from gateway.limits.service import from_units
 
 
@@ -32,15 +30,10 @@ async def budgets_report(
     tenant: Annotated[str | None, QueryParameter(description="only this tenant's budgets")] = None,
 ) -> Response[Any]:
     check_format(format, FORMATS)
-    out = [r.as_dict() for r in await budgets_of(request, state.ctx, tenant)]
+    rows = await budgets_of(request, state.ctx, tenant)
     if format == "csv":
-        buf = io.StringIO()
-        if out:
-            writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
-        return csv_response(buf.getvalue(), "budgets.csv")
-    return Response(msgspec.json.encode({"budgets": out}), media_type="application/json")
+        return csv_response(to_csv(rows), "budgets.csv")
+    return Response(msgspec.json.encode({"budgets": [r.as_dict() for r in rows]}), media_type="application/json")
 
 
 async def budgets_of(request: Request[Any, Any, Any], ctx: GatewayContext, tenant: str | None) -> list[BudgetRow]:

@@ -107,20 +107,14 @@ async def _budgets(engine: Any, settings: Settings, fmt: str) -> int:
     import json
 
     from gateway.accounting.prices import DEFAULT_PRICES_FILE, load_prices
-    from gateway.limits.budgets import budget_rows, to_table
+    from gateway.limits.budgets import budget_rows, to_csv, to_table
 
     currency = load_prices(settings.prices_file or DEFAULT_PRICES_FILE).currency
     rows = await budget_rows(engine, currency, settings.budget_soft_pct)
     if fmt == "json":
         print(json.dumps({"budgets": [r.as_dict() for r in rows]}, indent=1))
     elif fmt == "csv":
-        import csv
-
-        out = [r.as_dict() for r in rows]
-        if out:
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(out[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
+        sys.stdout.write(to_csv(rows))
     else:
         sys.stdout.write(to_table(rows))
     return 0

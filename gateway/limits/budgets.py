@@ -8,6 +8,8 @@ at the average daily spend of its period so far (`forecast_run_out`).
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -179,6 +181,17 @@ async def budget_rows(engine: AsyncEngine, currency: str, soft_pct: int, now: fl
             spend_start=await first_spend_day(engine, tenant=k.tenant, team=None, key_id=k.id, currency=currency)
             if w.start is None else None))
     return rows
+
+
+def to_csv(rows: list[BudgetRow]) -> str:
+    """The budgets as CSV (`as_dict`'s columns; an absent value empty): the API's and the CLI's."""
+    out = [r.as_dict() for r in rows]
+    buf = io.StringIO()
+    if out:
+        writer = csv.DictWriter(buf, fieldnames=list(out[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in out)
+    return buf.getvalue()
 
 
 def to_table(rows: list[BudgetRow]) -> str:
