@@ -10,6 +10,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+import msgspec
 from sqlalchemy import BigInteger, Numeric
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -34,6 +35,20 @@ def exact(value: Any) -> Decimal | None:
             raise TypeError("money must be a Decimal (or int/str), never a float")
         value = Decimal(value)
     return quantize(value)
+
+
+def plain(value: Any) -> Any:
+    """`value` (builtins, Structs, Decimals) as JSON-ready builtins, amounts as exact text (never an
+    exponent), dates as YYYY-MM-DD: what the reports' JSON and the console's pages hold."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        return plain(msgspec.to_builtins(value, builtin_types=(Decimal,)))
+    return value
 
 
 class Money(TypeDecorator[Decimal]):

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.models import UsageRecord
-from gateway.accounting.money import ZERO
+from gateway.accounting.money import ZERO, plain
 from gateway.accounting.reports import EVERY_CALL, ReportError, ReportFilters, filter_clauses, usage_report
 from router.pricing import format_money
 
@@ -58,17 +58,7 @@ class Overview(msgspec.Struct, frozen=True, kw_only=True):
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: amounts as exact text (never an exponent), days as YYYY-MM-DD."""
-        return _plain(msgspec.to_builtins(self, builtin_types=(Decimal,)))  # type: ignore[no-any-return]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        return plain(self)  # type: ignore[no-any-return]
 
 
 def today() -> date:

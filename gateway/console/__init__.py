@@ -37,8 +37,8 @@ How to add a page:
 3. Its template extends `base.html`. A form that POSTs carries `{{ csrf_input | safe }}` (every POST is
    checked for the token). A chart: `{{ chart(id, "bar"|"line", data, title) }}` from `macros.html`, with
    `data = {"labels": [...], "series": [{"label": ..., "values": [...]}], "stacked": bool}` (values as
-   exact text: `plain()`), and the same numbers in a table beside it (`series_table`): the table is what
-   screen readers and the browser tests read.
+   exact text: `gateway.accounting.money.plain`), and the same numbers in a table beside it
+   (`series_table`): the table is what screen readers and the browser tests read.
 4. Keep stable `id` / `data-testid` attributes on the elements tests look at; document the page in
    docs/console.md.
 """

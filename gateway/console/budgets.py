@@ -14,7 +14,7 @@ from litestar import Request, get
 from litestar.params import FromQuery
 from litestar.response import Template
 
-from gateway.accounting.money import ZERO
+from gateway.accounting.money import ZERO, plain
 from gateway.accounting.overview import today
 from gateway.accounting.reports import ReportFilters
 from gateway.api.budgets import budgets_of
@@ -22,7 +22,7 @@ from gateway.api.report_query import check_query
 from gateway.api.reports import bounded_usage
 from gateway.console.charts import cumulative, days
 from gateway.console.pages import BUDGETS
-from gateway.console.render import page, plain
+from gateway.console.render import page
 from gateway.context import GatewayContext
 from gateway.limits.budgets import BudgetRow
 

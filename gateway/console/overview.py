@@ -9,11 +9,12 @@ from litestar import Request, get
 from litestar.params import FromQuery
 from litestar.response import Template
 
+from gateway.accounting.money import plain
 from gateway.accounting.overview import DEFAULT_DAYS
 from gateway.api.overview import overview_of
 from gateway.api.report_query import check_query
 from gateway.console.pages import OVERVIEW
-from gateway.console.render import page, plain
+from gateway.console.render import page
 
 
 @get("/", opt=OVERVIEW.opt, guards=[check_query], include_in_schema=False)

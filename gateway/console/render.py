@@ -41,19 +41,6 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_filters)
 
 
-def plain(value: Any) -> Any:
-    """`value` as JSON-ready builtins, amounts as exact text: what a page's chart data and tables hold."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, msgspec.Struct):
-        return plain(msgspec.to_builtins(value, builtin_types=(Decimal,)))
-    return value
-
-
 def layout(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """What the base layout shows: who is signed in, the pages their role sees, whether auth is off."""
     signed = (request.scope.get("state") or {}).get("principal")  # set by the console's guard (None: sign-in)

@@ -16,13 +16,14 @@ from litestar import Request, Response, get
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Template
 
+from gateway.accounting.money import plain
 from gateway.accounting.overview import today
 from gateway.accounting.reports import Report, ReportError, parse_day
 from gateway.api.report_query import check_query
 from gateway.api.reports import usage_csv, usage_of
 from gateway.console.charts import by_day, by_group
 from gateway.console.pages import SPEND
-from gateway.console.render import page, plain
+from gateway.console.render import page
 from gateway.context import GatewayContext
 
 CHOICES = ("tenant", "team", "key", "model", "route", "day")  # the groups the page offers
