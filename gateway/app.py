@@ -42,7 +42,7 @@ from router.tokens import warm_up
 from workers.breaker import Breaker
 from workers.gpus import discover
 from workers.health import check_all, watch_health
-from workers.launcher import PoolLaunch, ReplicaPlan, plan
+from workers.launcher import PoolLaunch, ReplicaPlan, parse_port_range, plan
 from workers.pool import Affinity, Gate, Pool, Pools, Replica
 from workers.supervisor import Supervisor
 from workers.upstream import new_upstream
@@ -53,7 +53,8 @@ log = logging.getLogger("gateway")
 def launch_plans(settings: Settings) -> list[ReplicaPlan]:
     launches = [PoolLaunch(p.name, p.model, p.launch, p.runner) for p in settings.pools if p.launch is not None]
     needs_gpus = any(x.spec.engine == "vllm" and x.spec.gpus is None for x in launches)
-    return plan(launches, [g.index for g in discover()] if needs_gpus else [])
+    ports = parse_port_range(settings.launch_ports) if settings.launch_ports else None
+    return plan(launches, [g.index for g in discover()] if needs_gpus else [], ports)
 
 
 def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:

@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from workers.config import Admission, Affinity, BreakerConfig, LaunchSpec, Runner, check_timeout
+from workers.launcher import parse_port_range
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
@@ -95,6 +96,9 @@ def _embedded_pools() -> tuple[PoolConfig, ...]:
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
+    # Processes serving the port (gateway serve --workers); more than one needs redis_url (shared limits, cache).
+    workers: int = 1
+    launch_ports: str | None = None  # "FIRST-LAST": the ports of launched replicas; unset: ports the OS picks
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: str = ".gateway"  # logs of launched replicas, the embedded database, the accounting spool
     # Routing policies: models.yaml, classify.yaml, routing.yaml (unset: the shipped policies/).
@@ -200,6 +204,20 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     def __post_init__(self) -> None:
         if not self.pools:
             msgspec.structs.force_setattr(self, "pools", _embedded_pools())
+        if self.workers < 1:
+            raise msgspec.ValidationError("workers must be >= 1")
+        if self.workers > 1 and not self.redis_url:
+            raise msgspec.ValidationError(f"workers: {self.workers} needs redis_url (GATEWAY_REDIS_URL): the processes "
+                                          "must share rate limits, budgets, the cache, key revocations and feedback")
+        if self.launch_ports is not None:
+            try:
+                first, last = parse_port_range(self.launch_ports)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"launch_ports: {exc}") from None
+            launched = sum(p.launch.replicas for p in self.pools if p.launch is not None)
+            if last - first + 1 < launched:
+                raise msgspec.ValidationError(f"launch_ports {self.launch_ports} has {last - first + 1} port(s) for "
+                                              f"{launched} launched replicas")
         names = [p.name for p in self.pools]
         models = [p.model for p in self.pools]
         for what, values in (("pool name", names), ("pool model", models)):
@@ -276,6 +294,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise msgspec.ValidationError(f"otel_endpoint `{self.otel_endpoint}` is not an http(s) URL")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise msgspec.ValidationError("metrics_port must be a TCP port (0-65535)")
+        if self.metrics_port and self.metrics_port + self.workers - 1 > 65535:
+            raise msgspec.ValidationError(f"metrics_port: the {self.workers} processes serve metrics on "
+                                          f"{self.metrics_port}-{self.metrics_port + self.workers - 1}, past 65535")
         if self.metrics_budget_refresh_s < 0:
             raise msgspec.ValidationError("metrics_budget_refresh_s must be >= 0")
         self.shadow.check()

@@ -1,4 +1,5 @@
-"""What to run for each replica a pool launches: command line, environment, port and GPUs. Pure."""
+"""What to run for each replica a pool launches: command line, environment, port and GPUs. Pure, but for
+the ports: a port is free if it can be bound now."""
 
 from __future__ import annotations
 
@@ -36,10 +37,52 @@ class ReplicaPlan:
         return f"{self.pool}-{self.index}"
 
 
+PortRange = tuple[int, int]  # first and last port, both included
+LOWEST_PORT, HIGHEST_PORT = 1024, 65535  # below 1024: privileged ports, never for replicas
+
+
+class NoFreePort(Exception):
+    """Every port of launch_ports is in use: a replica cannot be planned."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def parse_port_range(text: str) -> PortRange:
+    """`"20000-20999"` -> (20000, 20999); raises ValueError saying what is wrong."""
+    first, dash, last = text.strip().partition("-")
+    if not dash or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"`{text}` is not a port range FIRST-LAST, e.g. 20000-20999")
+    start, end = int(first), int(last)
+    if not LOWEST_PORT <= start <= HIGHEST_PORT or not LOWEST_PORT <= end <= HIGHEST_PORT:
+        raise ValueError(f"`{text}`: ports must be from {LOWEST_PORT} to {HIGHEST_PORT}")
+    if start > end:
+        raise ValueError(f"`{text}`: the first port is above the last")
+    return start, end
+
+
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now (SO_REUSEADDR, as servers bind: a closed connection still in
+    TIME_WAIT does not hold the port, a listening socket does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def range_port(ports: PortRange, taken: set[int], replica: str, host: str = "127.0.0.1") -> int:
+    """The first port of `ports` neither in `taken` nor held by another process (NoFreePort when none is)."""
+    for port in range(ports[0], ports[1] + 1):
+        if port not in taken and bindable(port, host):
+            return port
+    raise NoFreePort(f"no free port in launch_ports {ports[0]}-{ports[1]} for replica {replica}: every other one is "
+                     "in use")
 
 
 def replica_command(spec: LaunchSpec, model: str, port: int,
@@ -73,9 +116,12 @@ class PoolLaunch:
     runner: Runner = "generate"
 
 
-def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[ReplicaPlan]:
-    """Every replica to start, each with its own port and, for GPU engines, its own GPUs."""
+def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int],
+         ports: PortRange | None = None) -> list[ReplicaPlan]:
+    """Every replica to start, each with its own port and, for GPU engines, its own GPUs. `ports`: the range
+    the ports come from (a port in use is skipped); None: ports the OS picks."""
     taken: set[int] = set()
+    ports_taken: set[int] = set()
     plans = []
     for launch in launches:
         spec = launch.spec
@@ -84,7 +130,8 @@ def plan(launches: Sequence[PoolLaunch], machine_gpus: Sequence[int]) -> list[Re
             available = list(spec.gpus) if spec.gpus is not None else list(machine_gpus)
             gpu_sets = assign(available, spec.replicas, spec.gpus_per_replica, taken)
         for i, gpus in enumerate(gpu_sets):
-            port = free_port()
+            port = free_port() if ports is None else range_port(ports, ports_taken, f"{launch.pool}-{i}")
+            ports_taken.add(port)
             argv, env = replica_command(spec, launch.model, port, launch.runner)
             if spec.engine == "vllm":
                 env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpus)

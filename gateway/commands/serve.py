@@ -8,10 +8,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.commands import config as options
-from gateway.settings import SettingsError
+from gateway.settings import Settings, SettingsError
 
 # Allocations between collections of the youngest generation (Python's default: 700). A call allocates
 # thousands of objects that reference counting frees within the call; at 700, the objects of dozens of
@@ -26,27 +27,23 @@ def register(sub: Any) -> None:
     options.add_config(p, "every setting of the gateway")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default $GATEWAY_PORT or 8080)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes serving the port (default $GATEWAY_WORKERS "
+                   "or 1); more than one needs redis_url")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway.app import create_app
-    from gateway.commands.startup import DEBUG_HINT, guard_startup, report
-
     try:
-        settings = options.settings(args, host=args.host, port=args.port)
+        settings = options.settings(args, host=args.host, port=args.port, workers=args.workers)
     except SettingsError as exc:
         print(f"gateway: error: {exc} (check --config, $GATEWAY_CONFIG and the GATEWAY_* variables)", file=sys.stderr)
         return 2
     from gateway.telemetry.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (docs/observability.md)
-    # uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let
-    # a requested stop end with status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    several = settings.workers > 1
+    # text or JSON lines (docs/observability.md); with several processes each line says which one wrote it
+    configure_logging(settings.log_level, settings.log_format, 0 if several else None)
+    quiet_signals()
     # Bound before any replica is launched, so no replica can be given our port.
     try:
         sock = socket.create_server((settings.host, settings.port), reuse_port=False)
@@ -56,14 +53,42 @@ def run(args: argparse.Namespace) -> int:
               "have it: stop it or choose another --port)", file=sys.stderr)
         return 1
     models = ", ".join(("auto", *(p.model for p in settings.pools)))
-    print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models})", flush=True)
+    by = f", {settings.workers} processes" if several else ""
+    print(f"gateway: serving http://{settings.host}:{settings.port}/v1 (models: {models}{by})", flush=True)
     from gateway.auth.keys import dev_key_banner
 
     for line in dev_key_banner(settings, sys.stdout.isatty()):
         print(line, flush=True)
+    if several:
+        from gateway.commands.serve_workers import serve_processes
+
+        return serve_processes(settings, sock)
+    failure = serve(settings, sock)
+    if failure is not None:
+        print(failure, file=sys.stderr)
+        return 1
+    return 0
+
+
+def quiet_signals() -> None:
+    """uvicorn re-raises SIGTERM/SIGINT after its clean shutdown; handlers of ours that do nothing let a
+    requested stop end with status 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
+def serve(settings: Settings, sock: socket.socket, notify: Callable[[], Awaitable[None]] | None = None) -> str | None:
+    """Serve the app on the listening `sock` until a stop signal; None, or the line saying why it did not start.
+    `notify` (gateway serve --workers): awaited once the app has started, then about every 30 s."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.commands.startup import DEBUG_HINT, guard_startup, report
     from gateway.server_limits import protocol_class, server_limits
 
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}  # ours, not uvicorn's
+    if notify is not None:
+        extra["callback_notify"] = notify
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
@@ -84,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except SystemExit:  # uvicorn's exit on a failed start
         if startup.failure is None and not startup.refused:
             raise
-    if startup.failure is not None or startup.refused:
-        print(report(startup.failure) if startup.failure is not None else "gateway: error: the gateway did not "
-              f"start ({DEBUG_HINT})", file=sys.stderr)
-        return 1
-    return 0
+    if startup.failure is not None:
+        return report(startup.failure)
+    if startup.refused:
+        return f"gateway: error: the gateway did not start ({DEBUG_HINT})"
+    return None

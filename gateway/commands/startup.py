@@ -81,12 +81,15 @@ def describe(exc: BaseException) -> tuple[str, str]:
     from gateway.accounting.db import DatabaseError
     from gateway.accounting.prices import PricesError
     from router.errors import PolicyError
+    from workers.launcher import NoFreePort
 
     exc = root_cause(exc)
     if isinstance(exc, DatabaseError):
         return exc.problem, exc.hint or "check database_url"
     if isinstance(exc, PricesError):
         return _one_line(exc), "fix the price file, or point prices_file at another"
+    if isinstance(exc, NoFreePort):
+        return str(exc), "widen launch_ports, or stop what holds its ports"
     if isinstance(exc, PolicyError):
         more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
         return (f"the routing policy cannot be used: {exc.errors[0] if exc.errors else exc}{more}",

@@ -87,10 +87,15 @@ def run_up(args: argparse.Namespace) -> int:
 async def _up(settings: Settings) -> int:
     from gateway.app import build_pools, launch_plans
     from workers.health import watch_health
+    from workers.launcher import NoFreePort
     from workers.supervisor import Supervisor
     from workers.upstream import new_upstream
 
-    plans = launch_plans(settings)
+    try:
+        plans = launch_plans(settings)
+    except NoFreePort as exc:
+        print(f"gateway: {exc} (widen launch_ports, or stop what holds its ports)", file=sys.stderr)
+        return 1
     if not plans:
         print("gateway: no pool has a `launch` spec; nothing to start", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ It never holds a prompt, a completion or a key: ids, names, numbers.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -42,11 +43,16 @@ class AccessLine:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, process: dict[str, int] | None = None) -> None:
+        super().__init__()
+        self.process = process or {}  # gateway serve --workers N: {"process": index, "pid": pid}
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            **self.process,
         }
         if isinstance(record.msg, AccessLine):
             out["message"] = "access"
@@ -60,10 +66,18 @@ class JsonFormatter(logging.Formatter):
         return _encode(out).decode()
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """The process's logging, for `gateway serve` and `gateway workers up` (replaces any earlier setup)."""
+def configure_logging(level: str, fmt: str, process: int | None = None) -> None:
+    """The process's logging, for `gateway serve` and `gateway workers up` (replaces any earlier setup).
+    `process`: which of the processes of `gateway serve --workers N` this is (0: the parent, 1..N: those
+    serving), named on every line with its pid, as `[process 1 pid 4242]` or JSON members `process`, `pid`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    if process is None:
+        handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    elif fmt == "json":
+        handler.setFormatter(JsonFormatter({"process": process, "pid": os.getpid()}))
+    else:
+        tag = f"[process {process} pid {os.getpid()}]"
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(name)s", f"{tag} %(name)s")))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
