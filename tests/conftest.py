@@ -11,6 +11,7 @@ from gateway.limits.backend import Backend, MemoryBackend
 from gateway.limits.redis_backend import RedisBackend
 from tests.gateway_process import GatewayProcess, start_gateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
+from tests.package_support import built_wheel  # noqa: F401 (one wheel for test_package and test_container)
 from tests.pg_support import create_pg_database, drop_pg_database
 from tests.services import ServiceError, Throwaway, redis_url, start_missing, stop_all
 from tests.vllm_engine import VllmEngine, ensure_tiny_model, start_vllm

@@ -3,17 +3,14 @@ directory: the shipped policies and the migrations come with it (the packages ga
 gateway_migrations, pyproject.toml), `gateway init DIR` copies them, and `gateway serve` answers through the
 simulator with the embedded defaults.
 
-Needs the package index: the wheel's dependencies are installed from it (pip's cache and constraints.txt).
-When pip cannot install them the tests fail, they are not skipped.
+Needs the package index (tests/package_support.py): when pip cannot install the wheel's dependencies the tests
+fail, they are not skipped.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tomllib
-import venv
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +20,10 @@ import httpx
 import pytest
 
 from tests.gateway_process import DEV_KEY, start_gateway
+from tests.package_support import ROOT, clean_env, install
 
 pytestmark = pytest.mark.pypi
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA_PACKAGES = {"gateway_policies": "policies", "gateway_migrations": "migrations"}
 
 
@@ -41,31 +38,14 @@ class Installed:
                               capture_output=True, text=True, timeout=120)
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without what would point the installed gateway back at the checkout."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("GATEWAY_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-
-
-def pip(*args: str, python: str = sys.executable, cwd: Path = ROOT) -> None:
-    done = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.fail(f"pip {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     base = tmp_path_factory.mktemp("package")
     assert not base.resolve().is_relative_to(ROOT)
-    pip("wheel", "--no-deps", "-q", "-w", str(base / "dist"), ".")
-    (wheel,) = (base / "dist").glob("llm_gateway-*.whl")
-    venv.create(base / "venv", with_pip=True)
-    python = str(base / "venv" / "bin" / "python")
-    pip("install", "-q", "-c", str(ROOT / "constraints.txt"), str(wheel), python=python, cwd=base)
+    bin_dir = install(built_wheel, base / "venv")
     elsewhere = base / "elsewhere"
     elsewhere.mkdir()
-    yield Installed(wheel, base / "venv" / "bin", elsewhere)
+    yield Installed(built_wheel, bin_dir, elsewhere)
 
 
 def test_the_packages_list_names_every_package_of_the_tree() -> None:
