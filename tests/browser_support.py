@@ -2,7 +2,7 @@
 signing in, full-page screenshots.
 
 Chromium is used for real: when `/usr/bin/chromium` (or `$GATEWAY_TEST_CHROMIUM`) is missing these raise,
-so the tests fail loudly (they never skip); `make chromium` installs it. Playwright is only told where the
+so the tests fail loudly (they never skip); `make debian-packages` installs it. Playwright is only told where the
 browser is: nothing downloads one.
 
 Screenshots go to the test run's own folder. With `CONSOLE_SCREENSHOTS=DIR` set (e.g. `docs/images`) each is
@@ -32,8 +32,8 @@ SCREENSHOTS_ENV = "CONSOLE_SCREENSHOTS"
 def chromium() -> Path:
     """The browser the tests drive; raises, saying how to install it, when it is missing."""
     if not os.access(CHROMIUM, os.X_OK):
-        raise RuntimeError(f"{CHROMIUM} is missing: the console's browser tests need Debian's Chromium. "
-                           "Run `make chromium` (as root), or `sudo apt-get install -y chromium fonts-liberation`.")
+        raise RuntimeError(f"{CHROMIUM} is missing: the console's browser tests need Debian's Chromium. Run "
+                           "`make debian-packages` (as root), or `sudo apt-get install -y chromium fonts-liberation`.")
     return CHROMIUM
 
 
