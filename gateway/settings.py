@@ -120,6 +120,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # Replicas tried for one call when a replica refuses the connection or fails before answering.
     upstream_attempts: int = 3
     health_interval_s: float = 2.0
+    # GET /readyz is 200 while `all` pools (or, with `any`, at least one pool) have a healthy replica. Gateways that
+    # share their workers (a load balancer in front) want `any`: one pool's outage must not take every gateway out.
+    readiness_pools: Literal["all", "any"] = "all"
     # Accounting (docs/accounting.md). No database_url: SQLite at <state_dir>/gateway.db.
     database_url: str | None = None
     auto_migrate: bool | None = None  # migrate at start; unset: only the embedded SQLite

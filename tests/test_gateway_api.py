@@ -7,12 +7,15 @@ same checks against a real vLLM engine.
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, start_gateway
+from workers.launcher import free_port
 
 HELLO = [{"role": "user", "content": "Say hello to the gateway."}]
 
@@ -190,3 +193,30 @@ def test_health_and_readiness(gateway: GatewayProcess) -> None:
     assert ready.status_code == 200
     pools = ready.json()["pools"]
     assert {name: p["healthy"] for name, p in pools.items()} == {"small": 1, "large": 1}
+
+
+@pytest.mark.parametrize(("readiness_pools", "status"), [("all", 503), ("any", 200)])
+def test_readiness_with_one_pool_down_follows_readiness_pools(
+    tmp_path: Path, readiness_pools: str, status: int
+) -> None:
+    """Gateways behind one load balancer share their workers: with `any`, one pool's outage leaves them ready
+    (calls to it fail over to a fallback model), with `all` (the default) it takes them out of rotation."""
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = {
+        "readiness_pools": readiness_pools, "health_interval_s": 0.5,
+        "pools": [
+            {"name": "small", "model": "demo-small", "launch": {"engine": "sim"}},
+            {"name": "large", "model": "demo-large", "replicas": [dead]},
+        ],
+    }
+    gw = start_gateway(tmp_path, config, ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while (r := httpx.get(gw.base_url + "/readyz")).json()["pools"]["small"]["healthy"] < 1:
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.1)
+        assert r.status_code == status
+        assert r.json()["status"] == ("ready" if status == 200 else "not_ready")
+        assert r.json()["pools"]["large"]["healthy"] == 0
+    finally:
+        gw.stop()

@@ -213,5 +213,7 @@ class Pools:
         for pool in self.pools:
             yield from pool.replicas
 
-    def ready(self) -> bool:
-        return all(p.healthy_count > 0 for p in self.pools)
+    def ready(self, every: bool = True) -> bool:
+        """Every pool (or, with `every` false, at least one) has a healthy replica."""
+        healthy = (p.healthy_count > 0 for p in self.pools)
+        return all(healthy) if every else any(healthy)
