@@ -24,9 +24,9 @@ NOT_READY = ResponseSpec(dict[str, Any], generate_examples=False,
 @get("/readyz", responses={503: NOT_READY})
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Ready when every configured pool (with `readiness_pools: any`, one pool) has a healthy replica and
-    calls can be authenticated (the database answers, or keys are known from before it stopped: `auth` is `last_known`); the body
-    also details the response cache (backend, ok, errors, last error) and the database (`ok` or
-    `degraded`, with its last error)."""
+    calls can be authenticated (the database answers, or keys are known from before it stopped: `auth` is
+    `last_known`); the body also details the response cache (backend, ok, errors, last error) and the
+    database (`ok` or `degraded`, with its last error)."""
     ctx: GatewayContext = state.ctx
     reads = ctx.accounting.reads
     await reads.check()  # a bounded SELECT 1, at most once per database_retry_s
