@@ -204,8 +204,13 @@ def test_the_gateway_pod_probes_drains_and_is_locked_down(name: str) -> None:
         assert resource in gateway["resources"]["requests"] and resource in gateway["resources"]["limits"]
     mounts = {m["mountPath"]: m for m in gateway["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    for path in ("/var/lib/gateway", "/tmp"):
-        assert "emptyDir" in volumes[mounts[path]["name"]], path
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    state = volumes[mounts["/var/lib/gateway"]["name"]]
+    if name == "prod":  # one ReadWriteMany volume: a live replica replays what a deleted pod's spool held
+        claim = one(objs, "PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and "emptyDir" not in state
+    else:  # kept across a container's restart, which replays it
+        assert "emptyDir" in state
     settings = gateway_settings(objs)
     assert settings["state_dir"] == "/var/lib/gateway" and settings["policies_dir"] == POLICIES_MOUNT
 
