@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
-from workers.launcher import free_port
+from workers.launcher import bindable, free_port
 
 GATEWAY_BIN = Path(sys.executable).parent / "gateway"
 # The development key the test gateways run with (GATEWAY_DEV_KEY: role admin, tenant default, team dev).
@@ -48,6 +48,15 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive ports nothing listens on (per-process metrics ports, port ranges)."""
+    for _ in range(100):
+        first = free_port()
+        if first + n - 1 <= 65535 and all(bindable(p) for p in range(first, first + n)):
+            return first
+    raise RuntimeError(f"no {n} consecutive free ports found")
 
 
 def start_gateway(

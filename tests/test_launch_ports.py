@@ -36,7 +36,7 @@ def test_a_bad_range_says_what_is_wrong(text: str, problem: str) -> None:
 def test_settings_refuse_a_bad_range_or_one_too_small_for_the_launched_replicas() -> None:
     # The embedded pools launch two simulators.
     assert load_settings(env={}, overrides={"launch_ports": "20000-20001"}).launch_ports == "20000-20001"
-    with pytest.raises(SettingsError, match="launch_ports 20000-20000 has 1 port.s. for 2 launched replicas"):
+    with pytest.raises(SettingsError, match=r"launch_ports 20000-20000 has 1 port\(s\) for 2 launched replicas"):
         load_settings(env={}, overrides={"launch_ports": "20000-20000"})
     with pytest.raises(SettingsError, match="launch_ports: `80-90`: ports must be from 1024"):
         load_settings(env={"GATEWAY_LAUNCH_PORTS": "80-90"})

@@ -1,7 +1,8 @@
 """Rate limits and budgets through running gateways (`gateway serve`, simulated workers): 429s with
 OpenAI's headers and types, team limits shared by their keys, budgets that concurrent calls never
-overspend (in one process, and across two processes sharing Redis and PostgreSQL), one rate limit for
-two processes, revocation reaching both at once, the budget reports and the soft threshold."""
+overspend (in one process, and across two processes sharing Redis and PostgreSQL: two gateways, or one
+`gateway serve --workers 2`), one rate limit for two processes, revocation reaching both at once, the budget
+reports and the soft threshold."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import openai
 import pytest
 
 from tests.auth_support import GATEWAY, bearer, cli, new_key
-from tests.gateway_process import GatewayProcess, start_gateway
+from tests.gateway_process import GatewayProcess, free_ports, start_gateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.pg_support import create_pg_database, drop_pg_database
 from tests.services import redis_url
@@ -42,26 +44,45 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two gateway processes (own state directories) sharing Redis and a PostgreSQL database."""
+@dataclass
+class Pair:
+    gateways: tuple[GatewayProcess, GatewayProcess]  # where calls go (one gateway twice: its port)
+    metrics: tuple[str, ...]  # the /metrics of each process that serves calls
+
+
+@pytest.fixture(scope="module", params=["two gateways", "one gateway of 2 processes"])
+def pair_of(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Two processes sharing Redis and a PostgreSQL database: two gateways (own state directories), or one
+    `gateway serve --workers 2` (its processes on one port, metrics on metrics_port and metrics_port + 1)."""
     require_redis()
     url = asyncio.run(create_pg_database())
     prefix = unique_prefix()
     root = tmp_path_factory.mktemp("pair")
-    config = {"database_url": url, "redis_url": redis_url(), "limits_key_prefix": prefix,
-              "key_hash_secret": SHARED_SECRET, "recorder_flush_interval_s": 0.05, "auth_cache_ttl_s": 30.0}
+    config: dict[str, Any] = {
+        "database_url": url, "redis_url": redis_url(), "limits_key_prefix": prefix, "key_hash_secret": SHARED_SECRET,
+        "recorder_flush_interval_s": 0.05, "auth_cache_ttl_s": 30.0}
     gateways: list[GatewayProcess] = []
     try:
         migrate = subprocess_run(root, "db", "--database-url", url, "upgrade")
         assert migrate.returncode == 0, migrate.stderr
-        gateways = [start_gateway(root / f"gw{i}", config) for i in range(2)]
-        yield gateways[0], gateways[1]
+        if request.param == "two gateways":
+            gateways = [start_gateway(root / f"gw{i}", config) for i in range(2)]
+            yield Pair((gateways[0], gateways[1]), tuple(g.base_url + "/metrics" for g in gateways))
+        else:
+            metrics_port = free_ports(2)
+            gateways = [start_gateway(root / "gw", {**config, "workers": 2, "metrics_port": metrics_port})]
+            yield Pair((gateways[0], gateways[0]),
+                       tuple(f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(2)))
     finally:
         for g in gateways:
             g.stop()
         delete_prefix(prefix)
         asyncio.run(drop_pg_database(url))
+
+
+@pytest.fixture(scope="module")
+def pair(pair_of: Pair) -> tuple[GatewayProcess, GatewayProcess]:
+    return pair_of.gateways
 
 
 def subprocess_run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -238,3 +259,13 @@ def test_a_revocation_reaches_both_processes_at_once(pair: tuple[GatewayProcess,
         while chat(g, key).status_code == 200:
             assert time.monotonic() - started < 2, "the revocation did not reach every gateway"
             time.sleep(0.02)
+
+
+def test_each_process_served_calls(pair_of: Pair) -> None:
+    """The tests above ran on both processes: each counted calls of its own (one gateway of 2 processes: the
+    kernel gave the burst's connections to both)."""
+    for url in pair_of.metrics:
+        text = httpx.get(url, timeout=10).text
+        served = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("gateway_requests_total{"))
+        assert served >= 5, (url, served)

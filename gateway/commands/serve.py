@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.commands import config as options
@@ -20,6 +21,7 @@ from gateway.settings import Settings, SettingsError
 # instructions per call (docs/performance.md). The app's start-up freezes what it
 # built (gateway/app.py), so the older generations hold little.
 GC_YOUNG_THRESHOLD = 20_000
+_PR_SET_PDEATHSIG = 1
 
 
 def register(sub: Any) -> None:
@@ -60,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     for line in dev_key_banner(settings, sys.stdout.isatty()):
         print(line, flush=True)
     if several:
-        from gateway.commands.serve_workers import serve_processes
+        from gateway.commands.serve_workers import listening_sockets, serve_processes
 
-        return serve_processes(settings, sock)
+        return serve_processes(settings, listening_sockets(settings, sock))
     failure = serve(settings, sock)
     if failure is not None:
         print(failure, file=sys.stderr)
@@ -114,3 +116,43 @@ def serve(settings: Settings, sock: socket.socket, notify: Callable[[], Awaitabl
     if startup.refused:
         return f"gateway: error: the gateway did not start ({DEBUG_HINT})"
     return None
+
+
+def child(argv: Sequence[str] | None = None) -> int:
+    """A serving process of `gateway serve --workers N` (gateway/commands/serve_workers.py): its settings from
+    stdin, the socket it inherited, READY or why it could not start on its status pipe."""
+    import msgspec
+
+    from gateway.commands.serve_workers import READY
+    from gateway.telemetry.logs import configure_logging
+
+    p = argparse.ArgumentParser(prog="gateway serve (serving process)")
+    for name in ("--index", "--socket-fd", "--status-fd", "--parent"):
+        p.add_argument(name, type=int, required=True)
+    args = p.parse_args(argv)
+    # Drain when the parent dies without stopping us (its replicas are stopped by their watchdog).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != args.parent:  # it died before prctl could arm it
+        return 1
+    with os.fdopen(args.status_fd, "wb", buffering=0) as status:
+        settings = msgspec.json.decode(sys.stdin.buffer.read(), type=Settings)
+        configure_logging(settings.log_level, settings.log_format, args.index)
+        quiet_signals()
+        told = False
+
+        async def notify() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                status.write(READY)
+
+        failure = serve(settings, socket.socket(fileno=args.socket_fd), notify)
+        if failure is not None:
+            status.write(failure.encode() + b"\n")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(child())

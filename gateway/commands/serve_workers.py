@@ -5,10 +5,14 @@ must not race on: the accounting database's migration or check, the key-hash sec
 files, the price file's and the routing policy's validation, and the launched replicas, which it starts,
 health-checks and restarts as one process does (workers/supervisor.py).
 
-Processes 1..N inherit the listening socket (one accept queue: a process that dies or drains leaves the
-connections it had not accepted to the others) and read their settings as JSON on stdin, every launched
-pool turned into the URLs of its replicas (the settings hold secrets: never in argv or the environment).
-Each says on a pipe that it serves, or why it could not start.
+Each serving process i (1..N) inherits listening socket i of the port, all N bound by the parent with
+SO_REUSEPORT: the kernel spreads new connections evenly over them (by a hash of their addresses), where one
+shared accept queue gives a burst to whichever process wakes first, and kept-alive connections stay with it.
+The parent holds the sockets for the whole serve: connections waiting in the queue of a process that dies
+are accepted by its replacement, never reset, and the port cannot be taken meanwhile. Each process reads its
+settings as JSON on stdin, every launched pool turned into the URLs of its replicas (the settings hold
+secrets: never in argv or the environment), and says on a pipe that it serves, or why it could not start
+(`python -m gateway.commands.serve`: gateway/commands/serve.py `child`).
 
 The parent starts a process that exits again (with backoff); one that fails to start START_ATTEMPTS times in a
 row ends the serve with its error and status 1, as one process's failed start does. SIGTERM and SIGINT are
@@ -18,10 +22,8 @@ exited, the replicas are stopped.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -45,8 +47,7 @@ BACKOFF_MAX_S = 30.0
 RESTART_WINDOW_S = 60.0  # restarts within this window lengthen the next backoff
 # A process's drain: uvicorn's graceful shutdown (10 s), then the app's (records flushed); then SIGKILL.
 STOP_GRACE_S = 30.0
-READY = b"ready\n"
-_PR_SET_PDEATHSIG = 1
+READY = b"ready\n"  # what a serving process writes on its status pipe once it serves
 
 
 @dataclass
@@ -70,9 +71,17 @@ def child_settings(settings: Settings, plans: Sequence[ReplicaPlan], index: int,
                                    auto_migrate=False if prepared else settings.auto_migrate)
 
 
-def serve_processes(settings: Settings, sock: socket.socket) -> int:
-    """Serve `sock` from `settings.workers` processes until SIGTERM/SIGINT; the exit status."""
-    failure = asyncio.run(_parent(settings, sock))
+def listening_sockets(settings: Settings, probe: socket.socket) -> list[socket.socket]:
+    """One SO_REUSEPORT socket per process, in place of `probe` (bound without SO_REUSEPORT: that it could be
+    shows that no other process, not even another gateway of this user, listens on the port)."""
+    probe.close()
+    return [socket.create_server((settings.host, settings.port), reuse_port=True) for _ in range(settings.workers)]
+
+
+def serve_processes(settings: Settings, socks: Sequence[socket.socket]) -> int:
+    """Serve from `settings.workers` processes, process i on `socks[i - 1]`, until SIGTERM/SIGINT; the exit
+    status."""
+    failure = asyncio.run(_parent(settings, socks))
     if failure is not None:
         print(failure, file=sys.stderr)
         return 1
@@ -108,7 +117,7 @@ async def _prepare(settings: Settings) -> bool:
         await engine.dispose()
 
 
-async def _parent(settings: Settings, sock: socket.socket) -> str | None:
+async def _parent(settings: Settings, socks: Sequence[socket.socket]) -> str | None:
     """The serve; None, or the line saying why it stopped."""
     from gateway.app import build_pools, launch_plans
     from gateway.commands.startup import report
@@ -143,7 +152,7 @@ async def _parent(settings: Settings, sock: socket.socket) -> str | None:
                 starting.cancel()
                 return None
             log.info("started %d local replica(s)", len(plans))
-        return await _serve(settings, sock, plans, prepared, children, stopping)
+        return await _serve(settings, socks, plans, prepared, children, stopping)
     finally:
         checks.cancel()
         await asyncio.gather(checks, return_exceptions=True)
@@ -151,7 +160,7 @@ async def _parent(settings: Settings, sock: socket.socket) -> str | None:
         await upstream.aclose()
 
 
-async def _serve(settings: Settings, sock: socket.socket, plans: Sequence[ReplicaPlan], prepared: bool,
+async def _serve(settings: Settings, socks: Sequence[socket.socket], plans: Sequence[ReplicaPlan], prepared: bool,
                  children: list[Child], stopping: asyncio.Event) -> str | None:
     failure: list[str] = []
 
@@ -160,9 +169,8 @@ async def _serve(settings: Settings, sock: socket.socket, plans: Sequence[Replic
             failure.append(line)
         stopping.set()
 
-    keepers = [asyncio.create_task(_keep(c, sock, msgspec.json.encode(child_settings(settings, plans, c.index,
-                                                                                     prepared)), stopping, give_up))
-               for c in children]
+    keepers = [asyncio.create_task(_keep(c, socks[c.index - 1], msgspec.json.encode(
+        child_settings(settings, plans, c.index, prepared)), stopping, give_up)) for c in children]
     await stopping.wait()
     _signal(children, signal.SIGTERM)  # a drain; one starting now is told by its keeper
     done, pending = await asyncio.wait(keepers, timeout=STOP_GRACE_S)
@@ -211,7 +219,7 @@ async def _run_once(child: Child, sock: socket.socket, payload: bytes,
     read_end, write_end = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.commands.serve_workers", "--index", str(child.index),
+            sys.executable, "-m", "gateway.commands.serve", "--index", str(child.index),
             "--socket-fd", str(sock.fileno()), "--status-fd", str(write_end), "--parent", str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, pass_fds=(sock.fileno(), write_end),
         )
@@ -237,43 +245,3 @@ async def _run_once(child: Child, sock: socket.socket, payload: bytes,
         transport.close()
     error = first.decode(errors="replace").strip() if first and first != READY else None
     return first == READY, error, status
-
-
-# --- a serving process --------------------------------------------------------------------------------------
-
-
-def child_main(argv: Sequence[str] | None = None) -> int:
-    """Serving process: settings from stdin, the inherited socket, READY or its error on the status pipe."""
-    from gateway.commands.serve import quiet_signals, serve
-    from gateway.telemetry.logs import configure_logging
-
-    p = argparse.ArgumentParser(prog="gateway serve (process)")
-    for name in ("--index", "--socket-fd", "--status-fd", "--parent"):
-        p.add_argument(name, type=int, required=True)
-    args = p.parse_args(argv)
-    # A drain when the parent dies without stopping us (its replicas are stopped by their watchdog).
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != args.parent:  # it died before prctl could arm it
-        return 1
-    with os.fdopen(args.status_fd, "wb", buffering=0) as status:
-        settings = msgspec.json.decode(sys.stdin.buffer.read(), type=Settings)
-        configure_logging(settings.log_level, settings.log_format, args.index)
-        quiet_signals()
-        told = False
-
-        async def notify() -> None:
-            nonlocal told
-            if not told:
-                told = True
-                status.write(READY)
-
-        failure = serve(settings, socket.socket(fileno=args.socket_fd), notify)
-        if failure is not None:
-            status.write(failure.encode() + b"\n")
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(child_main())
