@@ -204,3 +204,30 @@ def test_sigterm_drains_a_call_in_flight_exits_0_and_leaves_no_process(tmp_path:
         assert not left, {p: tree[p] for p in left}
     finally:
         gw.stop()
+
+
+def test_a_process_that_cannot_start_three_times_ends_the_serve_with_its_error(tmp_path: Path) -> None:
+    """Process 2's metrics port is taken: it fails at start, again and again; the serve ends with its error line
+    and status 1, as one process's failed start does, and leaves nothing running."""
+    require_redis()
+    metrics_port = free_ports(2)
+    pool = {"name": "small", "model": "demo-small", "launch": {"engine": "sim", "replicas": 1}}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"workers: 2\nredis_url: {redis_url()}\nmetrics_port: {metrics_port}\npools: [{pool}]\n")
+    with socket.create_server(("127.0.0.1", metrics_port + 1)):
+        proc = subprocess.Popen([str(GATEWAY_BIN), "serve", "--port", str(free_ports(1)), "--config", str(config)],
+                                cwd=tmp_path, env=gateway_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            # Each failed start is a few seconds; a cancelled Redis listener once held each for 30 s.
+            _, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            tree = descendants(proc.pid)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Address already in use" in err.splitlines()[-1], err[-3000:]
+    assert err.count("process 2 did not start") == 2 and "process 2 failed to start 3 times in a row" in err, \
+        err[-3000:]
+    assert not tree

@@ -146,7 +146,11 @@ class Auth:
     async def close(self) -> None:
         for task in (self._listener, self._reloader):
             if task is not None:
-                task.cancel()
+                # redis-py can swallow a cancellation that lands inside its own timeouts (redis/redis-py#2551),
+                # leaving the listener in get_message(timeout=30): cancel until the task has ended.
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait([task], timeout=0.2)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
