@@ -344,3 +344,43 @@ async def test_prices_are_loaded_as_versions_and_never_rewritten(any_url: str) -
     big = by_id[catalogue().versions["big"][0].id]
     assert (big.mode, big.gpus, big.prefill_tokens_per_s, big.gpu_hour_price) == ("gpu_time", 2, 6000, Decimal("3"))
     assert big.effective_from.year == 2020
+
+
+async def test_a_database_migrated_past_this_code_spools_for_the_next_version(pg_url: str, tmp_path: Path) -> None:
+    """A rolling upgrade: the new version's migration runs while this process (the old version) still serves,
+    and the new schema refuses what it writes (here: the rollups' key changed, as a migration may change it).
+    The records are not the database's to refuse: they stay in the spool, none in the dead letter, and a
+    process at the database's revision replays them, each once."""
+    async with migrated_engine(pg_url) as engine:
+        async with engine.connect() as conn:
+            head = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+        rec = recorder(engine, tmp_path)
+        await rec.start()
+        for n in range(10):
+            rec.record(record(n))
+        await wait_rows(engine, 10)
+        async with engine.begin() as conn:  # "the next version's migration"
+            await conn.execute(text("ALTER TABLE usage_daily RENAME TO usage_daily_before"))
+            await conn.execute(text("CREATE TABLE usage_daily (LIKE usage_daily_before INCLUDING DEFAULTS)"))
+            await conn.execute(text("ALTER TABLE usage_daily ADD PRIMARY KEY (day, tenant, team, key_id)"))
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999_next'"))
+        for n in range(10, 20):
+            rec.record(record(n))
+        for _ in range(200):  # up to 10 s for the flush, the refusal and the spool
+            if rec.stats.spooled >= 10:
+                break
+            await asyncio.sleep(0.05)
+        await rec.close()  # the old version stops; what it could not write stays in the spool
+        assert rec.stats.spooled == 10 and rec.stats.dead_lettered == 0, rec.stats
+        assert not (tmp_path / "spool" / DEAD_LETTER).exists()
+        async with engine.begin() as conn:  # the schema this code knows stands for "the new version's"
+            await conn.execute(text("DROP TABLE usage_daily"))
+            await conn.execute(text("ALTER TABLE usage_daily_before RENAME TO usage_daily"))
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
+        assert await count_rows(engine) == (10, 10)  # nothing of the refused batch was written
+        successor = recorder(engine, tmp_path)
+        await successor.start()
+        await wait_rows(engine, 20)
+        await successor.close()
+        assert await count_rows(engine) == (20, 20)
+        assert successor.stats.replayed == 10 and successor.stats.dead_lettered == 0

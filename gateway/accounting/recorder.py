@@ -392,8 +392,14 @@ class Recorder:
     async def _isolate(self, records: list[UsageRecord], error: BaseException) -> int:
         """A batch the database refused: write its records one by one; refused ones go to the dead letter.
 
-        Raises when the database becomes unreachable meanwhile.
+        Raises when the database becomes unreachable meanwhile, or is not at this code's revision.
         """
+        # A database migrated past this code (a rolling upgrade: the new version's migration ran, this
+        # process is of the old one) refuses what this code writes: that is not the records' fault. Check
+        # the revision again: off it, DatabaseError (not ready) keeps them in the spool, for a process of the
+        # new version to replay, instead of the dead letter.
+        self._ready = False
+        await self._ensure_ready()
         log.error("accounting: the database refused a batch (%s); writing its records one by one",
                   _describe(error))
         written = 0
