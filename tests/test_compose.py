@@ -32,7 +32,7 @@ GATEWAY_IMAGE = "llm-gateway:latest"
 NON_ROOT_IMAGES = ("haproxy:", "prom/prometheus:", "grafana/grafana:", "otel/opentelemetry-collector:")
 # vLLM's image runs as root: its model cache volume and the NVIDIA runtime expect it.
 ROOT_ALLOWED = ("vllm/vllm-openai:",)
-WORKER_MODES = ("sim", "gpu")
+WORKER_MODES = ("cpu", "gpu")  # the profiles, which also pick the gateways' settings file
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$\$")
 
@@ -101,7 +101,7 @@ def schema_errors(data: Mapping[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module", params=WORKER_MODES)
 def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return load_compose(example_env(GATEWAY_WORKERS=request.param))
+    return load_compose(example_env(COMPOSE_PROFILES=request.param))
 
 
 def services(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -238,7 +238,7 @@ def gateway_settings(compose: dict[str, Any], name: str) -> Settings:
 
 @pytest.mark.parametrize("mode", WORKER_MODES)
 def test_the_gateway_settings_load_and_name_workers_of_the_stack(mode: str) -> None:
-    env = example_env(GATEWAY_WORKERS=mode)
+    env = example_env(COMPOSE_PROFILES=mode)
     compose = load_compose(env)
     svcs = services(compose)
     assert mounted_file(svcs["gateway-1"], "/etc/gateway/gateway.yaml").name == f"gateway.{mode}.yaml"
@@ -249,8 +249,8 @@ def test_the_gateway_settings_load_and_name_workers_of_the_stack(mode: str) -> N
     assert settings.state_dir == "/var/lib/gateway"
     assert settings.port == 8080
     workers = {n: s for n, s in svcs.items() if s["image"] != GATEWAY_IMAGE or s["command"][0] == "sim"}
-    # The simulators run in every mode; vLLM only with the gpu profile, which this mode's settings need.
-    profile = [] if mode == "sim" else ["gpu"]
+    # Each profile's settings name only the workers that profile starts.
+    profile = [mode]
     catalogue = load_policy_set(ROOT / "policies").models
     for pool in settings.pools:
         assert pool.launch is None, "the stack's workers are containers, never launched by a gateway"
@@ -270,7 +270,7 @@ def test_the_gateway_settings_load_and_name_workers_of_the_stack(mode: str) -> N
 
 
 def test_gpu_workers_reserve_nvidia_gpus_and_report_health() -> None:
-    svcs = services(load_compose(example_env(GATEWAY_WORKERS="gpu")))
+    svcs = services(load_compose(example_env(COMPOSE_PROFILES="gpu")))
     vllm = {n: s for n, s in svcs.items() if s["image"].startswith("vllm/vllm-openai:")}
     assert sorted(vllm) == ["vllm-large", "vllm-small"]
     for name, svc in vllm.items():
