@@ -34,7 +34,7 @@ help: ## list the targets, and what `make test` needs
 	@echo "  Debian's chromium and haproxy, for the console's browser tests and the multi-host test"
 	@echo "    (\`make debian-packages\` installs them as root); the multi-host test runs as root (network namespaces)"
 	@echo "  memory: ~3 GB while a test runs a vLLM engine (one at a time)"
-	@echo "  time: 7-10 min on 2 cores once installed (~1100 tests; lint ~20 s; the 3 vLLM test modules ~3 min,"
+	@echo "  time: 20-30 min on 2 cores once installed (~2,000 tests; lint ~20 s; the vLLM modules several minutes,"
 	@echo "    each starting its engine); the first run adds the installs. \`make test-unit\`: ~30 s, no service."
 
 $(STAMP): pyproject.toml constraints.txt
