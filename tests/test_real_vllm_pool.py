@@ -58,7 +58,9 @@ def workers_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Launch
 
 @pytest.fixture(scope="module")
 def gw(workers_up: list[Launched], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    config = {"health_interval_s": 0.5,
+    # Checks every second, each allowed a second: two CPU engines under this module's load can take longer
+    # than half a second to answer /health, and a survivor marked unhealthy would fail the failover test.
+    config = {"health_interval_s": 1.0,
               "pools": [{"name": "tiny", "model": "tiny", "replicas": [w.url for w in workers_up]}]}
     gateway = start_gateway(tmp_path_factory.mktemp("gw"), config)
     yield gateway
