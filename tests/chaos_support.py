@@ -283,6 +283,16 @@ async def tally(scenario: str, chaos: Chaos, ledger: Ledger, timeout_s: float = 
                spend=None if spend is None else Decimal(spend))
 
 
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def children(pid: int) -> list[int]:
     """The direct children of a process (Linux)."""
     found: list[int] = []

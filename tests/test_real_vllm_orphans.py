@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chaos_support import children
+from tests.chaos_support import alive, children
 from tests.gateway_process import GATEWAY_BIN
 from tests.vllm_engine import ensure_tiny_model, venv_python
 from workers.supervisor import group_alive
@@ -30,14 +30,6 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def test_a_supervisor_killed_with_sigkill_leaves_no_vllm_process(tmp_path: Path) -> None:
@@ -60,7 +52,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_no_vllm_process(tmp_path: Path)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + GRACE_S + 15
-        while (left := {p for p in {leader, *engine} if _alive(p)}) and time.monotonic() < deadline:
+        while (left := {p for p in {leader, *engine} if alive(p)}) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"still running after the supervisor's kill -9: {sorted(left)}"
         assert not group_alive(leader)

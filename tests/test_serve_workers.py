@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.chaos_support import children
+from tests.chaos_support import alive, children
 from tests.gateway_process import GATEWAY_BIN, GatewayProcess, free_ports, start_gateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.pg_support import create_pg_database, drop_pg_database
@@ -51,14 +51,6 @@ def serving(gw: GatewayProcess) -> dict[int, int]:
     """The serving processes of a gateway: index -> pid."""
     return {int(cmd.split("--index ")[1].split()[0]): pid for pid, cmd in descendants(gw.process.pid).items()
             if "-m gateway.commands.serve --index " in cmd}
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def requests_served(metrics_url: str) -> float:
