@@ -40,6 +40,14 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_logged(self, text: str, timeout_s: float = 10.0) -> str:
+        """The log once it holds `text` (AssertionError with its tail after `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{text!r} was never logged:\n{log[-3000:]}"
+            time.sleep(0.05)
+        return log
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

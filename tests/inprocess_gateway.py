@@ -29,7 +29,10 @@ class InProcessGateway:
         """`serve`: what uvicorn serves, made from the app (by default the app itself, as `gateway serve`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        base = {"state_dir": str(workdir / "state"), "dev_key": dev_key, "port": self.port, "host": "127.0.0.1"}
+        # The request path's database bound is generous unless a test sets it: on a loaded two-core machine a
+        # connect can take longer than the default half second, and a test not about the database must not fail.
+        base = {"state_dir": str(workdir / "state"), "dev_key": dev_key, "port": self.port, "host": "127.0.0.1",
+                "database_request_timeout_s": 5.0}
         self.settings: Settings = load_settings(env={}, overrides={**base, **(config or {})})
         self.key = dev_key
         self.app = create_app(self.settings, span_exporter=span_exporter)
