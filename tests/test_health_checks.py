@@ -122,7 +122,8 @@ async def test_calls_holding_every_connection_do_not_hold_up_health_checks(worke
         await call.aclose()
 
 
-async def test_a_failing_or_slow_health_check_marks_the_replica_unhealthy(worker: Worker, upstream: Upstream) -> None:
+async def test_a_failing_or_twice_late_health_check_marks_the_replica_unhealthy(worker: Worker,
+                                                                                   upstream: Upstream) -> None:
     replica = Replica(worker.url, "p", healthy=True)
     worker.health_status = 503
     await check_replica(upstream.checks, replica, timeout=2.0)
@@ -132,9 +133,25 @@ async def test_a_failing_or_slow_health_check_marks_the_replica_unhealthy(worker
     await check_replica(upstream.checks, replica, timeout=2.0)
     assert replica.healthy
 
+    # A healthy replica rides out one late answer (a busy engine); the second in a row takes it out.
     worker.health_delay_s = 1.0
     await check_replica(upstream.checks, replica, timeout=0.2)
-    assert not replica.healthy and replica.last_error is not None and "Timeout" in replica.last_error
+    assert replica.healthy and replica.last_error is not None and "Timeout" in replica.last_error
+    await check_replica(upstream.checks, replica, timeout=0.2)
+    assert not replica.healthy and replica.late == 2
+    await check_replica(upstream.checks, replica, timeout=0.2)  # an unhealthy one is not let back in late
+    assert not replica.healthy
+
+    # An answer in time ends the count: the next late one is ridden out again.
+    worker.health_delay_s = 0.0
+    await check_replica(upstream.checks, replica, timeout=2.0)
+    assert replica.healthy and replica.late == 0
+    worker.health_delay_s = 1.0
+    await check_replica(upstream.checks, replica, timeout=0.2)
+    assert replica.healthy
+    worker.health_status, worker.health_delay_s = 503, 0.0  # another status takes it out at once
+    await check_replica(upstream.checks, replica, timeout=2.0)
+    assert not replica.healthy and replica.late == 0
 
 
 async def test_an_unreachable_replica_is_unhealthy(upstream: Upstream) -> None:

@@ -24,6 +24,11 @@ from workers.pool import Pool, Pools, Replica
 
 log = logging.getLogger("gateway.workers")
 
+# A healthy replica stays in rotation through this many late answers to /health in a row: an engine busy on a
+# full batch (or a host short of CPU) can answer one late, and taking the last replica out fails every call.
+# A refused connection, another status, or one late answer more takes it out at once.
+LATE_TOLERATED = 1
+
 
 async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, bytes]:
     """GET `url`: its status and body (raises aiohttp's errors, and TimeoutError past `timeout`)."""
@@ -82,12 +87,14 @@ async def check_replica(session: aiohttp.ClientSession, replica: Replica, timeou
         ok, error = False, f"/health failed: {type(health).__name__}"
     else:
         ok, error = health[0] == 200, f"/health answered {health[0]}"
+    replica.late = replica.late + 1 if isinstance(health, TimeoutError) else 0
+    tolerated = not ok and replica.healthy and 0 < replica.late <= LATE_TOLERATED
     if not isinstance(metrics, BaseException) and metrics[0] == 200:
         load = parse_load(metrics[1].decode("utf-8", "replace"))
         replica.running, replica.waiting, replica.kv_cache = load.running, load.waiting, load.kv_cache
-    if ok != replica.healthy:
+    if ok != replica.healthy and not tolerated:
         log.info("replica %s of pool %s is now %s", replica.url, replica.pool, "healthy" if ok else "unhealthy")
-    replica.healthy = ok
+    replica.healthy = ok or tolerated
     replica.checked_at = time.monotonic()  # the supervisor restarts a launched replica failing them too long
     if ok:
         replica.healthy_at = replica.checked_at

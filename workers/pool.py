@@ -29,6 +29,7 @@ class Replica:
     # When a health check last ended, and last found it healthy (monotonic): how long it has failed them.
     checked_at: float = 0.0
     healthy_at: float = 0.0
+    late: int = 0  # health checks in a row that timed out (a healthy replica rides out one: workers/health.py)
     in_flight: int = 0  # calls this gateway process has open on it
     # From the replica's /metrics (vLLM's gauges), as last polled; other gateways' calls included.
     running: float = 0.0
