@@ -42,6 +42,7 @@ from router.tokens import warm_up
 from workers.breaker import Breaker
 from workers.gpus import discover
 from workers.health import check_all, watch_health
+from workers.launched_status import status_path
 from workers.launcher import PoolLaunch, ReplicaPlan, parse_port_range, plan
 from workers.pool import Affinity, Gate, Pool, Pools, Replica
 from workers.supervisor import Supervisor
@@ -78,10 +79,12 @@ def build_pools(settings: Settings, plans: list[ReplicaPlan]) -> Pools:
     return Pools(pools)
 
 
-def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> GatewayApp:
+def create_app(settings: Settings, span_exporter: SpanExporter | None = None,
+               launched_by: int | None = None) -> GatewayApp:
     """The gateway's app, as served (the short way in for inference calls included: gateway/front.py).
     `span_exporter` (tests: an in-memory exporter) turns tracing on with that exporter, whatever
-    `otel_exporter` says; each span is handed to it as it ends."""
+    `otel_exporter` says; each span is handed to it as it ends. `launched_by`: in a serving process of
+    `gateway serve --workers N`, its parent's pid, whose supervisor owns the launched replicas."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -97,7 +100,9 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             pools = build_pools(settings, plans)
             policies = PolicyStore(policy_directory(settings.policies_dir), pools)
             # The health checks below also tell the supervisor which launched replica stays unhealthy.
-            supervisor = Supervisor(plans, Path(settings.state_dir) / "logs", pools.replicas())
+            state_dir = Path(settings.state_dir)
+            mirror = status_path(state_dir, launched_by) if launched_by is not None else None
+            supervisor = Supervisor(plans, state_dir / "logs", pools.replicas(), mirror)
             stack.push_async_callback(supervisor.stop)
             if plans:
                 await supervisor.start()

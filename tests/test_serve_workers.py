@@ -145,6 +145,38 @@ def test_both_processes_answer_and_every_answered_call_has_one_record(served: Se
     assert found == dict.fromkeys(rids, 1)
 
 
+def restarts_shown(metrics_url: str) -> dict[int, float]:
+    """`gateway_replica_restarts` of one process, by the replica's port."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return {int(line.split('replica="')[1].split('"')[0].rsplit(":", 1)[1]): float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("gateway_replica_restarts{")}
+
+
+def test_every_process_shows_the_parents_supervision_of_the_launched_replicas(served: Served) -> None:
+    """The serving processes launch nothing: `/admin/workers` and `gateway_replica_restarts` tell what the
+    parent's supervisor knows (state, pid, restarts), a killed replica's restart included."""
+    def managed() -> dict[int, dict[str, Any]]:
+        r = httpx.get(served.gw.base_url + "/admin/workers", headers=served.gw.auth, timeout=10)
+        assert r.status_code == 200, r.text
+        return {int(rep["url"].rsplit(":", 1)[1]): rep["managed"]
+                for pool in r.json()["pools"].values() for rep in pool["replicas"]}
+
+    sims = {int(cmd.split("--port ")[1].split()[0]): pid
+            for pid, cmd in descendants(served.gw.process.pid).items() if "-m vllm_sim " in cmd}
+    assert {port: (m["state"], m["pid"], m["restarts"]) for port, m in managed().items()} == \
+        {port: ("ready", pid, 0) for port, pid in sims.items()}
+    metrics = [f"http://127.0.0.1:{served.metrics_port + i}/metrics" for i in range(2)]
+    assert [restarts_shown(url) for url in metrics] == [dict.fromkeys(sims, 0.0)] * 2
+
+    port, pid = min(sims.items())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while [restarts_shown(url).get(port) for url in metrics] != [1.0, 1.0] or managed()[port]["state"] != "ready":
+        assert time.monotonic() < deadline, (managed(), [restarts_shown(url) for url in metrics])
+        time.sleep(0.2)
+    assert managed()[port]["pid"] not in (None, pid)
+
+
 def test_a_process_killed_with_sigkill_is_replaced_while_the_other_serves(served: Served) -> None:
     before = serving(served.gw)
     assert sorted(before) == [1, 2]
@@ -192,6 +224,7 @@ def test_sigterm_drains_a_call_in_flight_exits_0_and_leaves_no_process(tmp_path:
         while (left := [p for p in tree if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left, {p: tree[p] for p in left}
+        assert not list((tmp_path / ".gateway").glob("launched-*")), "the replicas' status file was left"
     finally:
         gw.stop()
 

@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 
 from workers.groups import group_alive, stop_groups
 from workers.health import fetch
+from workers.launched_status import Statuses, read_statuses
 from workers.launcher import ReplicaPlan
 from workers.pool import Replica
 from workers.watchdog import Watchdog
@@ -75,7 +76,7 @@ class ManagedReplica:
         except OSError:
             return ""
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         return {
             "state": self.state, "pid": self.process.pid if self.process else None,
             "restarts": len(self.restarts), "last_error": self.last_error, "log": str(self.log_path),
@@ -99,16 +100,27 @@ def replica_temp_root(preferred: Path, names: Iterable[str]) -> Path:
 
 
 class Supervisor:
-    def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path, checked: Iterable[Replica] = ()) -> None:
+    def __init__(self, plans: Sequence[ReplicaPlan], log_dir: Path, checked: Iterable[Replica] = (),
+                 mirror: Path | None = None) -> None:
         """`checked`: the pools' replicas, kept up to date by the health checks; a launched replica among them
-        that stays unhealthy past its `unhealthy_restart_s` is restarted. Without them, only one that exits."""
+        that stays unhealthy past its `unhealthy_restart_s` is restarted. Without them, only one that exits.
+        `mirror` (a serving process of `gateway serve --workers N`, which launches nothing): the file in which
+        its parent's supervisor tells the status of the replicas it launched (workers/launched_status.py)."""
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.mirror = mirror
         by_url = {c.url: c for c in checked}
         self.replicas = [ManagedReplica(p, log_dir / f"{p.name}.log", checked=by_url.get(p.url)) for p in plans]
         self._tmp = replica_temp_root(log_dir.parent / "tmp", (p.name for p in plans))
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.watchdog: Watchdog | None = None
+
+    def statuses(self) -> Statuses:
+        """Each launched replica's status (`ManagedReplica.status()`) by URL: this process's replicas, or those
+        of the supervisor it mirrors."""
+        if self.mirror is not None:
+            return read_statuses(self.mirror)
+        return {m.url: m.status() for m in self.replicas}
 
     async def start(self) -> None:
         """Start every replica and return once each is ready or given up."""

@@ -28,7 +28,7 @@ def replica_status(r: Replica, now: float) -> dict[str, Any]:
 
 def pools_status(ctx: GatewayContext) -> dict[str, Any]:
     now = time.monotonic()
-    managed = {m.url: m.status() for m in ctx.supervisor.replicas}
+    managed = ctx.supervisor.statuses()
     return {
         p.name: {
             "model": p.model,

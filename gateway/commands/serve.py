@@ -79,9 +79,11 @@ def quiet_signals() -> None:
         signal.signal(sig, lambda *_: None)
 
 
-def serve(settings: Settings, sock: socket.socket, notify: Callable[[], Awaitable[None]] | None = None) -> str | None:
+def serve(settings: Settings, sock: socket.socket, notify: Callable[[], Awaitable[None]] | None = None,
+          parent: int | None = None) -> str | None:
     """Serve the app on the listening `sock` until a stop signal; None, or the line saying why it did not start.
-    `notify` (gateway serve --workers): awaited once the app has started, then about every 30 s."""
+    `notify` and `parent` (a serving process of gateway serve --workers): awaited once the app has started,
+    then about every 30 s; the pid of the process that launched the replicas."""
     import uvicorn
 
     from gateway.app import create_app
@@ -92,7 +94,7 @@ def serve(settings: Settings, sock: socket.socket, notify: Callable[[], Awaitabl
     if notify is not None:
         extra["callback_notify"] = notify
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, launched_by=parent),
         loop="uvloop",
         # httptools, with header, body and idle timeouts and a cap on connections per client address
         # (docs/configuration.md#server-timeouts); the idle timeout is uvicorn's keep-alive, set there.
@@ -147,7 +149,7 @@ def child(argv: Sequence[str] | None = None) -> int:
                 told = True
                 status.write(READY)
 
-        failure = serve(settings, socket.socket(fileno=args.socket_fd), notify)
+        failure = serve(settings, socket.socket(fileno=args.socket_fd), notify, args.parent)
         if failure is not None:
             status.write(failure.encode() + b"\n")
             return 1

@@ -3,7 +3,8 @@
 The parent (process 0) binds the port (gateway/commands/serve.py) and does, once, what the serving processes
 must not race on: the accounting database's migration or check, the key-hash secret and development key
 files, the price file's and the routing policy's validation, and the launched replicas, which it starts,
-health-checks and restarts as one process does (workers/supervisor.py).
+health-checks and restarts as one process does (workers/supervisor.py), telling the serving processes their
+status through a file (workers/launched_status.py).
 
 Each serving process i (1..N) inherits listening socket i of the port, all N bound by the parent with
 SO_REUSEPORT: the kernel spreads new connections evenly over them (by a hash of their addresses), where one
@@ -122,6 +123,7 @@ async def _parent(settings: Settings, socks: Sequence[socket.socket]) -> str | N
     from gateway.app import build_pools, launch_plans
     from gateway.commands.startup import report
     from workers.health import watch_health
+    from workers.launched_status import publish_statuses, status_path
     from workers.supervisor import Supervisor
     from workers.upstream import new_upstream
 
@@ -142,6 +144,7 @@ async def _parent(settings: Settings, socks: Sequence[socket.socket]) -> str | N
     # The health checks of the launched replicas: one that stays unhealthy is restarted (the serving
     # processes check them too, for their own routing).
     checks = asyncio.create_task(watch_health(upstream.checks, pools, settings.health_interval_s))
+    tasks = [checks]
     try:
         if plans:
             starting = asyncio.create_task(supervisor.start())
@@ -152,10 +155,14 @@ async def _parent(settings: Settings, socks: Sequence[socket.socket]) -> str | N
                 starting.cancel()
                 return None
             log.info("started %d local replica(s)", len(plans))
+            # What the serving processes show of the replicas (/admin/workers, /metrics): they launch none.
+            tasks.append(asyncio.create_task(publish_statuses(
+                status_path(Path(settings.state_dir), os.getpid()), supervisor.statuses, settings.health_interval_s)))
         return await _serve(settings, socks, plans, prepared, children, stopping)
     finally:
-        checks.cancel()
-        await asyncio.gather(checks, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await supervisor.stop()
         await upstream.aclose()
 

@@ -218,7 +218,7 @@ class StateCollector(Collector):
 
     def _replicas(self, src: Sources) -> Iterator[Metric]:
         now = time.monotonic()
-        managed = {m.url: m for m in src.supervisor.replicas}
+        managed = src.supervisor.statuses()
         labels = ("pool", "model", "replica")
         rows: dict[str, list[tuple[tuple[str, ...], float]]] = {
             k: [] for k in ("healthy", "in_flight", "running", "waiting", "kv", "open", "load", "restarts")}
@@ -233,8 +233,8 @@ class StateCollector(Collector):
                 rows["kv"].append((v, r.kv_cache))
                 rows["open"].append((v, 1.0 if r.breaker.is_open(now) or r.breaker.ready_to_probe(now) else 0.0))
                 rows["load"].append((v, r.load()))
-                if (m := managed.get(r.url)) is not None:
-                    rows["restarts"].append((v, float(len(m.restarts))))
+                if (m := managed.get(r.url)) is not None and isinstance(restarts := m.get("restarts"), int):
+                    rows["restarts"].append((v, float(restarts)))
             if pool.gate is not None:
                 g = pool.gate
                 gates["active"].append(((pool.name,), float(g.active)))
