@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+log = logging.getLogger("gateway.workers")
 
 Statuses = dict[str, dict[str, Any]]  # replica URL -> ManagedReplica.status()
 _decoder = msgspec.json.Decoder(Statuses)
@@ -43,9 +46,16 @@ def read_statuses(path: Path) -> Statuses:
 async def publish_statuses(path: Path, statuses: Callable[[], Mapping[str, Mapping[str, Any]]],
                            interval_s: float) -> None:
     """Write `statuses()` to `path` now and every `interval_s` until cancelled; then remove the file."""
+    failing = False
     try:
         while True:
-            await asyncio.to_thread(write_statuses, path, statuses())
+            try:
+                await asyncio.to_thread(write_statuses, path, statuses())
+                failing = False
+            except OSError as exc:  # shown as no launched replica by the serving processes; logged once per outage
+                if not failing:
+                    log.warning("cannot write the launched replicas' status to %s (%s)", path, exc.strerror)
+                failing = True
             await asyncio.sleep(interval_s)
     finally:
         remove_statuses(path)
