@@ -44,6 +44,14 @@ async def wait_rows(engine, n: int, timeout_s: float = 10) -> None:  # type: ign
         await asyncio.sleep(0.05)
 
 
+async def wait_spooled(rec: Recorder, n: int, timeout_s: float = 10) -> None:
+    """Until `rec` has spooled `n` records (the flush, the database's failure or refusal, the spool's write)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if rec.stats.spooled >= n:
+            return
+        await asyncio.sleep(0.05)
+
+
 def python_totals(records: list[Record]) -> dict[str, object]:
     return {
         "calls": len(records),
@@ -301,10 +309,7 @@ async def test_a_missing_table_is_a_database_not_ready_not_a_refusal(pg_url: str
             await conn.execute(text("ALTER TABLE usage_records RENAME TO usage_records_away"))
         for n in range(10, 20):
             rec.record(record(n))
-        for _ in range(200):  # up to 10 s for the flush, the failure and the spool
-            if rec.stats.spooled >= 10:
-                break
-            await asyncio.sleep(0.05)
+        await wait_spooled(rec, 10)
         assert rec.stats.spooled == 10 and rec.stats.dead_lettered == 0
         async with engine.begin() as conn:
             await conn.execute(text("ALTER TABLE usage_records_away RENAME TO usage_records"))
@@ -366,10 +371,7 @@ async def test_a_database_migrated_past_this_code_spools_for_the_next_version(pg
             await conn.execute(text("UPDATE alembic_version SET version_num = '9999_next'"))
         for n in range(10, 20):
             rec.record(record(n))
-        for _ in range(200):  # up to 10 s for the flush, the refusal and the spool
-            if rec.stats.spooled >= 10:
-                break
-            await asyncio.sleep(0.05)
+        await wait_spooled(rec, 10)
         await rec.close()  # the old version stops; what it could not write stays in the spool
         assert rec.stats.spooled == 10 and rec.stats.dead_lettered == 0, rec.stats
         assert not (tmp_path / "spool" / DEAD_LETTER).exists()
