@@ -301,3 +301,15 @@ def children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 found += [int(c) for c in f.read().split()]
     return found
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid` that still runs, with its command line."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            with contextlib.suppress(OSError):
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                todo.append(child)
+    return found

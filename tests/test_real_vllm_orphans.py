@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chaos_support import alive, children
+from tests.chaos_support import alive, descendants
 from tests.gateway_process import GATEWAY_BIN
 from tests.vllm_engine import ensure_tiny_model, venv_python
 from workers.supervisor import group_alive
@@ -19,17 +19,6 @@ from workers.supervisor import group_alive
 pytestmark = pytest.mark.vllm
 
 GRACE_S = 3.0
-
-
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def test_a_supervisor_killed_with_sigkill_leaves_no_vllm_process(tmp_path: Path) -> None:
@@ -47,7 +36,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_no_vllm_process(tmp_path: Path)
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert "\tready\t" in line, (line, (tmp_path / "up.log").read_text()[-3000:])
         leader = int(line.split("\t")[4].removeprefix("pid="))
-        engine = _descendants(leader)
+        engine = set(descendants(leader))
         assert engine, "the vLLM API server started no engine process"  # what the watchdog must reach too
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -9,7 +9,6 @@ which run on one `gateway serve --workers 2` too."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -26,25 +25,13 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.chaos_support import alive, children
+from tests.chaos_support import alive, descendants
 from tests.gateway_process import GATEWAY_BIN, GatewayProcess, free_ports, start_gateway
 from tests.limits_support import delete_prefix, require_redis, unique_prefix
 from tests.pg_support import create_pg_database, drop_pg_database
 from tests.services import libpq_dsn, redis_url
 
 CHAT = {"model": "demo-small", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Every process under `pid`, with its command line."""
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()):
-            with contextlib.suppress(OSError):
-                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                todo.append(child)
-    return found
 
 
 def serving(gw: GatewayProcess) -> dict[int, int]:
